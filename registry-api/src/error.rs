@@ -1,0 +1,137 @@
+use crate::{LeaseId, Revision};
+
+/// A boxed error source, kept so callers can see what a backend saw.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The result of every registry call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every way a registry call fails. Match on the variant to decide what to do; only
+/// [`Error::Unavailable`] is worth retrying as is.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The lease does not exist: never granted, revoked, or expired. Nothing was written.
+    #[error("lease {0} not found")]
+    LeaseNotFound(LeaseId),
+
+    /// A grant named an id that is still live.
+    #[error("lease {0} already exists")]
+    LeaseExists(LeaseId),
+
+    /// The requested revision has been compacted away. Re-list, then watch from the list's
+    /// revision + 1.
+    #[error("revision has been compacted (compact revision {compact_revision})")]
+    Compacted {
+        /// The store's compaction point; reads and watches from here on work.
+        compact_revision: Revision,
+    },
+
+    /// The requested revision is above the store's current one.
+    #[error("revision {requested} is a future revision (current {current})")]
+    FutureRevision {
+        /// The revision asked for.
+        requested: Revision,
+        /// The current revision, where known (0 otherwise).
+        current: Revision,
+    },
+
+    /// The request was malformed; nothing was sent or written.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(#[from] InvalidArgument),
+
+    /// The request exceeds the backend's size limit; nothing was written.
+    #[error("request too large: {size} bytes, limit {limit}")]
+    TooLarge {
+        /// The size of the request, key and value.
+        size: usize,
+        /// The largest size accepted.
+        limit: usize,
+    },
+
+    /// The backend cannot be reached right now (connection refused, timed out, server down or
+    /// deliberately made unavailable). Retrying later may succeed.
+    #[error("registry unavailable: {source}")]
+    Unavailable {
+        /// What the transport reported.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The server ended a watch for a reason other than compaction.
+    #[error("watch cancelled: {reason}")]
+    WatchCancelled {
+        /// The server's reason, possibly empty.
+        reason: String,
+    },
+
+    /// Anything else the backend reports, with its own error kept as the source.
+    #[error("backend error: {source}")]
+    Backend {
+        /// The backend's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl Error {
+    /// An [`Error::Unavailable`] from any error or message.
+    pub fn unavailable(source: impl Into<BoxError>) -> Self {
+        Error::Unavailable {
+            source: source.into(),
+        }
+    }
+
+    /// An [`Error::Backend`] from any error or message.
+    pub fn backend(source: impl Into<BoxError>) -> Self {
+        Error::Backend {
+            source: source.into(),
+        }
+    }
+
+    /// True when the same call may succeed later without any change: the backend was
+    /// unreachable.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Unavailable { .. })
+    }
+}
+
+/// Why a request was rejected before it reached the store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidArgument {
+    /// Keys must not be empty.
+    #[error("key is empty")]
+    EmptyKey,
+    /// TTLs are whole seconds above zero.
+    #[error("TTL {0} is not positive")]
+    TtlNotPositive(i64),
+    /// The TTL exceeds the backend's maximum.
+    #[error("TTL {ttl} exceeds the maximum of {max}")]
+    TtlTooLarge {
+        /// The TTL asked.
+        ttl: i64,
+        /// The largest TTL accepted.
+        max: i64,
+    },
+    /// Lease ids are never zero or negative.
+    #[error("lease id {0} is not valid")]
+    LeaseId(i64),
+    /// Revisions in requests are positive.
+    #[error("revision {0} is not valid")]
+    Revision(i64),
+    /// Compaction must move forward and stay at or below the current revision.
+    #[error("cannot compact at revision {requested}: {reason}")]
+    Compaction {
+        /// The revision asked.
+        requested: Revision,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A connection setting (endpoint, namespace, credentials) is malformed.
+    #[error("bad configuration: {0}")]
+    Config(String),
+    /// Anything else the server rejected as malformed.
+    #[error("{0}")]
+    Other(String),
+}

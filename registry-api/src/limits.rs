@@ -1,0 +1,118 @@
+//! The input checks every backend applies before it writes anything, so that the same bad input
+//! fails the same way on every backend.
+
+use crate::{Error, InvalidArgument, LeaseId, Result, Revision};
+
+/// etcd's default `--max-request-bytes`: 1.5 MiB.
+pub const ETCD_MAX_REQUEST_BYTES: usize = 3 * 512 * 1024;
+
+/// The largest key plus value a put accepts by default: a little under etcd's request limit, so
+/// that the server never sees a request it would refuse for its size after framing.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = ETCD_MAX_REQUEST_BYTES - 4096;
+
+/// etcd's largest lease TTL, in seconds (`MaxLeaseTTL`).
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
+/// etcd's default minimum lease TTL, in seconds: 1.5 × the default election timeout, rounded up.
+pub const DEFAULT_MIN_LEASE_TTL: i64 = 2;
+
+/// Rejects an empty key.
+pub fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(InvalidArgument::EmptyKey.into());
+    }
+    Ok(())
+}
+
+/// Rejects an empty key and a key plus value over `limit` bytes.
+pub fn check_put(key: &[u8], value: &[u8], limit: usize) -> Result<()> {
+    check_key(key)?;
+    let size = key.len().saturating_add(value.len());
+    if size > limit {
+        return Err(Error::TooLarge { size, limit });
+    }
+    Ok(())
+}
+
+/// Rejects a TTL of zero or below, or above `max`.
+pub fn check_ttl(ttl: i64, max: i64) -> Result<()> {
+    if ttl <= 0 {
+        return Err(InvalidArgument::TtlNotPositive(ttl).into());
+    }
+    if ttl > max {
+        return Err(InvalidArgument::TtlTooLarge { ttl, max }.into());
+    }
+    Ok(())
+}
+
+/// Rejects a lease id of zero or below: etcd never issues one, and 0 means "no lease".
+pub fn check_lease_id(id: LeaseId) -> Result<()> {
+    if id.0 <= 0 {
+        return Err(InvalidArgument::LeaseId(id.0).into());
+    }
+    Ok(())
+}
+
+/// Rejects a revision of zero or below in a request.
+pub fn check_revision(revision: Revision) -> Result<()> {
+    if revision.0 <= 0 {
+        return Err(InvalidArgument::Revision(revision.0).into());
+    }
+    Ok(())
+}
+
+/// The exclusive end of the key range under `prefix`, as etcd computes it: the prefix with its
+/// last byte below 0xff incremented and the rest dropped. `None` means "to the end of the
+/// keyspace" (an empty prefix, or one made only of 0xff bytes).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_increments_the_last_byte_below_ff() {
+        assert_eq!(prefix_end(b"svc/a/"), Some(b"svc/a0".to_vec()));
+        assert_eq!(prefix_end(&[b'a', 0xff]), Some(vec![b'b']));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+
+    #[test]
+    fn bad_input_is_typed() {
+        assert!(matches!(
+            check_key(b""),
+            Err(Error::InvalidArgument(InvalidArgument::EmptyKey))
+        ));
+        assert!(matches!(
+            check_ttl(0, 10),
+            Err(Error::InvalidArgument(InvalidArgument::TtlNotPositive(0)))
+        ));
+        assert!(matches!(
+            check_ttl(11, 10),
+            Err(Error::InvalidArgument(InvalidArgument::TtlTooLarge { .. }))
+        ));
+        assert!(check_ttl(10, 10).is_ok());
+        assert!(matches!(
+            check_put(b"k", &[0; 10], 10),
+            Err(Error::TooLarge {
+                size: 11,
+                limit: 10
+            })
+        ));
+        assert!(check_put(b"k", &[0; 9], 10).is_ok());
+        assert!(matches!(
+            check_lease_id(LeaseId(0)),
+            Err(Error::InvalidArgument(InvalidArgument::LeaseId(0)))
+        ));
+    }
+}
