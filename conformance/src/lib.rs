@@ -1,1 +1,77 @@
-//! A property-based conformance suite that proves a registry-api backend behaves like etcd: watch ordering, revision accounting, lease expiry.
+#![doc = include_str!("../README.md")]
+
+mod backend;
+mod cases;
+mod failure;
+mod harness;
+pub mod model;
+mod model_check;
+mod observe;
+pub mod ops;
+mod prefix;
+mod run;
+mod watch_read;
+
+pub use backend::{Backend, Capabilities, Sharing, Time};
+pub use failure::Failure;
+pub use harness::{case_names, run_case, run_test, runtime};
+pub use model_check::run as run_model_check;
+pub use observe::{
+    ErrorKind, LeaseRef, ObsBatch, ObsEvent, ObsKv, Observation, Outcome, Step, WatchLog,
+};
+pub use ops::{ops as ops_strategy, Op};
+pub use run::{check, run, UNKNOWN_LEASE};
+
+/// Stamps one `#[test]` per conformance case, each running that case on a fresh backend from
+/// `$backend` (a `fn() -> impl Backend`; write `async $backend` for an async constructor).
+///
+/// ```ignore
+/// registry_conformance::conformance_suite!(backend);
+/// registry_conformance::conformance_suite!(async connect_backend);
+/// ```
+#[macro_export]
+macro_rules! conformance_suite {
+    (async $backend:expr) => {
+        $crate::__conformance_cases!(
+            (|| $backend());
+            watch_is_ordered,
+            watch_is_unique,
+            watch_is_atomic,
+            watch_is_reliable,
+            watch_is_resumable,
+            watch_progress_is_a_bookmark,
+            watch_is_filtered,
+            watch_prev_kv_and_create_flag,
+            concurrent_watchers_agree,
+            watch_from_compacted_revision_fails,
+            reads_outside_history_fail,
+            revision_accounting,
+            revoke_deletes_all_keys_in_one_revision,
+            lease_grant_respects_minimum,
+            lease_expiry_is_bounded,
+            lease_keep_alive_extends_life,
+            expired_lease_ops_fail,
+            unknown_lease_ops_fail,
+            put_moves_and_detaches_keys,
+            bad_input_writes_nothing,
+            model_check
+        );
+    };
+    ($backend:expr) => {
+        $crate::conformance_suite!(async (|| async { $backend() }));
+    };
+}
+
+/// Implementation detail of [`conformance_suite!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    (($make:expr); $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::run_test(stringify!($case), file!(), $make);
+            }
+        )*
+    };
+}

@@ -48,6 +48,7 @@ mod lease;
 pub mod limits;
 mod registry;
 mod revision;
+pub mod service;
 mod watch;
 
 pub use error::{BoxError, Error, InvalidArgument, Result};

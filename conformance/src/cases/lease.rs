@@ -1,0 +1,283 @@
+//! L1-L5: grants, expiry on the backend's clock, keep-alives, dead and unknown leases.
+
+use super::Ctx;
+use crate::backend::Time;
+use crate::failure::{ensure, ensure_eq, Check};
+use crate::run::UNKNOWN_LEASE;
+use registry_api::{Error, LeaseId, Revision, WatchOptions};
+use std::time::{Duration, Instant};
+
+const POLL_SLACK: Duration = Duration::from_millis(150);
+
+/// L1: the granted TTL is at least the one asked, raised to the declared minimum.
+pub(crate) async fn grant_respects_minimum(cx: &mut Ctx<'_>) -> Check {
+    let min = cx.caps.min_ttl;
+    for ask in [1, min, min + 1, 10 * min, 3600] {
+        let got = cx.grant(ask).await?;
+        ensure!(
+            got.ttl >= ask && got.ttl >= min,
+            "L1: asked {ask}, granted {}",
+            got.ttl
+        );
+        let ttl = cx.time_to_live(got.id).await?.map_err(|e| e.to_string())?;
+        ensure!(
+            ttl.ttl <= ttl.granted_ttl && ttl.ttl >= 0,
+            "time_to_live reports {} s left of {}",
+            ttl.ttl,
+            ttl.granted_ttl
+        );
+        cx.revoke(got.id).await?.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// On real time: waits for `rel` (on lease `id`, whose clock started at `since`) to go, within
+/// the TTL plus the declared lateness, then applies the expiry to the model.
+async fn expires_on_time(
+    cx: &mut Ctx<'_>,
+    rel: &str,
+    id: LeaseId,
+    ttl: i64,
+    since: Instant,
+) -> Check {
+    let bound = Duration::from_secs(ttl as u64) + cx.caps.expiry_lateness + POLL_SLACK;
+    cx.wait_gone(rel, since + bound).await?;
+    // An expiry is a revoke done by the server: the model applies it now.
+    cx.model.lease_revoke(id).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// L3: a key is never gone before its lease's TTL, and is gone within the declared lateness
+/// after it; all the lease's keys go in one revision.
+pub(crate) async fn expiry_is_bounded(cx: &mut Ctx<'_>) -> Check {
+    let start = cx.revision().await?.next();
+    let mut w = cx.watch("", WatchOptions::from_revision(start)).await?;
+    let asked = Instant::now();
+    let lease = cx.grant(cx.caps.min_ttl).await?;
+    let granted_at = Instant::now();
+    for key in ["e/1", "e/0"] {
+        cx.put(key, "x", Some(lease.id)).await?;
+    }
+    let ttl = Duration::from_secs(lease.ttl as u64);
+    match cx.caps.time {
+        Time::Virtual => {
+            cx.pass(ttl - Duration::from_millis(1)).await;
+            ensure!(
+                cx.exists("e/0").await?,
+                "L3: a key went before its lease's TTL"
+            );
+            cx.pass(Duration::from_millis(1) + cx.caps.expiry_lateness)
+                .await;
+            ensure!(
+                !cx.exists("e/0").await? && !cx.exists("e/1").await?,
+                "L3: keys outlived their TTL plus the declared lateness of {:?}",
+                cx.caps.expiry_lateness
+            );
+        }
+        Time::Real => {
+            let early = (asked + ttl).saturating_duration_since(Instant::now());
+            tokio::time::sleep(early.saturating_sub(Duration::from_millis(300))).await;
+            ensure!(
+                cx.exists("e/0").await?,
+                "L3: a key went before its lease's TTL"
+            );
+            expires_on_time(cx, "e/0", lease.id, lease.ttl, granted_at).await?;
+            ensure!(
+                !cx.exists("e/1").await?,
+                "L3: one key of an expired lease survived"
+            );
+        }
+    }
+    let got = cx.expect_watch(&mut w, "", start, false, None).await?;
+    let last = got.last().ok_or("no events")?;
+    ensure_eq!(
+        last.events.len(),
+        2,
+        "L3: deletes in the expiry's one revision"
+    );
+    cx.expect_err(
+        "L4: keep-alive of an expired lease",
+        cx.registry.lease_keep_alive(lease.id).await,
+        |e| matches!(e, Error::LeaseNotFound(id) if *id == lease.id),
+        "LeaseNotFound",
+    )
+}
+
+/// L3: a keep-alive renews the lease for its whole TTL from the keep-alive.
+pub(crate) async fn keep_alive_extends_life(cx: &mut Ctx<'_>) -> Check {
+    let lease = cx.grant(cx.caps.min_ttl.max(3)).await?;
+    let granted_at = Instant::now();
+    cx.put("k", "x", Some(lease.id)).await?;
+    let ttl = Duration::from_secs(lease.ttl as u64);
+    match cx.caps.time {
+        Time::Virtual => {
+            cx.pass(ttl - Duration::from_secs(1)).await;
+            ensure_eq!(
+                cx.keep_alive(lease.id).await?.ok(),
+                Some(lease.ttl),
+                "L3: keep-alive's TTL"
+            );
+            // Past the original deadline: alive thanks to the keep-alive.
+            cx.pass(ttl - Duration::from_millis(1)).await;
+            ensure!(
+                cx.exists("k").await?,
+                "L3: a kept-alive key went at its first deadline"
+            );
+            let left = cx
+                .time_to_live(lease.id)
+                .await?
+                .map_err(|e| e.to_string())?;
+            ensure!(
+                left.ttl <= 1,
+                "L3: {} s left just before the renewed deadline",
+                left.ttl
+            );
+            cx.pass(Duration::from_millis(1) + cx.caps.expiry_lateness)
+                .await;
+            ensure!(!cx.exists("k").await?, "L3: a key outlived its renewed TTL");
+        }
+        Time::Real => {
+            let lateness = cx.caps.expiry_lateness;
+            tokio::time::sleep(lateness + Duration::from_millis(500)).await;
+            let before = cx
+                .time_to_live(lease.id)
+                .await?
+                .map_err(|e| e.to_string())?;
+            let kept_at = Instant::now();
+            let renewed = cx.keep_alive(lease.id).await?.map_err(|e| e.to_string())?;
+            let renewed_at = Instant::now();
+            ensure_eq!(renewed, lease.ttl, "L3: keep-alive's TTL");
+            let after = cx
+                .time_to_live(lease.id)
+                .await?
+                .map_err(|e| e.to_string())?;
+            ensure!(
+                after.ttl > before.ttl && after.ttl >= lease.ttl - 1,
+                "L3: time-to-live went from {} to {} s over a keep-alive of a {} s lease",
+                before.ttl,
+                after.ttl,
+                lease.ttl
+            );
+            // Past the first deadline and its lateness, before the renewed one.
+            let check_at = granted_at + ttl + lateness + Duration::from_millis(100);
+            tokio::time::sleep(check_at.saturating_duration_since(Instant::now())).await;
+            ensure!(
+                cx.exists("k").await?,
+                "L3: a kept-alive key went at its first deadline"
+            );
+            ensure!(renewed_at >= kept_at, "clock went back");
+            expires_on_time(cx, "k", lease.id, lease.ttl, renewed_at).await?;
+        }
+    }
+    Ok(())
+}
+
+/// L4: keep-alive, time-to-live, revoke and put of an expired lease fail with lease-not-found
+/// and write nothing.
+pub(crate) async fn expired_lease_ops_fail(cx: &mut Ctx<'_>) -> Check {
+    let lease = cx.grant(cx.caps.min_ttl).await?;
+    let granted_at = Instant::now();
+    cx.put("k", "x", Some(lease.id)).await?;
+    match cx.caps.time {
+        Time::Virtual => {
+            cx.pass(Duration::from_secs(lease.ttl as u64) + cx.caps.expiry_lateness)
+                .await
+        }
+        Time::Real => expires_on_time(cx, "k", lease.id, lease.ttl, granted_at).await?,
+    }
+    dead_lease_ops_fail(cx, lease.id, "an expired lease").await
+}
+
+/// The four lease operations on a lease that is gone: each fails with lease-not-found naming
+/// it, and the revision and keys stay as they were.
+async fn dead_lease_ops_fail(cx: &mut Ctx<'_>, id: LeaseId, what: &str) -> Check {
+    let before = cx.revision().await?;
+    let not_found = |e: &Error| matches!(e, Error::LeaseNotFound(x) if *x == id);
+    let wanted = format!("LeaseNotFound({id})");
+    cx.expect_err(
+        &format!("L4: keep-alive of {what}"),
+        cx.registry.lease_keep_alive(id).await,
+        not_found,
+        &wanted,
+    )?;
+    cx.expect_err(
+        &format!("L4: time-to-live of {what}"),
+        cx.registry.lease_time_to_live(id).await,
+        not_found,
+        &wanted,
+    )?;
+    cx.expect_err(
+        &format!("L5: revoke of {what}"),
+        cx.registry.lease_revoke(id).await,
+        not_found,
+        &wanted,
+    )?;
+    let put = cx.try_put("written", b"x", Some(id)).await?;
+    cx.expect_err(&format!("L2: put with {what}"), put, not_found, &wanted)?;
+    ensure!(
+        !cx.exists("written").await?,
+        "L2: a put with {what} wrote its key"
+    );
+    ensure_eq!(
+        cx.revision().await?,
+        before,
+        "L2: calls with {what} used a revision"
+    );
+    let listed = cx.registry.leases().await.map_err(|e| e.to_string())?;
+    ensure!(
+        !listed.contains(&id),
+        "L4: {what} is still listed by leases()"
+    );
+    Ok(())
+}
+
+/// L2/L4/L5: the same for a lease never granted, and for a revoked one.
+pub(crate) async fn unknown_lease_ops_fail(cx: &mut Ctx<'_>) -> Check {
+    dead_lease_ops_fail(cx, UNKNOWN_LEASE, "an unknown lease").await?;
+    let lease = cx.grant(cx.caps.min_ttl.max(60)).await?;
+    cx.put("k", "x", Some(lease.id)).await?;
+    cx.revoke(lease.id).await?.map_err(|e| e.to_string())?;
+    ensure!(!cx.exists("k").await?, "L5: a revoked lease's key survived");
+    dead_lease_ops_fail(cx, lease.id, "a revoked lease").await
+}
+
+/// L2: a put with another lease moves the key; a put with no lease detaches it, so it survives
+/// its old lease's revoke.
+pub(crate) async fn put_moves_and_detaches_keys(cx: &mut Ctx<'_>) -> Check {
+    let ttl = cx.caps.min_ttl.max(60);
+    let a = cx.grant(ttl).await?.id;
+    let b = cx.grant(ttl).await?.id;
+    cx.put("moved", "1", Some(a)).await?;
+    cx.put("moved", "2", Some(b)).await?;
+    cx.put("detached", "1", Some(a)).await?;
+    cx.put("detached", "2", None).await?;
+    cx.put("stays", "1", Some(a)).await?;
+    // time_to_live compares the keys of each lease with the model's.
+    cx.time_to_live(a).await?.map_err(|e| e.to_string())?;
+    cx.time_to_live(b).await?.map_err(|e| e.to_string())?;
+    let before = cx.revision().await?;
+    let revoked: Revision = cx.revoke(a).await?.map_err(|e| e.to_string())?;
+    ensure_eq!(
+        revoked,
+        before.next(),
+        "L5: revoking a lease with one key left"
+    );
+    ensure!(
+        !cx.exists("stays").await?,
+        "L5: the revoked lease's key survived"
+    );
+    ensure!(
+        cx.exists("detached").await?,
+        "L2: a detached key went with its old lease"
+    );
+    ensure!(
+        cx.exists("moved").await?,
+        "L2: a moved key went with its old lease"
+    );
+    cx.revoke(b).await?.map_err(|e| e.to_string())?;
+    ensure!(
+        !cx.exists("moved").await?,
+        "L2: a moved key survived its new lease"
+    );
+    Ok(())
+}

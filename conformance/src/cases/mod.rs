@@ -1,0 +1,54 @@
+//! The named cases: one property (or one small family) each, so a failure names what broke.
+
+mod ctx;
+mod input;
+mod lease;
+mod revision;
+mod watch;
+
+pub(crate) use ctx::Ctx;
+
+use crate::failure::Check;
+use std::future::Future;
+use std::pin::Pin;
+
+/// A case: an async check over a fresh [`Ctx`].
+pub(crate) type CaseFn =
+    for<'a, 'b> fn(&'a mut Ctx<'b>) -> Pin<Box<dyn Future<Output = Check> + 'a>>;
+
+macro_rules! case_table {
+    ($($name:ident => $f:path),* $(,)?) => {
+        /// Every named case, by name.
+        pub(crate) const CASES: &[(&str, CaseFn)] = &[$(
+            (stringify!($name), {
+                fn $name<'a, 'b>(cx: &'a mut Ctx<'b>) -> Pin<Box<dyn Future<Output = Check> + 'a>> {
+                    Box::pin($f(cx))
+                }
+                $name
+            }),
+        )*];
+    };
+}
+
+case_table! {
+    watch_is_ordered => watch::ordered,
+    watch_is_unique => watch::unique,
+    watch_is_atomic => watch::atomic,
+    watch_is_reliable => watch::reliable,
+    watch_is_resumable => watch::resumable,
+    watch_progress_is_a_bookmark => watch::bookmark,
+    watch_is_filtered => watch::filtered,
+    watch_prev_kv_and_create_flag => watch::prev_kv_and_create_flag,
+    concurrent_watchers_agree => watch::concurrent_watchers_agree,
+    watch_from_compacted_revision_fails => watch::compacted_start_fails,
+    reads_outside_history_fail => revision::reads_outside_history_fail,
+    revision_accounting => revision::accounting,
+    revoke_deletes_all_keys_in_one_revision => revision::revoke_is_one_revision,
+    lease_grant_respects_minimum => lease::grant_respects_minimum,
+    lease_expiry_is_bounded => lease::expiry_is_bounded,
+    lease_keep_alive_extends_life => lease::keep_alive_extends_life,
+    expired_lease_ops_fail => lease::expired_lease_ops_fail,
+    unknown_lease_ops_fail => lease::unknown_lease_ops_fail,
+    put_moves_and_detaches_keys => lease::put_moves_and_detaches_keys,
+    bad_input_writes_nothing => input::bad_input_writes_nothing,
+}

@@ -1,0 +1,94 @@
+//! Leases in the model: grants, keep-alives, revokes and expiry on the model's own clock.
+
+use super::Model;
+use registry_api::{limits, Error, LeaseGrant, LeaseId, LeaseTimeToLive, Result, Revision};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// A live lease in the model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelLease {
+    /// The TTL granted, in seconds.
+    pub granted: i64,
+    /// When it expires, on the model's clock: the last grant or keep-alive plus the TTL.
+    pub deadline: Duration,
+    /// The keys attached to it.
+    pub keys: BTreeSet<Vec<u8>>,
+}
+
+impl Model {
+    /// `lease_grant` of `ttl`, where the backend named the lease `id` (the model cannot know
+    /// which id a backend picks, so it takes the backend's).
+    pub fn lease_grant(&mut self, ttl: i64, id: LeaseId) -> Result<LeaseGrant> {
+        limits::check_ttl(ttl, self.limits.max_ttl)?;
+        if self.leases.contains_key(&id) {
+            return Err(Error::LeaseExists(id));
+        }
+        let granted = ttl.max(self.limits.min_ttl);
+        self.leases.insert(
+            id,
+            ModelLease {
+                granted,
+                deadline: self.now.saturating_add(secs(granted)),
+                keys: BTreeSet::new(),
+            },
+        );
+        Ok(LeaseGrant { id, ttl: granted })
+    }
+
+    /// `lease_keep_alive`.
+    pub fn lease_keep_alive(&mut self, id: LeaseId) -> Result<i64> {
+        let now = self.now;
+        let lease = self.leases.get_mut(&id).ok_or(Error::LeaseNotFound(id))?;
+        lease.deadline = now.saturating_add(secs(lease.granted));
+        Ok(lease.granted)
+    }
+
+    /// `lease_revoke`.
+    pub fn lease_revoke(&mut self, id: LeaseId) -> Result<Revision> {
+        let lease = self.leases.remove(&id).ok_or(Error::LeaseNotFound(id))?;
+        Ok(self.delete_keys(lease.keys.into_iter().collect()).revision)
+    }
+
+    /// `lease_time_to_live`, with the remaining TTL rounded down.
+    pub fn lease_time_to_live(&self, id: LeaseId) -> Result<LeaseTimeToLive> {
+        let lease = self.leases.get(&id).ok_or(Error::LeaseNotFound(id))?;
+        Ok(LeaseTimeToLive {
+            id,
+            ttl: lease.deadline.saturating_sub(self.now).as_secs() as i64,
+            granted_ttl: lease.granted,
+            keys: lease.keys.iter().cloned().collect(),
+        })
+    }
+
+    /// The live leases, in id order.
+    pub fn leases(&self) -> Vec<LeaseId> {
+        self.leases.keys().copied().collect()
+    }
+
+    /// A live lease.
+    pub fn lease(&self, id: LeaseId) -> Option<&ModelLease> {
+        self.leases.get(&id)
+    }
+
+    /// Moves the clock by `by` and expires every lease whose deadline has come, earliest
+    /// deadline first (ties by id), each as a revoke: its keys deleted in one revision.
+    pub fn advance(&mut self, by: Duration) {
+        self.now = self.now.saturating_add(by);
+        loop {
+            let due = self
+                .leases
+                .iter()
+                .filter(|(_, l)| l.deadline <= self.now)
+                .min_by_key(|(id, l)| (l.deadline, **id))
+                .map(|(id, _)| *id);
+            let Some(id) = due else { break };
+            // The lease is known live, so the revoke cannot fail.
+            let _ = self.lease_revoke(id);
+        }
+    }
+}
+
+fn secs(s: i64) -> Duration {
+    Duration::from_secs(u64::try_from(s).unwrap_or(0))
+}

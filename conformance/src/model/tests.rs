@@ -1,0 +1,148 @@
+//! The model against the rules of `etcd-semantics.md`, and against a recorded etcd trace.
+
+use super::*;
+use registry_api::{EventKind, LeaseId};
+
+fn model() -> Model {
+    Model::new(
+        Revision(1),
+        ModelLimits {
+            min_ttl: 2,
+            max_ttl: limits::MAX_LEASE_TTL,
+            max_value_bytes: 100,
+        },
+    )
+}
+
+#[test]
+fn puts_bump_by_one_and_no_op_deletes_do_not() {
+    let mut m = model();
+    assert_eq!(
+        m.put(b"a", b"1", None, false).unwrap().revision,
+        Revision(2)
+    );
+    let again = m.put(b"a", b"1", None, true).unwrap();
+    assert_eq!(again.revision, Revision(3));
+    assert_eq!(again.prev_kv.unwrap().version, 1);
+    let missing = m.delete(b"zz").unwrap();
+    assert_eq!((missing.deleted, missing.revision), (0, Revision(3)));
+    assert_eq!(m.delete_prefix(b"q").unwrap().revision, Revision(3));
+    let kv = m.get(b"a").unwrap().kv.unwrap();
+    assert_eq!(
+        (kv.create_revision, kv.mod_revision, kv.version),
+        (Revision(2), Revision(3), 2)
+    );
+}
+
+#[test]
+fn revoke_and_expiry_delete_all_keys_in_one_revision() {
+    let mut m = model();
+    assert_eq!(m.lease_grant(1, LeaseId(7)).unwrap().ttl, 2);
+    assert_eq!(m.lease_grant(5, LeaseId(8)).unwrap().ttl, 5);
+    for k in [b"c", b"a", b"b"] {
+        m.put(k, b"v", Some(LeaseId(7)), false).unwrap();
+    }
+    m.put(b"d", b"v", Some(LeaseId(8)), false).unwrap();
+    let before = m.revision();
+    m.advance(Duration::from_millis(1999));
+    assert_eq!(m.revision(), before);
+    m.advance(Duration::from_millis(1));
+    assert_eq!(m.revision(), before.next());
+    let batches = m.watch(b"", before.next(), true).unwrap();
+    let keys: Vec<&[u8]> = batches[0]
+        .events
+        .iter()
+        .map(|e| e.kv.key.as_slice())
+        .collect();
+    assert_eq!(keys, vec![&b"a"[..], b"b", b"c"]);
+    assert!(batches[0]
+        .events
+        .iter()
+        .all(|e| e.kind == EventKind::Delete));
+    assert!(matches!(
+        m.lease_keep_alive(LeaseId(7)),
+        Err(Error::LeaseNotFound(_))
+    ));
+    assert_eq!(m.lease_revoke(LeaseId(8)).unwrap(), before.next().next());
+    assert_eq!(
+        m.lease_revoke(LeaseId(8)).map_err(|e| e.to_string()),
+        Err("lease 8 not found".into())
+    );
+}
+
+#[test]
+fn put_moves_and_detaches() {
+    let mut m = model();
+    m.lease_grant(10, LeaseId(1)).unwrap();
+    m.lease_grant(10, LeaseId(2)).unwrap();
+    m.put(b"k", b"v", Some(LeaseId(1)), false).unwrap();
+    m.put(b"k", b"v", Some(LeaseId(2)), false).unwrap();
+    assert!(m.lease_time_to_live(LeaseId(1)).unwrap().keys.is_empty());
+    m.put(b"k", b"v", None, false).unwrap();
+    let rev = m.revision();
+    assert_eq!(m.lease_revoke(LeaseId(2)).unwrap(), rev);
+    assert!(m.get(b"k").unwrap().kv.is_some());
+    assert!(matches!(
+        m.put(b"x", b"v", Some(LeaseId(9)), false),
+        Err(Error::LeaseNotFound(_))
+    ));
+    assert_eq!(m.revision(), rev);
+}
+
+#[test]
+fn compaction_and_reads_outside_history() {
+    let mut m = model();
+    for i in 0..5u8 {
+        m.put(&[b'k', i], b"v", None, false).unwrap();
+    }
+    assert!(m.compact(Revision(4)).is_ok());
+    assert!(matches!(
+        m.compact(Revision(4)),
+        Err(Error::Compacted { .. })
+    ));
+    assert!(matches!(
+        m.compact(Revision(9)),
+        Err(Error::FutureRevision { .. })
+    ));
+    assert!(matches!(
+        m.list(b"k", Some(Revision(3))),
+        Err(Error::Compacted {
+            compact_revision: Revision(4)
+        })
+    ));
+    assert_eq!(m.list(b"k", Some(Revision(4))).unwrap().kvs.len(), 3);
+    assert!(matches!(
+        m.list(b"k", Some(Revision(7))),
+        Err(Error::FutureRevision { .. })
+    ));
+    assert!(matches!(
+        m.watch(b"k", Revision(3), false),
+        Err(Error::Compacted { .. })
+    ));
+    let from_compact = m.watch(b"k", Revision(4), true).unwrap();
+    assert!(from_compact[0].events[0].prev_kv.is_none());
+    assert_eq!(from_compact.len(), 3);
+}
+
+#[test]
+fn bad_input_is_rejected() {
+    let mut m = model();
+    assert!(matches!(
+        m.put(b"", b"v", None, false),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        m.put(b"k", &[0; 100], None, false),
+        Err(Error::TooLarge { size: 101, .. })
+    ));
+    assert!(matches!(
+        m.lease_grant(0, LeaseId(1)),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        m.lease_grant(limits::MAX_LEASE_TTL + 1, LeaseId(1)),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(m.revision(), Revision(1));
+    assert!(m.leases().is_empty());
+}

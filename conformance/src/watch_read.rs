@@ -1,0 +1,162 @@
+//! Reading watch streams with a bound on waiting, and the watch properties that hold whatever
+//! the history was (W1 ordered, W2 unique, W3 atomic, W5's lower bound, W6, W7).
+
+use crate::failure::{ensure, Check};
+use futures::{FutureExt, StreamExt};
+use registry_api::{Error, EventKind, Revision, WatchBatch, WatchStream};
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// What a watch delivered before the reader stopped.
+#[derive(Debug, Default)]
+pub(crate) struct Received {
+    /// Every batch, progress notifications included, in arrival order.
+    pub(crate) batches: Vec<WatchBatch>,
+    /// The error item, if the stream yielded one.
+    pub(crate) error: Option<Error>,
+    /// The stream ended without an error.
+    pub(crate) ended: bool,
+    /// The reader gave up waiting.
+    pub(crate) timed_out: bool,
+}
+
+impl Received {
+    /// The batches that carry events.
+    pub(crate) fn event_batches(&self) -> Vec<WatchBatch> {
+        self.batches
+            .iter()
+            .filter(|b| !b.is_progress())
+            .cloned()
+            .collect()
+    }
+}
+
+/// Reads until a batch at or above `until` arrives (or, with `None`, until the first item), the
+/// stream fails or ends, or `timeout` passes without an item.
+pub(crate) async fn read_until(
+    stream: &mut WatchStream,
+    until: Option<Revision>,
+    timeout: Duration,
+) -> Received {
+    let mut got = Received::default();
+    loop {
+        match tokio::time::timeout(timeout, stream.next()).await {
+            Err(_) => {
+                got.timed_out = true;
+                return got;
+            }
+            Ok(None) => {
+                got.ended = true;
+                return got;
+            }
+            Ok(Some(Err(e))) => {
+                got.error = Some(e);
+                return got;
+            }
+            Ok(Some(Ok(batch))) => {
+                let reached = until.map_or(true, |u| batch.revision >= u && !batch.is_progress());
+                got.batches.push(batch);
+                if reached {
+                    return got;
+                }
+            }
+        }
+    }
+}
+
+/// Items the stream has ready now, without waiting: what a correct watch must not have after
+/// delivering everything the model knows of.
+pub(crate) fn ready_now(stream: &mut WatchStream) -> Received {
+    let mut got = Received::default();
+    for _ in 0..64 {
+        match stream.next().now_or_never() {
+            None => return got,
+            Some(None) => {
+                got.ended = true;
+                return got;
+            }
+            Some(Some(Err(e))) => {
+                got.error = Some(e);
+                return got;
+            }
+            Some(Some(Ok(batch))) => got.batches.push(batch),
+        }
+    }
+    got
+}
+
+/// The properties every watch on `prefix` from `start` has, whatever was written.
+pub(crate) fn check_properties(batches: &[WatchBatch], prefix: &[u8], start: Revision) -> Check {
+    let mut last_event_rev: Option<Revision> = None;
+    let mut last_progress: Option<Revision> = None;
+    let mut seen: HashSet<(Revision, Vec<u8>)> = HashSet::new();
+    for batch in batches {
+        if batch.is_progress() {
+            last_progress = Some(batch.revision);
+            continue;
+        }
+        ensure!(
+            batch.revision >= start,
+            "W5 resumable: a watch from revision {start} delivered revision {}",
+            batch.revision
+        );
+        if let Some(p) = last_progress {
+            ensure!(
+                batch.revision > p,
+                "W6 bookmarkable: event at revision {} after a progress notification at {p}",
+                batch.revision
+            );
+        }
+        if let Some(last) = last_event_rev {
+            ensure!(
+                batch.revision >= last,
+                "W1 ordered: revision {} delivered after revision {last}",
+                batch.revision
+            );
+            ensure!(
+                batch.revision != last,
+                "W3 atomic: revision {} split across two batches",
+                batch.revision
+            );
+        }
+        last_event_rev = Some(batch.revision);
+        for event in &batch.events {
+            ensure!(
+                event.kv.mod_revision == batch.revision,
+                "W3 atomic: event on {:?} with mod_revision {} in the batch of revision {}",
+                event.kv.key_str(),
+                event.kv.mod_revision,
+                batch.revision
+            );
+            ensure!(
+                event.kv.key.starts_with(prefix),
+                "W7 filtered: event on {:?} outside the watched prefix {:?}",
+                event.kv.key_str(),
+                String::from_utf8_lossy(prefix)
+            );
+            ensure!(
+                seen.insert((batch.revision, event.kv.key.clone())),
+                "W2 unique: key {:?} at revision {} delivered twice",
+                event.kv.key_str(),
+                batch.revision
+            );
+            if event.kind == EventKind::Delete {
+                ensure!(
+                    event.kv.create_revision.0 == 0 && event.kv.version == 0,
+                    "W8: a delete event's kv carries only the key and mod_revision, got {:?}",
+                    event.kv
+                );
+            }
+        }
+        let keys: Vec<&[u8]> = batch.events.iter().map(|e| e.kv.key.as_slice()).collect();
+        ensure!(
+            keys.windows(2).all(|w| w[0] < w[1]),
+            "a batch's events are in key order, got {:?} at revision {}",
+            keys.iter()
+                .map(|k| String::from_utf8_lossy(k))
+                .collect::<Vec<_>>(),
+            batch.revision
+        );
+    }
+    Ok(())
+}

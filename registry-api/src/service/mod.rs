@@ -1,0 +1,31 @@
+//! Service registration, discovery and node picking, over any [`Registry`](crate::Registry).
+//!
+//! This layer lives in the API crate, not beside a backend, because it needs nothing but the
+//! trait: an application that depends on the contract finds it here, and the same code runs on
+//! etcd (`registry-etcd`) and on the simulator (`registry-memory`). It works over
+//! `Arc<dyn Registry>` only and runs its background tasks on the tokio runtime it is started
+//! from.
+//!
+//! - [`instance`]: what an instance is, its JSON, and the key layout
+//!   `<namespace>/<service>/<instance-id>` (default namespace `services`).
+//! - [`registration`]: register with a lease, keep it alive, heal when the lease or key is
+//!   lost ([`Registration`]).
+//! - [`discovery`]: a live cache of a service's instances with a stream of changes
+//!   ([`Discovery`], shared through a [`DiscoveryHub`]).
+//! - [`pick`]: choosing a node per request ([`Picker`]).
+//!
+//! All randomness (backoff jitter, random picks) comes from seeds in the options: the same seed
+//! gives the same run.
+
+pub mod backoff;
+pub mod discovery;
+pub mod instance;
+pub mod pick;
+pub mod registration;
+mod rng;
+
+pub use backoff::Backoff;
+pub use discovery::{Discovery, DiscoveryEvent, DiscoveryEvents, DiscoveryHub, DiscoveryOptions};
+pub use instance::{KeyLayout, Metadata, ServiceInstance, DEFAULT_NAMESPACE};
+pub use pick::{InstanceSource, Picker, PickerOptions, Strategy};
+pub use registration::{Registration, RegistrationOptions, RegistrationState};

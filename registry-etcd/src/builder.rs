@@ -1,0 +1,327 @@
+//! Connection options of [`EtcdRegistry`] and the checks run on them before connecting.
+
+use crate::errors::{self, Context};
+use crate::leases::KeepAlives;
+use crate::namespace::Namespace;
+use crate::{EtcdRegistry, Inner};
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use registry_api::limits::DEFAULT_MAX_VALUE_BYTES;
+use registry_api::{Error, InvalidArgument, Result};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// How long connecting (TCP and HTTP/2 handshake, first round trip) may take by default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one request may wait for its reply by default.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest list or watch response accepted. gRPC's default of 4 MiB is reached by a list of
+/// some 20,000 registrations, or by a watch catching up over a long history.
+const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
+/// Builds an [`EtcdRegistry`]: endpoints, timeouts, credentials, TLS and a namespace.
+///
+/// ```no_run
+/// # async fn demo() -> registry_api::Result<()> {
+/// use registry_etcd::EtcdRegistry;
+/// use std::time::Duration;
+///
+/// let registry = EtcdRegistry::builder(["http://127.0.0.1:2379"])
+///     .namespace("prod/")
+///     .request_timeout(Duration::from_secs(2))
+///     .connect()
+///     .await?;
+/// # let _ = registry; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct EtcdRegistryBuilder {
+    endpoints: Vec<String>,
+    namespace: Vec<u8>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    keep_alive: Option<(Duration, Duration)>,
+    user: Option<(String, String)>,
+    max_value_bytes: usize,
+    #[cfg(feature = "tls")]
+    tls: Option<etcd_client::TlsOptions>,
+}
+
+impl fmt::Debug for EtcdRegistryBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the password.
+        f.debug_struct("EtcdRegistryBuilder")
+            .field("endpoints", &self.endpoints)
+            .field("namespace", &String::from_utf8_lossy(&self.namespace))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("keep_alive", &self.keep_alive)
+            .field("user", &self.user.as_ref().map(|(name, _)| name))
+            .field("max_value_bytes", &self.max_value_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdRegistryBuilder {
+    /// A builder for the given endpoints (`http://host:port`, or `https://` with the `tls`
+    /// feature). Several endpoints of one cluster are balanced between.
+    pub fn new<I, S>(endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        EtcdRegistryBuilder {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            namespace: Vec::new(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            keep_alive: None,
+            user: None,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    /// Prefixes every key, list, delete and watch with `namespace`, and strips it from every
+    /// result, so that registries with different namespaces share one etcd without seeing each
+    /// other. Leases are not namespaced: etcd has one lease space.
+    pub fn namespace(mut self, namespace: impl Into<Vec<u8>>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// How long connecting to an endpoint may take (default 3 s), so that a bad endpoint fails
+    /// instead of hanging.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long one request may wait for its reply (default 5 s). Watches are not cut by it.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sends HTTP/2 pings every `interval` and drops the connection when one is not answered
+    /// within `timeout`, so that a dead server is noticed even on an idle connection.
+    pub fn keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.keep_alive = Some((interval, timeout));
+        self
+    }
+
+    /// Authenticates as `user` with `password`.
+    pub fn user(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user = Some((user.into(), password.into()));
+        self
+    }
+
+    /// The largest key plus value a put accepts (default
+    /// [`DEFAULT_MAX_VALUE_BYTES`](registry_api::limits::DEFAULT_MAX_VALUE_BYTES), a little
+    /// under etcd's request limit). Raise it only with the server's `--max-request-bytes`.
+    pub fn max_value_bytes(mut self, limit: usize) -> Self {
+        self.max_value_bytes = limit;
+        self
+    }
+
+    /// TLS settings for `https://` endpoints.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: etcd_client::TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Checks the settings, connects and makes one round trip, so that a wrong endpoint or
+    /// password fails here rather than on first use.
+    ///
+    /// Fails with [`InvalidArgument::Config`] for malformed settings (nothing is sent),
+    /// [`Error::Unavailable`] when no endpoint answers within the connect timeout, and
+    /// [`Error::Backend`] with an [`AuthError`](crate::AuthError) source when the credentials
+    /// are refused.
+    pub async fn connect(self) -> Result<EtcdRegistry> {
+        let span = tracing::info_span!("etcd.connect", endpoints = ?self.endpoints);
+        async move {
+            self.validate()?;
+            let options = self.connect_options();
+            let wait = self.connect_timeout + self.request_timeout;
+            let client =
+                tokio::time::timeout(wait, Client::connect(&self.endpoints, Some(options)))
+                    .await
+                    .map_err(|_| {
+                        Error::unavailable(format!("connecting timed out after {wait:?}"))
+                    })?
+                    .map_err(|e| errors::from_etcd(e, Context::default()))?;
+            let namespace = Namespace::new(self.namespace);
+            probe(&client, &namespace, wait).await?;
+            tracing::debug!("connected");
+            Ok(EtcdRegistry {
+                inner: Arc::new(Inner {
+                    keep_alive: KeepAlives::new(client.clone(), self.request_timeout),
+                    kv: client
+                        .kv_client()
+                        .max_decoding_message_size(MAX_RESPONSE_BYTES),
+                    watch: client
+                        .watch_client()
+                        .max_decoding_message_size(MAX_RESPONSE_BYTES),
+                    client,
+                    namespace,
+                    endpoints: self.endpoints,
+                    max_value_bytes: self.max_value_bytes,
+                    request_timeout: self.request_timeout,
+                }),
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.endpoints.is_empty() {
+            return Err(InvalidArgument::Config("no endpoints given".into()).into());
+        }
+        for endpoint in &self.endpoints {
+            validate_endpoint(endpoint).map_err(|why| {
+                Error::from(InvalidArgument::Config(format!(
+                    "endpoint {endpoint:?}: {why}"
+                )))
+            })?;
+        }
+        if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
+            return Err(InvalidArgument::Config("timeouts must be above zero".into()).into());
+        }
+        if self.max_value_bytes == 0 {
+            return Err(
+                InvalidArgument::Config("max_value_bytes must be above zero".into()).into(),
+            );
+        }
+        if let Some((name, _)) = &self.user {
+            if name.is_empty() {
+                return Err(InvalidArgument::Config("user name is empty".into()).into());
+            }
+        }
+        Ok(())
+    }
+
+    fn connect_options(&self) -> ConnectOptions {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(self.connect_timeout)
+            .with_timeout(self.request_timeout);
+        if let Some((interval, timeout)) = self.keep_alive {
+            options = options.with_keep_alive(interval, timeout);
+        }
+        if let Some((user, password)) = &self.user {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            options = options.with_tls(tls.clone());
+        }
+        options
+    }
+}
+
+/// One cheap read inside the namespace: etcd-client connects lazily, so without it a refused
+/// endpoint would only show on first use.
+async fn probe(client: &Client, namespace: &Namespace, wait: Duration) -> Result<()> {
+    let mut client = client.clone();
+    let key = namespace.key(&[0]);
+    let read = client.get(key, Some(GetOptions::new().with_count_only()));
+    match tokio::time::timeout(wait, read).await {
+        Ok(Ok(_)) => Ok(()),
+        // The server answered; the user may just not read this part of the keyspace.
+        Ok(Err(etcd_client::Error::GRpcStatus(s))) if s.code() == tonic::Code::PermissionDenied => {
+            Ok(())
+        }
+        Ok(Err(e)) => Err(errors::from_etcd(e, Context::default())),
+        Err(_) => Err(Error::unavailable(format!(
+            "no endpoint answered within {wait:?}"
+        ))),
+    }
+}
+
+/// Accepts `scheme://host[:port][/]` with scheme `http` (or `https`), a non-empty host and a
+/// port in 1..=65535.
+fn validate_endpoint(endpoint: &str) -> std::result::Result<(), String> {
+    let (scheme, rest) = endpoint
+        .split_once("://")
+        .ok_or_else(|| "missing scheme (http:// or https://)".to_owned())?;
+    match scheme {
+        "http" => {}
+        "https" if cfg!(feature = "tls") => {}
+        "https" => return Err("https needs the `tls` feature of registry-etcd".into()),
+        other => return Err(format!("unsupported scheme {other:?}")),
+    }
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() {
+        return Err("missing host".into());
+    }
+    if authority.contains(['/', '?', '#', '@', ' ']) {
+        return Err("expected only host and port".into());
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        // IPv6 literal: [::1]:2379
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or_else(|| "unclosed [ in IPv6 host".to_owned())?;
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or_else(|| "expected :port after ]".to_owned())?,
+            ),
+        };
+        (host, port)
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("missing host".into());
+    }
+    if let Some(port) = port {
+        match port.parse::<u16>() {
+            Ok(0) | Err(_) => return Err(format!("bad port {port:?}")),
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_endpoint;
+
+    #[test]
+    fn good_endpoints_pass() {
+        for ok in [
+            "http://127.0.0.1:2379",
+            "http://localhost:2379/",
+            "http://etcd",
+            "http://[::1]:2379",
+        ] {
+            assert_eq!(validate_endpoint(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn malformed_endpoints_fail() {
+        for bad in [
+            "",
+            "127.0.0.1:2379",
+            "http://",
+            "http://:2379",
+            "http://host:0",
+            "http://host:99999",
+            "http://host:port",
+            "ftp://host:1",
+            "http://host:1/path",
+            "http://[::1",
+        ] {
+            assert!(validate_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The key prefix that isolates one registry's keys from every other user of the same etcd.
+//!
+//! etcd-client has prefix wrappers for KV and leases but none for watches, so the backend applies
+//! the namespace itself, in one place: every key, range, delete and watch goes through
+//! [`Namespace::key`] or [`Namespace::range`], and every key coming back through
+//! [`Namespace::strip`].
+
+use registry_api::limits::prefix_end;
+
+/// The all-keys marker of etcd: as a key, "from the first key"; as a range end, "to the last".
+const ALL_KEYS: u8 = 0;
+
+/// A byte prefix prepended to every key sent and stripped from every key received.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Namespace {
+    prefix: Vec<u8>,
+}
+
+impl Namespace {
+    /// A namespace of `prefix`; an empty prefix is the whole keyspace.
+    pub(crate) fn new(prefix: impl Into<Vec<u8>>) -> Self {
+        Namespace {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The raw prefix.
+    pub(crate) fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
+
+    /// The etcd key for the caller's `key`.
+    pub(crate) fn key(&self, key: &[u8]) -> Vec<u8> {
+        let mut full = Vec::with_capacity(self.prefix.len() + key.len());
+        full.extend_from_slice(&self.prefix);
+        full.extend_from_slice(key);
+        full
+    }
+
+    /// The etcd `(key, range_end)` covering every caller key under `prefix`. An empty `prefix`
+    /// covers the whole namespace (the whole keyspace when the namespace is empty too).
+    pub(crate) fn range(&self, prefix: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let start = self.key(prefix);
+        match prefix_end(&start) {
+            Some(end) => (start, end),
+            // An empty or all-0xff start has no upper bound: etcd spells "to the end" as "\0".
+            None if start.is_empty() => (vec![ALL_KEYS], vec![ALL_KEYS]),
+            None => (start, vec![ALL_KEYS]),
+        }
+    }
+
+    /// The caller's key for an etcd key, or `None` when the key lies outside the namespace
+    /// (a lease can hold keys of other namespaces; they are not ours to show).
+    pub(crate) fn strip(&self, key: &[u8]) -> Option<Vec<u8>> {
+        key.strip_prefix(self.prefix.as_slice()).map(<[u8]>::to_vec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_prefixed_and_stripped() {
+        let ns = Namespace::new("app/");
+        assert_eq!(ns.key(b"svc/a"), b"app/svc/a".to_vec());
+        assert_eq!(ns.strip(b"app/svc/a"), Some(b"svc/a".to_vec()));
+        assert_eq!(ns.strip(b"other/svc/a"), None);
+    }
+
+    #[test]
+    fn ranges_stay_inside_the_namespace() {
+        let ns = Namespace::new("app/");
+        assert_eq!(
+            ns.range(b"svc/"),
+            (b"app/svc/".to_vec(), b"app/svc0".to_vec())
+        );
+        assert_eq!(ns.range(b""), (b"app/".to_vec(), b"app0".to_vec()));
+    }
+
+    #[test]
+    fn the_empty_namespace_is_the_whole_keyspace() {
+        let ns = Namespace::default();
+        assert_eq!(ns.key(b"k"), b"k".to_vec());
+        assert_eq!(ns.range(b""), (vec![0], vec![0]));
+        assert_eq!(ns.range(&[0xff]), (vec![0xff], vec![0]));
+        assert_eq!(ns.strip(b"k"), Some(b"k".to_vec()));
+    }
+}

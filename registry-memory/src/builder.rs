@@ -1,0 +1,103 @@
+//! Settings of a [`MemoryRegistry`](crate::MemoryRegistry) and the builder that sets them.
+
+use crate::clock::Clock;
+use crate::MemoryRegistry;
+use registry_api::limits;
+
+/// The simulated server's settings, fixed when the registry is built.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) min_ttl: i64,
+    pub(crate) max_ttl: i64,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) history_limit: Option<i64>,
+}
+
+/// Builds a [`MemoryRegistry`] with settings other than etcd's defaults.
+///
+/// ```
+/// use registry_memory::MemoryRegistry;
+///
+/// let registry = MemoryRegistry::builder()
+///     .min_ttl(5)
+///     .max_value_bytes(1024)
+///     .history_limit(10_000)
+///     .manual_clock()
+///     .build();
+/// assert_eq!(registry.current_revision().get(), 1);
+/// ```
+#[derive(Clone, Debug)]
+pub struct MemoryRegistryBuilder {
+    config: Config,
+    manual_clock: bool,
+}
+
+impl Default for MemoryRegistryBuilder {
+    fn default() -> Self {
+        MemoryRegistryBuilder {
+            config: Config {
+                min_ttl: limits::DEFAULT_MIN_LEASE_TTL,
+                max_ttl: limits::MAX_LEASE_TTL,
+                max_value_bytes: limits::DEFAULT_MAX_VALUE_BYTES,
+                history_limit: None,
+            },
+            manual_clock: false,
+        }
+    }
+}
+
+impl MemoryRegistryBuilder {
+    /// The smallest TTL granted, in seconds (default 2, etcd's): a grant below it is raised to
+    /// it. Values below 1 count as 1.
+    pub fn min_ttl(mut self, seconds: i64) -> Self {
+        self.config.min_ttl = seconds.max(1);
+        self
+    }
+
+    /// The largest TTL accepted, in seconds (default etcd's 9,000,000,000); a grant above it
+    /// fails with `InvalidArgument`. Never below the minimum TTL.
+    pub fn max_ttl(mut self, seconds: i64) -> Self {
+        self.config.max_ttl = seconds.max(1);
+        self
+    }
+
+    /// The largest key plus value a put accepts, in bytes (default
+    /// [`limits::DEFAULT_MAX_VALUE_BYTES`]); a bigger put fails with `TooLarge`.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_value_bytes = bytes;
+        self
+    }
+
+    /// Keeps only the last `revisions` revisions readable, compacting automatically as writes
+    /// come in (off by default: history then grows until [`compact`]
+    /// (registry_api::Registry::compact) is called). Values below 1 count as 1.
+    pub fn history_limit(mut self, revisions: u64) -> Self {
+        self.config.history_limit = Some(i64::try_from(revisions).unwrap_or(i64::MAX).max(1));
+        self
+    }
+
+    /// Time moves only by [`MemoryRegistry::advance`]; no runtime is needed.
+    pub fn manual_clock(mut self) -> Self {
+        self.manual_clock = true;
+        self
+    }
+
+    /// Time is tokio's (`tokio::time::Instant`), paused or not (the default).
+    pub fn tokio_clock(mut self) -> Self {
+        self.manual_clock = false;
+        self
+    }
+
+    /// The registry: a fresh store at revision 1. With tokio's clock, build it inside the runtime
+    /// that will use it, so that its time zero is that runtime's (paused) clock.
+    pub fn build(self) -> MemoryRegistry {
+        let mut config = self.config;
+        config.max_ttl = config.max_ttl.max(config.min_ttl);
+        let clock = if self.manual_clock {
+            Clock::Manual
+        } else {
+            Clock::tokio()
+        };
+        MemoryRegistry::from_parts(config, clock)
+    }
+}

@@ -1,0 +1,214 @@
+//! The [`Registry`] contract over the state machine: input checks first (nothing is written on
+//! bad input), then one locked operation, each in a debug-level `tracing` span.
+
+use crate::keys::{KeyDisplay, KeyRange, Kv};
+use crate::watches::{self, WatchSpec};
+use crate::{expiry, MemoryRegistry};
+use async_trait::async_trait;
+use registry_api::{
+    limits, DeleteResponse, Error, GetResponse, LeaseGrant, LeaseId, LeaseTimeToLive, ListOptions,
+    ListResponse, PutOptions, PutResponse, Registry, Result, Revision, WatchOptions, WatchStream,
+};
+use std::sync::Arc;
+
+impl MemoryRegistry {
+    fn grant_now(&self, ttl: i64, id: Option<LeaseId>) -> Result<LeaseGrant> {
+        let span = tracing::debug_span!("memory.lease_grant", ttl, id = ?id, lease = tracing::field::Empty);
+        let _entered = span.enter();
+        limits::check_ttl(ttl, self.shared.config.max_ttl)?;
+        if let Some(id) = id {
+            limits::check_lease_id(id)?;
+        }
+        let grant = self.shared.call(|state, now| {
+            let (grant, deadline) = state.grant(&self.shared.config, ttl, id, now)?;
+            expiry::schedule(&self.shared, state, deadline);
+            Ok(grant)
+        })?;
+        span.record("lease", tracing::field::display(grant.id));
+        Ok(grant)
+    }
+
+    fn keep_alive_now(&self, id: LeaseId) -> Result<i64> {
+        let _span = tracing::debug_span!("memory.lease_keep_alive", lease = %id).entered();
+        limits::check_lease_id(id)?;
+        self.shared.call(|state, now| {
+            state
+                .leases
+                .keep_alive(id, now)
+                .ok_or(Error::LeaseNotFound(id))
+        })
+    }
+
+    fn revoke_now(&self, id: LeaseId) -> Result<Revision> {
+        let span = tracing::debug_span!("memory.lease_revoke", lease = %id, revision = tracing::field::Empty);
+        let _entered = span.enter();
+        limits::check_lease_id(id)?;
+        let revision = self.shared.call(|state, _| state.revoke(id))?;
+        span.record("revision", revision.0);
+        Ok(revision)
+    }
+
+    fn time_to_live_now(&self, id: LeaseId) -> Result<LeaseTimeToLive> {
+        let _span = tracing::debug_span!("memory.lease_time_to_live", lease = %id).entered();
+        limits::check_lease_id(id)?;
+        self.shared.call(|state, now| {
+            let lease = state.leases.get(id).ok_or(Error::LeaseNotFound(id))?;
+            let remaining = lease.deadline.saturating_sub(now);
+            Ok(LeaseTimeToLive {
+                id,
+                ttl: i64::try_from(remaining.as_secs()).unwrap_or(i64::MAX),
+                granted_ttl: lease.granted_ttl,
+                keys: lease.keys.iter().map(|key| key.to_vec()).collect(),
+            })
+        })
+    }
+
+    fn leases_now(&self) -> Result<Vec<LeaseId>> {
+        let _span = tracing::debug_span!("memory.leases").entered();
+        self.shared.call(|state, _| Ok(state.leases.ids()))
+    }
+
+    fn put_now(&self, key: &[u8], value: &[u8], opts: &PutOptions) -> Result<PutResponse> {
+        let span = tracing::debug_span!(
+            "memory.put",
+            key = %KeyDisplay(key),
+            lease = ?opts.lease,
+            revision = tracing::field::Empty
+        );
+        let _entered = span.enter();
+        limits::check_put(key, value, self.shared.config.max_value_bytes)?;
+        if let Some(lease) = opts.lease {
+            limits::check_lease_id(lease)?;
+        }
+        let response = self
+            .shared
+            .call(|state, _| state.put(key, value, opts.lease, opts.prev_kv))?;
+        span.record("revision", response.revision.0);
+        Ok(response)
+    }
+
+    fn get_now(&self, key: &[u8]) -> Result<GetResponse> {
+        let _span = tracing::debug_span!("memory.get", key = %KeyDisplay(key)).entered();
+        limits::check_key(key)?;
+        self.shared.call(|state, _| {
+            Ok(GetResponse {
+                kv: state.mvcc.get(key).map(|kv| kv.to_api()),
+                revision: state.revision(),
+            })
+        })
+    }
+
+    fn list_now(&self, prefix: &[u8], opts: &ListOptions) -> Result<ListResponse> {
+        let _span = tracing::debug_span!(
+            "memory.list",
+            prefix = %KeyDisplay(prefix),
+            at = ?opts.revision.map(|r| r.0)
+        )
+        .entered();
+        if let Some(at) = opts.revision {
+            limits::check_revision(at)?;
+        }
+        self.shared.call(|state, _| {
+            let kvs = state
+                .mvcc
+                .read(KeyRange::Prefix(prefix), opts.revision.map(|r| r.0))?;
+            Ok(ListResponse {
+                kvs: kvs.iter().map(|kv| Kv::to_api(kv)).collect(),
+                // etcd answers with the store's current revision, also for a read in the past.
+                revision: state.revision(),
+            })
+        })
+    }
+
+    fn delete_now(&self, range: KeyRange<'_>) -> Result<DeleteResponse> {
+        let span = tracing::debug_span!(
+            "memory.delete",
+            range = %range,
+            revision = tracing::field::Empty
+        );
+        let _entered = span.enter();
+        if let KeyRange::Key(key) = range {
+            limits::check_key(key)?;
+        }
+        let response = self.shared.call(|state, _| Ok(state.delete(range)))?;
+        span.record("revision", response.revision.0);
+        Ok(response)
+    }
+
+    fn compact_now(&self, revision: Revision) -> Result<Revision> {
+        let _span = tracing::debug_span!("memory.compact", revision = revision.0).entered();
+        limits::check_revision(revision)?;
+        self.shared.call(|state, _| state.compact(revision.0))
+    }
+
+    fn watch_now(&self, prefix: &[u8], opts: &WatchOptions) -> Result<WatchStream> {
+        let _span = tracing::debug_span!(
+            "memory.watch",
+            prefix = %KeyDisplay(prefix),
+            start = ?opts.start_revision.map(|r| r.0)
+        )
+        .entered();
+        if let Some(start) = opts.start_revision {
+            limits::check_revision(start)?;
+        }
+        let spec = WatchSpec {
+            prefix: Arc::from(prefix),
+            start: opts.start_revision.map(|r| r.0),
+            prev_kv: opts.prev_kv,
+            progress_notify: opts.progress_notify,
+        };
+        self.shared
+            .call(|state, _| Ok(watches::open(self.shared.clone(), state, spec)))
+    }
+}
+
+#[async_trait]
+impl Registry for MemoryRegistry {
+    async fn lease_grant(&self, ttl: i64, id: Option<LeaseId>) -> Result<LeaseGrant> {
+        self.grant_now(ttl, id)
+    }
+
+    async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64> {
+        self.keep_alive_now(id)
+    }
+
+    async fn lease_revoke(&self, id: LeaseId) -> Result<Revision> {
+        self.revoke_now(id)
+    }
+
+    async fn lease_time_to_live(&self, id: LeaseId) -> Result<LeaseTimeToLive> {
+        self.time_to_live_now(id)
+    }
+
+    async fn leases(&self) -> Result<Vec<LeaseId>> {
+        self.leases_now()
+    }
+
+    async fn put(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<PutResponse> {
+        self.put_now(key, value, &opts)
+    }
+
+    async fn get(&self, key: &[u8]) -> Result<GetResponse> {
+        self.get_now(key)
+    }
+
+    async fn list(&self, prefix: &[u8], opts: ListOptions) -> Result<ListResponse> {
+        self.list_now(prefix, &opts)
+    }
+
+    async fn delete(&self, key: &[u8]) -> Result<DeleteResponse> {
+        self.delete_now(KeyRange::Key(key))
+    }
+
+    async fn delete_prefix(&self, prefix: &[u8]) -> Result<DeleteResponse> {
+        self.delete_now(KeyRange::Prefix(prefix))
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<Revision> {
+        self.compact_now(revision)
+    }
+
+    async fn watch(&self, prefix: &[u8], opts: WatchOptions) -> Result<WatchStream> {
+        self.watch_now(prefix, &opts)
+    }
+}
