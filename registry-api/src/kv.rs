@@ -97,8 +97,9 @@ impl ListOptions {
 pub struct ListResponse {
     /// Every key under the prefix, in key order.
     pub kvs: Vec<KeyValue>,
-    /// The store revision the list was read at: watch from `revision.next()` to see every
-    /// change after it.
+    /// The store's current revision when the list was served (etcd's header revision: for a
+    /// read at a past revision this is still the current one). For a read at the current
+    /// revision, watch from `revision.next()` to see every change after it.
     pub revision: Revision,
 }
 

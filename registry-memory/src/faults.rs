@@ -37,13 +37,14 @@ impl MemoryRegistry {
         self.shared.with_state(|state, _| state.revoke(id))
     }
 
-    /// A leader change: every live lease's remaining TTL grows by `extra` (etcd extends leases by
-    /// the election timeout on failover, so a key can outlive its TTL across one).
+    /// A leader change: every live lease restarts from now with its whole granted TTL plus
+    /// `extra`, as etcd's new leader does (`lessor.Promote` refreshes each lease by the election
+    /// timeout), so a key can outlive its TTL across a failover.
     pub fn leader_change(&self, extra: Duration) {
         let _span =
             tracing::debug_span!("memory.leader_change", extra_ms = extra.as_millis() as u64)
                 .entered();
         self.shared
-            .with_state(|state, _| state.leases.extend_all(extra));
+            .with_state(|state, now| state.leases.extend_all(now, extra));
     }
 }

@@ -204,10 +204,14 @@ impl Leases {
         }
     }
 
-    /// Pushes every live lease's deadline back by `extra`.
-    pub(crate) fn extend_all(&mut self, extra: Duration) {
+    /// A new leader's lessor (etcd's `Promote`) restarts every live lease from now: its whole
+    /// granted TTL plus `extra` (etcd keeps no remaining TTL across a failover unless lease
+    /// checkpointing is on, which it is not by default).
+    pub(crate) fn extend_all(&mut self, now: Duration, extra: Duration) {
         for lease in self.by_id.values_mut() {
-            lease.deadline = lease.deadline.saturating_add(extra);
+            lease.deadline = now
+                .saturating_add(ttl_duration(lease.granted_ttl))
+                .saturating_add(extra);
         }
         self.reindex();
     }

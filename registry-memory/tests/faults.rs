@@ -146,17 +146,19 @@ async fn a_leader_change_extends_every_lease() {
         .unwrap();
     r.advance(Duration::from_secs(1));
     r.leader_change(Duration::from_secs(3));
-    // short: 1 s left + 3 s.
-    assert_eq!(r.lease_time_to_live(short).await.unwrap().ttl, 4);
-    assert_eq!(r.lease_time_to_live(long).await.unwrap().ttl, 12);
-    r.advance(Duration::from_millis(3_999));
+    // Each restarts from now with its whole TTL + 3 s, not its 1 s less remaining.
+    assert_eq!(r.lease_time_to_live(short).await.unwrap().ttl, 5);
+    assert_eq!(r.lease_time_to_live(long).await.unwrap().ttl, 13);
+    r.advance(Duration::from_millis(4_999));
     assert!(
         r.get(b"short").await.unwrap().kv.is_some(),
         "outlives its TTL across the failover"
     );
     r.advance(Duration::from_millis(1));
     assert!(r.get(b"short").await.unwrap().kv.is_none());
-    r.advance(Duration::from_secs(8));
+    r.advance(Duration::from_secs(7));
+    assert!(r.get(b"long").await.unwrap().kv.is_some());
+    r.advance(Duration::from_secs(1));
     assert!(r.get(b"long").await.unwrap().kv.is_none());
     // A lease granted later is not extended.
     let fresh = r.lease_grant(2, None).await.unwrap().id;
