@@ -47,7 +47,7 @@ impl Inner {
                 }
             };
             tracing::debug!(watch_id, "watch created");
-            let (sender, responses) = stream.split();
+            let (sender, responses) = (*stream).split();
             let state = WatchState {
                 namespace: self.namespace.clone(),
                 stream: responses,
@@ -80,7 +80,7 @@ impl Inner {
             .map_err(|e| errors::from_etcd(e, Context::default()))?;
         match first {
             Some(resp) if resp.canceled() => Ok(Opened::Cancelled(cancel_error(&resp))),
-            Some(resp) if resp.created() => Ok(Opened::Live(resp.watch_id(), stream)),
+            Some(resp) if resp.created() => Ok(Opened::Live(resp.watch_id(), Box::new(stream))),
             Some(_) => Err(Error::backend(
                 "etcd sent events before confirming the watch",
             )),
@@ -121,7 +121,7 @@ impl Inner {
 /// A watch etcd confirmed, or refused in its very first reply.
 enum Opened {
     /// Created: the watch id and the stream of what follows.
-    Live(i64, etcd_client::WatchStream),
+    Live(i64, Box<etcd_client::WatchStream>),
     /// Created and cancelled at once; the error says why.
     Cancelled(Error),
 }
