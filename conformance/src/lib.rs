@@ -25,15 +25,62 @@ pub use run::{check, run, UNKNOWN_LEASE};
 /// Stamps one `#[test]` per conformance case, each running that case on a fresh backend from
 /// `$backend` (a `fn() -> impl Backend`; write `async $backend` for an async constructor).
 ///
-/// ```ignore
+/// ```
+/// # use registry_conformance::{Backend, Capabilities};
+/// # use std::{sync::Arc, time::Duration};
+/// # struct Sim;
+/// # #[async_trait::async_trait]
+/// # impl Backend for Sim {
+/// #     async fn registry(&self) -> Arc<dyn registry_api::Registry> {
+/// #         Arc::new(registry_memory::MemoryRegistry::with_manual_clock())
+/// #     }
+/// #     fn capabilities(&self) -> Capabilities { Capabilities::simulator() }
+/// #     async fn advance(&self, _by: Duration) {}
+/// # }
+/// fn backend() -> Sim {
+///     Sim
+/// }
 /// registry_conformance::conformance_suite!(backend);
-/// registry_conformance::conformance_suite!(async connect_backend);
+///
+/// // With an async constructor (say, one that connects), in another test file:
+/// mod connected {
+/// #   use super::Sim;
+///     async fn connect() -> Sim {
+///         Sim
+///     }
+///     registry_conformance::conformance_suite!(async connect);
+/// }
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! conformance_suite {
     (async $backend:expr) => {
-        $crate::__conformance_cases!(
-            (|| $backend());
+        $crate::__conformance_cases!(with_cases stamp (|| $backend()));
+    };
+    ($backend:expr) => {
+        $crate::conformance_suite!(async (|| async { $backend() }));
+    };
+}
+
+/// Implementation detail of [`conformance_suite!`]: the one list of case names, and what is
+/// done with it (stamp tests, or list the names for the suite's own check).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    (stamp ($make:expr); $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::run_test(stringify!($case), file!(), $make);
+            }
+        )*
+    };
+    (names (); $($case:ident),* $(,)?) => {
+        [$(stringify!($case)),*]
+    };
+    (with_cases $mode:ident $arg:tt) => {
+        $crate::__conformance_cases! {
+            $mode $arg;
             watch_is_ordered,
             watch_is_unique,
             watch_is_atomic,
@@ -54,24 +101,16 @@ macro_rules! conformance_suite {
             unknown_lease_ops_fail,
             put_moves_and_detaches_keys,
             bad_input_writes_nothing,
-            model_check
-        );
-    };
-    ($backend:expr) => {
-        $crate::conformance_suite!(async (|| async { $backend() }));
+            model_check,
+        }
     };
 }
 
-/// Implementation detail of [`conformance_suite!`].
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __conformance_cases {
-    (($make:expr); $($case:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $case() {
-                $crate::run_test(stringify!($case), file!(), $make);
-            }
-        )*
-    };
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_macro_stamps_every_case() {
+        let stamped: Vec<&str> = __conformance_cases!(with_cases names ()).to_vec();
+        assert_eq!(stamped, crate::case_names());
+    }
 }

@@ -321,7 +321,6 @@ fn invalid(why: &InvalidArgument) -> String {
         InvalidArgument::TtlTooLarge { ttl, .. } => format!("TtlTooLarge({ttl})"),
         InvalidArgument::LeaseId(id) => format!("LeaseId({id})"),
         InvalidArgument::Revision(_) => "Revision".into(),
-        InvalidArgument::Compaction { .. } => "Compaction".into(),
         InvalidArgument::Config(_) => "Config".into(),
         other => format!("Other({other})"),
     }
@@ -332,5 +331,53 @@ fn value(v: &[u8]) -> String {
         String::from_utf8_lossy(v).into_owned()
     } else {
         format!("<{} bytes>", v.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_finds_the_first_difference() {
+        let step = |revision| Step {
+            request: "put".into(),
+            outcome: Outcome::Put {
+                revision,
+                prev_kv: None,
+            },
+        };
+        let a = Observation {
+            steps: vec![step(1), step(2)],
+            ..Observation::default()
+        };
+        assert_eq!(a.diff(&a.clone()), None);
+        let b = Observation {
+            steps: vec![step(1), step(3)],
+            ..Observation::default()
+        };
+        assert!(a.diff(&b).is_some_and(|d| d.starts_with("step 1")));
+    }
+
+    #[test]
+    fn revisions_are_relative_and_leases_by_grant_order() {
+        let mut n = Normalizer::new(Revision(40), b"pre/".to_vec());
+        n.granted(LeaseId(99));
+        let kv = KeyValue {
+            key: b"pre/k".to_vec(),
+            value: b"v".to_vec(),
+            create_revision: Revision(41),
+            mod_revision: Revision(43),
+            version: 2,
+            lease: Some(LeaseId(99)),
+        };
+        let o = n.kv(&kv);
+        assert_eq!(
+            (o.key.as_str(), o.create_revision, o.mod_revision),
+            ("k", 1, 3)
+        );
+        assert_eq!(o.lease, Some(LeaseRef::Granted(0)));
+        assert_eq!(n.lease(LeaseId(7)), LeaseRef::Unknown);
+        assert_eq!(n.kv(&KeyValue::default()).create_revision, 0);
     }
 }

@@ -160,3 +160,54 @@ pub(crate) fn check_properties(batches: &[WatchBatch], prefix: &[u8], start: Rev
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::check_properties;
+    use registry_api::{EventKind, KeyValue, Revision, WatchBatch, WatchEvent};
+
+    fn put(key: &str, rev: i64) -> WatchEvent {
+        WatchEvent {
+            kind: EventKind::Put,
+            kv: KeyValue {
+                key: key.as_bytes().to_vec(),
+                value: b"v".to_vec(),
+                create_revision: Revision(rev),
+                mod_revision: Revision(rev),
+                version: 1,
+                lease: None,
+            },
+            prev_kv: None,
+        }
+    }
+
+    fn batch(rev: i64, keys: &[&str]) -> WatchBatch {
+        WatchBatch {
+            revision: Revision(rev),
+            events: keys.iter().map(|k| put(k, rev)).collect(),
+        }
+    }
+
+    fn broken(batches: &[WatchBatch]) -> String {
+        check_properties(batches, b"p/", Revision(2)).expect_err("a broken watch passed")
+    }
+
+    #[test]
+    fn a_correct_watch_passes() {
+        let ok = [batch(2, &["p/a", "p/b"]), batch(4, &[]), batch(5, &["p/a"])];
+        assert_eq!(check_properties(&ok, b"p/", Revision(2)), Ok(()));
+    }
+
+    #[test]
+    fn each_broken_property_is_named() {
+        assert!(broken(&[batch(3, &["p/a"]), batch(2, &["p/a"])]).starts_with("W1"));
+        assert!(broken(&[batch(3, &["p/a"]), batch(3, &["p/b"])]).starts_with("W3"));
+        assert!(broken(&[batch(3, &["p/a", "p/a"])]).starts_with("W2"));
+        assert!(broken(&[batch(1, &["p/a"])]).starts_with("W5"));
+        assert!(broken(&[batch(5, &[]), batch(4, &["p/a"])]).starts_with("W6"));
+        assert!(broken(&[batch(3, &["q/a"])]).starts_with("W7"));
+        let mut moved = batch(3, &["p/a"]);
+        moved.events[0].kv.mod_revision = Revision(2);
+        assert!(broken(&[moved]).starts_with("W3"));
+    }
+}

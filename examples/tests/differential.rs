@@ -13,7 +13,7 @@ use registry_memory::MemoryRegistry;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How many sequences: a few dozen, about 10 s on etcd.
+/// How many sequences: a few dozen, about 10 s on etcd (`DIFFERENTIAL_SEQUENCES` for more).
 const SEQUENCES: usize = 36;
 /// The generator's seed: the same sequences on every run.
 const SEED: [u8; 32] = *b"registry differential check 0001";
@@ -58,11 +58,11 @@ impl Backend for Etcd {
 }
 
 /// Sequences for real time (long TTLs, no time advances), from the fixed seed.
-fn sequences() -> Vec<Vec<Op>> {
+fn sequences(count: usize) -> Vec<Vec<Op>> {
     let strategy = ops_strategy(&Capabilities::etcd().with_time(Time::Real));
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &SEED);
     let mut runner = TestRunner::new_with_rng(Config::default(), rng);
-    (0..SEQUENCES)
+    (0..count)
         .map(|_| match strategy.new_tree(&mut runner) {
             Ok(tree) => tree.current(),
             Err(why) => panic!("cannot generate a sequence: {why}"),
@@ -79,8 +79,12 @@ async fn simulator_and_etcd_observe_the_same() {
     let etcd = Etcd {
         endpoints: server.endpoints(),
     };
+    let count = std::env::var("DIFFERENTIAL_SEQUENCES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(SEQUENCES);
     let (mut steps, mut failed, mut events) = (0, 0, 0);
-    for (i, ops) in sequences().iter().enumerate() {
+    for (i, ops) in sequences(count).iter().enumerate() {
         let simulated = run(&Simulator, ops).await;
         let real = run(&etcd, ops).await;
         if let Some(diff) = simulated.diff(&real) {
@@ -100,7 +104,7 @@ async fn simulator_and_etcd_observe_the_same() {
             .sum::<usize>();
     }
     // The comparison only means something if the sequences did things, failures included.
-    assert!(steps > 10 * SEQUENCES, "only {steps} steps");
+    assert!(steps > 10 * count, "only {steps} steps");
     assert!(failed > 0, "no sequence exercised a failing call");
     assert!(events > 100, "only {events} watched events");
 }

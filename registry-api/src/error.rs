@@ -120,14 +120,6 @@ pub enum InvalidArgument {
     /// Revisions in requests are positive.
     #[error("revision {0} is not valid")]
     Revision(i64),
-    /// Compaction must move forward and stay at or below the current revision.
-    #[error("cannot compact at revision {requested}: {reason}")]
-    Compaction {
-        /// The revision asked.
-        requested: Revision,
-        /// Why it was refused.
-        reason: String,
-    },
     /// A connection setting (endpoint, namespace, credentials) is malformed.
     #[error("bad configuration: {0}")]
     Config(String),

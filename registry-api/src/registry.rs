@@ -58,6 +58,9 @@ pub trait Registry: Debug + Send + Sync {
 
     /// Discards history below `revision`: reads and watches from earlier revisions then fail
     /// with [`Compacted`](crate::Error::Compacted). Uses no revision; returns the current one.
+    /// As in etcd, compacting at or below the last compaction fails with
+    /// [`Compacted`](crate::Error::Compacted), above the current revision with
+    /// [`FutureRevision`](crate::Error::FutureRevision).
     async fn compact(&self, revision: Revision) -> Result<Revision>;
 
     /// Watches every change under `prefix`, from `opts.start_revision` (inclusive) or from the

@@ -5,8 +5,8 @@ use crate::namespace::Namespace;
 use crate::Inner;
 use etcd_client::{CompactionOptions, DeleteOptions, GetOptions};
 use registry_api::{
-    limits, DeleteResponse, Error, GetResponse, InvalidArgument, KeyValue, LeaseId, ListOptions,
-    ListResponse, PutOptions, PutResponse, Result, Revision,
+    limits, DeleteResponse, Error, GetResponse, KeyValue, LeaseId, ListOptions, ListResponse,
+    PutOptions, PutResponse, Result, Revision,
 };
 use tracing::Instrument;
 
@@ -182,18 +182,9 @@ impl Inner {
             let options = CompactionOptions::new().with_physical();
             match self.kv.clone().compact(revision.0, Some(options)).await {
                 Ok(resp) => Ok(header_revision(resp.header())),
-                Err(e) => {
-                    let reason = match errors::from_etcd(e, Context::revision(revision)) {
-                        Error::Compacted { .. } => "at or below the last compaction",
-                        Error::FutureRevision { .. } => "above the current revision",
-                        other => return Err(other),
-                    };
-                    Err(InvalidArgument::Compaction {
-                        requested: revision,
-                        reason: reason.to_owned(),
-                    }
-                    .into())
-                }
+                Err(e) => Err(self
+                    .complete(errors::from_etcd(e, Context::revision(revision)))
+                    .await),
             }
         }
         .instrument(span)

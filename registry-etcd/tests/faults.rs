@@ -117,15 +117,24 @@ async fn compaction_is_reported_with_the_compact_revision() {
         .unwrap();
     assert_eq!(next_batch(&mut watch).await.revision, compact_at);
 
-    for bad in [Revision(4), Revision(3), Revision(100)] {
+    // etcd's answers, passed through: at or below the last compaction, compacted (with the
+    // compaction point); above the current revision, a future revision.
+    for bad in [compact_at, Revision(compact_at.0 - 1)] {
         assert!(
             matches!(
                 r.compact(bad).await,
-                Err(Error::InvalidArgument(InvalidArgument::Compaction { requested, .. })) if requested == bad
+                Err(Error::Compacted { compact_revision }) if compact_revision == compact_at
             ),
             "compact at {bad}"
         );
     }
+    assert!(matches!(
+        r.compact(Revision(100)).await,
+        Err(Error::FutureRevision {
+            requested: Revision(100),
+            ..
+        })
+    ));
 }
 
 #[tokio::test]

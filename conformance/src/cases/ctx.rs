@@ -313,20 +313,30 @@ impl<'b> Ctx<'b> {
         Ok(got.kv.is_some())
     }
 
-    /// On real time: polls `rel` every 50 ms until it is gone, and returns when it went, or
-    /// fails after `deadline`.
-    pub(crate) async fn wait_gone(&self, rel: &str, deadline: Instant) -> Check<Instant> {
+    /// On real time: polls `rel` every 50 ms until it is gone. Fails only on proof of a late
+    /// expiry: a get sent after `deadline` that still found the key (a slow machine delaying
+    /// the polls proves nothing).
+    pub(crate) async fn wait_gone(&self, rel: &str, deadline: Instant) -> Check {
         loop {
+            let sent = Instant::now();
             if !self.exists(rel).await? {
-                return Ok(Instant::now());
+                return Ok(());
             }
             ensure!(
-                Instant::now() < deadline,
+                sent < deadline,
                 "L3: {rel:?} still exists past its lease's deadline plus the declared lateness of {:?}",
                 self.caps.expiry_lateness
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// On real time: `rel` must exist until `until`. Fails only on proof of an early expiry: a
+    /// "gone" answer received before `until`.
+    pub(crate) async fn alive_until(&self, rel: &str, until: Instant, what: &str) -> Check {
+        let exists = self.exists(rel).await?;
+        ensure!(exists || Instant::now() >= until, "{what}");
+        Ok(())
     }
 
     /// The answer to `what` must be `err`-shaped: a failure with exactly this normalised kind.

@@ -77,10 +77,8 @@ pub(crate) async fn expiry_is_bounded(cx: &mut Ctx<'_>) -> Check {
         Time::Real => {
             let early = (asked + ttl).saturating_duration_since(Instant::now());
             tokio::time::sleep(early.saturating_sub(Duration::from_millis(300))).await;
-            ensure!(
-                cx.exists("e/0").await?,
-                "L3: a key went before its lease's TTL"
-            );
+            let what = "L3: a key went before its lease's TTL";
+            cx.alive_until("e/0", asked + ttl, what).await?;
             expires_on_time(cx, "e/0", lease.id, lease.ttl, granted_at).await?;
             ensure!(
                 !cx.exists("e/1").await?,
@@ -151,21 +149,20 @@ pub(crate) async fn keep_alive_extends_life(cx: &mut Ctx<'_>) -> Check {
                 .time_to_live(lease.id)
                 .await?
                 .map_err(|e| e.to_string())?;
+            // Whole seconds that may have passed since the keep-alive, on a slow machine.
+            let since = kept_at.elapsed().as_secs() as i64;
             ensure!(
-                after.ttl > before.ttl && after.ttl >= lease.ttl - 1,
-                "L3: time-to-live went from {} to {} s over a keep-alive of a {} s lease",
-                before.ttl,
+                after.ttl >= lease.ttl - 1 - since && after.ttl <= lease.ttl,
+                "L3: time-to-live reports {} s left (it had {} before) just after a keep-alive of a {} s lease",
                 after.ttl,
+                before.ttl,
                 lease.ttl
             );
             // Past the first deadline and its lateness, before the renewed one.
             let check_at = granted_at + ttl + lateness + Duration::from_millis(100);
             tokio::time::sleep(check_at.saturating_duration_since(Instant::now())).await;
-            ensure!(
-                cx.exists("k").await?,
-                "L3: a kept-alive key went at its first deadline"
-            );
-            ensure!(renewed_at >= kept_at, "clock went back");
+            let what = "L3: a kept-alive key went at its first deadline";
+            cx.alive_until("k", kept_at + ttl, what).await?;
             expires_on_time(cx, "k", lease.id, lease.ttl, renewed_at).await?;
         }
     }

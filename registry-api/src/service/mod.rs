@@ -23,6 +23,8 @@ pub mod instance;
 pub mod pick;
 pub mod registration;
 mod rng;
+#[cfg(feature = "tower")]
+pub mod tower;
 
 pub use backoff::Backoff;
 pub use discovery::{Discovery, DiscoveryEvent, DiscoveryEvents, DiscoveryHub, DiscoveryOptions};

@@ -4,6 +4,8 @@
 //!   on the same data and ports, kill.
 //! - [`EtcdCluster`]: three (or more) members on loopback, fast elections; kill and restart
 //!   members, find the leader.
+//! - [`TcpProxy`]: a loopback TCP proxy between client and server that delays, resets or
+//!   black-holes connections on demand ([`ProxyMode`]).
 //! - [`shared_endpoints`] / [`isolated_registry`]: one server shared by every test of a test
 //!   binary, each test in its own [`unique_namespace`]. Set `REGISTRY_TEST_ETCD_ENDPOINTS`
 //!   (comma-separated URLs) to use an existing etcd instead; tests stay isolated by namespace,
@@ -33,9 +35,11 @@
 
 mod cluster;
 mod process;
+mod proxy;
 mod server;
 
 pub use cluster::EtcdCluster;
+pub use proxy::{ProxyMode, ProxyStats, TcpProxy};
 pub use server::EtcdServer;
 
 use crate::EtcdRegistry;

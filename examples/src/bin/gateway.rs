@@ -1,0 +1,115 @@
+//! `gateway`: serves the hello gRPC service by forwarding each call to a discovered `hello`
+//! node, logging which node served it.
+//!
+//! ```text
+//! gateway --etcd http://127.0.0.1:2379 --listen 127.0.0.1:50050
+//! ```
+//!
+//! It prints `listening on <addr>` on stdout once its node list is loaded.
+
+use clap::{Parser, ValueEnum};
+use registry_api::service::{Discovery, DiscoveryOptions, Strategy};
+use registry_examples::backend::BackendArgs;
+use registry_examples::cli;
+use registry_examples::gateway::{Gateway, GatewayOptions};
+use registry_examples::hello;
+use registry_examples::BoxError;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// A hello gateway that balances over the registered hello nodes.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// The service to discover and forward to.
+    #[arg(long, default_value = "hello")]
+    service: String,
+    /// Where to listen; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:50050")]
+    listen: SocketAddr,
+    /// How to pick a node per call.
+    #[arg(long, value_enum, default_value_t = Pick::RoundRobin)]
+    pick: Pick,
+    /// How long a node that failed a call is left out, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    down_for_ms: u64,
+    /// How long one forwarded call may take, in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    call_timeout_ms: u64,
+}
+
+/// The picking strategies.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Pick {
+    /// Each node in turn.
+    RoundRobin,
+    /// Uniformly at random.
+    Random,
+    /// At random, in proportion to each node's `weight`.
+    Weighted,
+    /// The less busy of two random nodes.
+    P2c,
+}
+
+impl From<Pick> for Strategy {
+    fn from(pick: Pick) -> Self {
+        match pick {
+            Pick::RoundRobin => Strategy::RoundRobin,
+            Pick::Random => Strategy::Random,
+            Pick::Weighted => Strategy::Weighted,
+            Pick::P2c => Strategy::PowerOfTwoChoices,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    cli::init_tracing("info");
+    cli::exit_code(run(Args::parse()).await)
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    let backend = args.backend.connect().await?;
+    let discovery = Discovery::start(
+        backend.registry.clone(),
+        &args.service,
+        DiscoveryOptions::default().namespace(backend.layout.namespace()),
+    )?;
+    tokio::time::timeout(Duration::from_secs(30), discovery.wait_synced())
+        .await
+        .map_err(|_| {
+            format!(
+                "could not list {} within 30 s ({})",
+                args.service, backend.kind
+            )
+        })?;
+    let mut options = GatewayOptions::default();
+    options.picker = options
+        .picker
+        .clone()
+        .down_for(Duration::from_millis(args.down_for_ms));
+    options.picker.strategy = args.pick.into();
+    options.call_timeout = Duration::from_millis(args.call_timeout_ms);
+    let gateway = Gateway::new(discovery, options);
+
+    let listener = TcpListener::bind(args.listen).await?;
+    println!("listening on {}", listener.local_addr()?);
+    let nodes: Vec<String> = gateway
+        .nodes()
+        .iter()
+        .map(|node| format!("{} at {}", node.id, node.address))
+        .collect();
+    println!(
+        "forwarding to {} ({}): {} node(s) now [{}]",
+        args.service,
+        backend.kind,
+        nodes.len(),
+        nodes.join(", ")
+    );
+    hello::serve(listener, gateway, cli::shutdown_signal()).await?;
+    Ok(())
+}

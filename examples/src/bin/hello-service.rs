@@ -1,0 +1,113 @@
+//! `hello-service`: a hello gRPC node that registers itself under `hello` and keeps its
+//! registration alive until Ctrl-C or SIGTERM, when it deregisters.
+//!
+//! ```text
+//! hello-service --etcd http://127.0.0.1:2379 --listen 127.0.0.1:0 --id a --ttl 5 --meta zone=eu-1
+//! ```
+//!
+//! It prints `listening on <addr>` and then `registered <key>` on stdout once it is visible.
+
+use clap::Parser;
+use registry_api::service::{Registration, RegistrationOptions, ServiceInstance};
+use registry_examples::backend::BackendArgs;
+use registry_examples::cli::{self, parse_meta_pair};
+use registry_examples::hello::{self, HelloNode};
+use registry_examples::BoxError;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// A hello gRPC node that registers itself in the registry.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// The service name to register under.
+    #[arg(long, default_value = "hello")]
+    service: String,
+    /// Where to listen; port 0 picks a free port, and the real one is registered.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// The address to register, when clients must use another one than `--listen` (a
+    /// wildcard `0.0.0.0` listen address, NAT, a container).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// This node's instance id [default: node-<port>].
+    #[arg(long)]
+    id: Option<String>,
+    /// The lease TTL in seconds: how long the entry outlives a crash.
+    #[arg(long, default_value_t = 10)]
+    ttl: u64,
+    /// Metadata, repeatable: `version=`, `zone=`, `weight=` or any label `key=value`.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta_pair)]
+    meta: Vec<(String, String)>,
+    /// How long to keep trying to register before giving up at start.
+    #[arg(long, default_value_t = 30)]
+    register_timeout: u64,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    cli::init_tracing("info");
+    cli::exit_code(run(Args::parse()).await)
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    let metadata = cli::metadata_from_pairs(&args.meta)?;
+    let backend = args.backend.connect().await?;
+    let listener = TcpListener::bind(args.listen).await?;
+    let bound = listener.local_addr()?;
+    let address = args.advertise.unwrap_or_else(|| bound.to_string());
+    let id = args.id.unwrap_or_else(|| format!("node-{}", bound.port()));
+    let instance = ServiceInstance::new(args.service.clone(), id.clone(), address.clone())
+        .with_metadata(metadata);
+    instance.validate()?;
+
+    // Serve first, so the node answers by the time anyone discovers it.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(hello::serve(
+        listener,
+        HelloNode::new(&id, &address),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    println!("listening on {bound}");
+
+    let options = RegistrationOptions::default()
+        .ttl(Duration::from_secs(args.ttl))
+        .namespace(backend.layout.namespace());
+    let registration = tokio::time::timeout(
+        Duration::from_secs(args.register_timeout),
+        Registration::start(backend.registry.clone(), instance, options),
+    )
+    .await
+    .map_err(|_| {
+        format!(
+            "could not register within {} s ({})",
+            args.register_timeout, backend.kind
+        )
+    })??;
+    println!(
+        "registered {} at {address} ({})",
+        registration.key(),
+        backend.kind
+    );
+
+    tokio::select! {
+        () = cli::shutdown_signal() => {}
+        result = server => {
+            // The server stopped on its own: leave the registry too, then report why.
+            registration.deregister().await?;
+            result??;
+            return Err("the gRPC server stopped".into());
+        }
+    }
+    // Deregister before stopping the server, so gateways stop picking this node first.
+    registration.deregister().await?;
+    println!("deregistered {}", registration.key());
+    let _ = stop.send(());
+    Ok(())
+}

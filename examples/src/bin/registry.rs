@@ -1,0 +1,292 @@
+//! `registry`: look at and change service registrations in etcd.
+//!
+//! ```text
+//! registry --etcd http://127.0.0.1:2379 list hello
+//! registry --etcd http://127.0.0.1:2379 --json watch hello
+//! registry --etcd http://127.0.0.1:2379 register hello 127.0.0.1:9000 --id manual --ttl 10 --meta zone=eu-1
+//! registry --etcd http://127.0.0.1:2379 deregister hello manual
+//! ```
+
+use clap::{Parser, Subcommand};
+use registry_api::service::instance::{validate_instance_id, validate_service};
+use registry_api::service::{
+    Discovery, DiscoveryEvent, DiscoveryOptions, Registration, RegistrationOptions, ServiceInstance,
+};
+use registry_api::ListOptions;
+use registry_examples::backend::{Backend, BackendArgs};
+use registry_examples::cli::{self, parse_meta_pair};
+use registry_examples::BoxError;
+use serde_json::json;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Lists, watches, registers and deregisters service instances in etcd.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Print JSON (one document, or one per line for `watch`) instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The instances of a service now.
+    List {
+        /// The service name.
+        service: String,
+    },
+    /// The instances of a service, then every change as it happens, until Ctrl-C.
+    Watch {
+        /// The service name.
+        service: String,
+    },
+    /// Registers an instance and keeps it registered until Ctrl-C.
+    Register {
+        /// The service name.
+        service: String,
+        /// The instance's address.
+        address: String,
+        /// The instance id [default: cli-<pid>].
+        #[arg(long)]
+        id: Option<String>,
+        /// The lease TTL in seconds.
+        #[arg(long, default_value_t = 10)]
+        ttl: u64,
+        /// Metadata, repeatable: `version=`, `zone=`, `weight=` or any label `key=value`.
+        #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta_pair)]
+        meta: Vec<(String, String)>,
+    },
+    /// Deletes an instance's entry. A live instance that keeps itself registered puts it back.
+    Deregister {
+        /// The service name.
+        service: String,
+        /// The instance id.
+        id: String,
+    },
+}
+
+/// How long to wait for etcd before giving up on a command.
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    cli::init_tracing("warn");
+    cli::exit_code(run(Args::parse()).await)
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    if !args.backend.is_etcd() {
+        return Err(
+            "the registry CLI needs --etcd URL (or REGISTRY_ETCD): an in-memory \
+                    registry would only hold what this one command does"
+                .into(),
+        );
+    }
+    let backend = tokio::time::timeout(WAIT, args.backend.connect())
+        .await
+        .map_err(|_| format!("could not reach etcd within {WAIT:?}"))??;
+    match args.command {
+        Command::List { service } => list(&backend, &service, args.json).await,
+        Command::Watch { service } => watch(&backend, &service, args.json).await,
+        Command::Register {
+            service,
+            address,
+            id,
+            ttl,
+            meta,
+        } => {
+            let id = id.unwrap_or_else(|| format!("cli-{}", std::process::id()));
+            let instance = ServiceInstance::new(service, id, address)
+                .with_metadata(cli::metadata_from_pairs(&meta)?);
+            register(&backend, instance, Duration::from_secs(ttl), args.json).await
+        }
+        Command::Deregister { service, id } => deregister(&backend, &service, &id, args.json).await,
+    }
+}
+
+async fn synced_discovery(backend: &Backend, service: &str) -> Result<Discovery, BoxError> {
+    let discovery = Discovery::start(
+        backend.registry.clone(),
+        service,
+        DiscoveryOptions::default().namespace(backend.layout.namespace()),
+    )?;
+    tokio::time::timeout(WAIT, discovery.wait_synced())
+        .await
+        .map_err(|_| format!("could not list {service} within {WAIT:?}"))?;
+    Ok(discovery)
+}
+
+async fn list(backend: &Backend, service: &str, json: bool) -> Result<(), BoxError> {
+    let instances = read_instances(backend, service).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&instances)?);
+        return Ok(());
+    }
+    println!(
+        "{service}: {} instance(s) under {}",
+        instances.len(),
+        backend.layout.service_prefix(service)
+    );
+    for instance in &instances {
+        println!("  {}", describe(instance));
+    }
+    Ok(())
+}
+
+/// One read of the service's prefix, keeping what discovery would: values that parse as an
+/// instance whose service and id match the key.
+async fn read_instances(
+    backend: &Backend,
+    service: &str,
+) -> Result<Vec<ServiceInstance>, BoxError> {
+    validate_service(service)?;
+    let prefix = backend.layout.service_prefix(service);
+    let listed = tokio::time::timeout(
+        WAIT,
+        backend
+            .registry
+            .list(prefix.as_bytes(), ListOptions::default()),
+    )
+    .await
+    .map_err(|_| format!("could not list {prefix} within {WAIT:?}"))??;
+    let mut instances = Vec::with_capacity(listed.kvs.len());
+    for kv in &listed.kvs {
+        let Some(id) = backend.layout.instance_id(service, &kv.key) else {
+            continue;
+        };
+        match ServiceInstance::from_json(&kv.value) {
+            Ok(instance) if instance.service == service && instance.id == id => {
+                instances.push(instance);
+            }
+            _ => eprintln!("skipping {}: not an instance of {service}", kv.key_str()),
+        }
+    }
+    Ok(instances)
+}
+
+async fn watch(backend: &Backend, service: &str, json: bool) -> Result<(), BoxError> {
+    let discovery = synced_discovery(backend, service).await?;
+    let mut events = discovery.subscribe();
+    if !json {
+        println!(
+            "watching {} (Ctrl-C to stop); current instances first:",
+            backend.layout.service_prefix(service)
+        );
+    }
+    loop {
+        let event = tokio::select! {
+            () = cli::shutdown_signal() => return Ok(()),
+            event = events.recv() => event,
+        };
+        let Some(event) = event else {
+            return Err("the watch ended".into());
+        };
+        if json {
+            let line = match &event {
+                DiscoveryEvent::Added(instance) => json!({"event": "added", "instance": instance}),
+                DiscoveryEvent::Updated { old, new } => {
+                    json!({"event": "updated", "instance": new, "old": old})
+                }
+                DiscoveryEvent::Removed(instance) => {
+                    json!({"event": "removed", "instance": instance})
+                }
+            };
+            println!("{line}");
+        } else {
+            let verb = match &event {
+                DiscoveryEvent::Added(_) => "added  ",
+                DiscoveryEvent::Updated { .. } => "updated",
+                DiscoveryEvent::Removed(_) => "removed",
+            };
+            println!("{verb} {}", describe(event.instance()));
+        }
+    }
+}
+
+async fn register(
+    backend: &Backend,
+    instance: ServiceInstance,
+    ttl: Duration,
+    json: bool,
+) -> Result<(), BoxError> {
+    instance.validate()?;
+    let options = RegistrationOptions::default()
+        .ttl(ttl)
+        .namespace(backend.layout.namespace());
+    let registration = tokio::time::timeout(
+        WAIT,
+        Registration::start(backend.registry.clone(), instance.clone(), options),
+    )
+    .await
+    .map_err(|_| format!("could not register within {WAIT:?}"))??;
+    let lease = registration.lease().map(|lease| lease.0);
+    if json {
+        println!(
+            "{}",
+            json!({"registered": instance, "key": registration.key(), "lease": lease})
+        );
+    } else {
+        println!(
+            "registered {} (key {}, lease {}); Ctrl-C deregisters",
+            describe(&instance),
+            registration.key(),
+            lease.map_or_else(|| "?".to_owned(), |l| format!("{l:x}"))
+        );
+    }
+    cli::shutdown_signal().await;
+    registration.deregister().await?;
+    if json {
+        println!("{}", json!({"deregistered": registration.key()}));
+    } else {
+        println!("deregistered {}", registration.key());
+    }
+    Ok(())
+}
+
+async fn deregister(
+    backend: &Backend,
+    service: &str,
+    id: &str,
+    json: bool,
+) -> Result<(), BoxError> {
+    validate_service(service)?;
+    validate_instance_id(id)?;
+    let key = backend.layout.instance_key(service, id);
+    let deleted = backend.registry.delete(key.as_bytes()).await?.deleted > 0;
+    if json {
+        println!("{}", json!({"key": key, "deleted": deleted}));
+    } else if deleted {
+        println!("deleted {key}");
+    } else {
+        println!("{key} is not registered");
+    }
+    if deleted {
+        Ok(())
+    } else {
+        Err(format!("{key} is not registered").into())
+    }
+}
+
+/// One line for an instance: id, address, then the metadata that is set.
+fn describe(instance: &ServiceInstance) -> String {
+    let metadata = &instance.metadata;
+    let mut line = format!(
+        "{:<12} {:<21} weight={}",
+        instance.id, instance.address, metadata.weight
+    );
+    if let Some(version) = &metadata.version {
+        line.push_str(&format!(" version={version}"));
+    }
+    if let Some(zone) = &metadata.zone {
+        line.push_str(&format!(" zone={zone}"));
+    }
+    for (key, value) in &metadata.labels {
+        line.push_str(&format!(" {key}={value}"));
+    }
+    line
+}

@@ -1,0 +1,115 @@
+//! What every binary needs besides the backend: `--meta k=v` parsing, logging, waiting for
+//! Ctrl-C or SIGTERM, and printing an error with its causes.
+
+use crate::BoxError;
+use registry_api::service::Metadata;
+use std::process::ExitCode;
+
+/// Parses one `--meta` value, `key=value` (the value may contain `=`).
+pub fn parse_meta_pair(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected key=value, got {raw:?}")),
+    }
+}
+
+/// Builds metadata from `--meta` pairs: `version`, `zone` and `weight` fill those fields, any
+/// other key becomes a label.
+pub fn metadata_from_pairs(pairs: &[(String, String)]) -> Result<Metadata, String> {
+    let mut metadata = Metadata::default();
+    for (key, value) in pairs {
+        metadata = match key.as_str() {
+            "version" => metadata.with_version(value.clone()),
+            "zone" => metadata.with_zone(value.clone()),
+            "weight" => {
+                let weight = value
+                    .parse()
+                    .map_err(|_| format!("weight must be a whole number, got {value:?}"))?;
+                metadata.with_weight(weight)
+            }
+            _ => metadata.with_label(key.clone(), value.clone()),
+        };
+    }
+    Ok(metadata)
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` or else by `default` (e.g. `"info"`).
+pub fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // A second call (several examples in one test binary) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Resolves on Ctrl-C, or on SIGTERM on Unix.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops this");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The exit code of a binary's `main`: success, or the error and its causes on stderr and 1.
+pub fn exit_code(result: Result<(), BoxError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            let mut source = error.source();
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_pairs_parse_and_fill_known_fields() {
+        assert_eq!(
+            parse_meta_pair("a=b=c"),
+            Ok(("a".to_owned(), "b=c".to_owned()))
+        );
+        assert!(parse_meta_pair("novalue").is_err());
+        assert!(parse_meta_pair("=x").is_err());
+        let pairs: Vec<(String, String)> = ["version=1.2", "zone=eu-1", "weight=5", "tier=web"]
+            .iter()
+            .map(|raw| parse_meta_pair(raw).unwrap())
+            .collect();
+        let metadata = metadata_from_pairs(&pairs).unwrap();
+        assert_eq!(
+            metadata,
+            Metadata::default()
+                .with_version("1.2")
+                .with_zone("eu-1")
+                .with_weight(5)
+                .with_label("tier", "web")
+        );
+        assert!(metadata_from_pairs(&[("weight".into(), "heavy".into())]).is_err());
+    }
+}

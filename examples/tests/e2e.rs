@@ -1,0 +1,357 @@
+//! The real binaries (`hello-service`, `gateway`, `registry`) against a real etcd.
+//!
+//! Every test works under its own `--etcd-prefix` on the etcd shared by this test binary
+//! (`registry_etcd::testing::shared_endpoints`), so tests never see each other's keys. Child
+//! processes are killed when their handle drops, and every wait is bounded.
+
+use registry_api::Registry;
+use registry_etcd::testing::{shared_endpoints, unique_namespace};
+use registry_etcd::EtcdRegistry;
+use registry_examples::gateway::{endpoint, RETRIED_FROM};
+use registry_examples::proto::greeter_client::GreeterClient;
+use registry_examples::proto::HelloRequest;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::time::{timeout, Instant};
+use tonic::transport::Channel;
+
+/// The lease TTL of the hello services: how long a killed node stays registered.
+const TTL_SECS: u64 = 2;
+/// The longest a child may take to print an expected line.
+const LINE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The etcd and key prefix of one test.
+struct Setup {
+    endpoint: String,
+    prefix: String,
+}
+
+impl Setup {
+    fn new(label: &str) -> Setup {
+        let endpoints = shared_endpoints().expect("an etcd server for the tests");
+        Setup {
+            endpoint: endpoints.join(","),
+            prefix: unique_namespace(label),
+        }
+    }
+
+    fn backend_args(&self) -> Vec<String> {
+        vec![
+            "--etcd".into(),
+            self.endpoint.clone(),
+            "--etcd-prefix".into(),
+            self.prefix.clone(),
+        ]
+    }
+
+    /// Starts a binary with this setup's backend options before `args`.
+    fn spawn(&self, binary: &str, args: &[&str]) -> Proc {
+        let mut command = Command::new(binary);
+        command
+            .args(self.backend_args())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("the binary starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        Proc {
+            name: format!("{binary} {}", args.join(" ")),
+            child,
+            lines: BufReader::new(stdout).lines(),
+        }
+    }
+
+    fn hello(&self, id: &str) -> Proc {
+        let ttl = TTL_SECS.to_string();
+        self.spawn(
+            env!("CARGO_BIN_EXE_hello-service"),
+            &["--listen", "127.0.0.1:0", "--id", id, "--ttl", &ttl],
+        )
+    }
+
+    /// Runs the `registry` CLI to completion: its exit status and stdout.
+    async fn registry_cli(&self, args: &[&str]) -> (bool, String) {
+        let output = timeout(
+            LINE_TIMEOUT,
+            Command::new(env!("CARGO_BIN_EXE_registry"))
+                .args(self.backend_args())
+                .args(args)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("registry {args:?} did not finish"))
+        .expect("the registry CLI runs");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        eprintln!("$ registry {}\n{stdout}{stderr}", args.join(" "));
+        (output.status.success(), stdout)
+    }
+
+    /// The instance ids `registry --json list <service>` prints.
+    async fn listed(&self, service: &str) -> Vec<Value> {
+        let (ok, stdout) = self.registry_cli(&["--json", "list", service]).await;
+        assert!(ok, "registry list failed");
+        match serde_json::from_str(&stdout).expect("list --json prints JSON") {
+            Value::Array(instances) => instances,
+            other => panic!("expected an array, got {other}"),
+        }
+    }
+
+    async fn listed_ids(&self, service: &str) -> Vec<String> {
+        self.listed(service)
+            .await
+            .iter()
+            .map(|instance| instance["id"].as_str().expect("an id").to_owned())
+            .collect()
+    }
+
+    /// A registry client of our own on the same prefix, to look at etcd directly.
+    async fn registry(&self) -> EtcdRegistry {
+        EtcdRegistry::builder([self.endpoint.clone()])
+            .namespace(self.prefix.clone())
+            .connect()
+            .await
+            .expect("connects to etcd")
+    }
+}
+
+/// A running child and the lines of its stdout.
+struct Proc {
+    name: String,
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Proc {
+    /// Reads stdout until a line starting with `prefix`; returns the rest of that line.
+    async fn wait_line(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + LINE_TIMEOUT;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("{}: no line {prefix:?} in time", self.name))
+                .expect("stdout reads")
+                .unwrap_or_else(|| panic!("{}: exited before printing {prefix:?}", self.name));
+            eprintln!("[{}] {line}", self.name);
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.trim().to_owned();
+            }
+        }
+    }
+
+    /// SIGKILL, as a crash: no deregistration.
+    async fn kill(&mut self) {
+        self.child.start_kill().expect("the child can be killed");
+        let _ = timeout(LINE_TIMEOUT, self.child.wait()).await;
+    }
+
+    /// SIGTERM, as a clean stop; waits for the exit and returns whether it succeeded.
+    async fn terminate(&mut self) -> bool {
+        let pid = self.child.id().expect("still running").to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .expect("kill runs");
+        assert!(sent.success());
+        timeout(LINE_TIMEOUT, self.child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .expect("exit status")
+            .success()
+    }
+}
+
+/// One call through the gateway: which node served it and which (if any) failed first. Any
+/// failed call fails the test: the gateway must hide a dead node.
+async fn call(client: &mut GreeterClient<Channel>) -> (String, Option<String>) {
+    let response = timeout(
+        Duration::from_secs(5),
+        client.say_hello(HelloRequest { name: "e2e".into() }),
+    )
+    .await
+    .expect("the call finishes within 5 s")
+    .expect("the call succeeds");
+    let retried_from = response
+        .metadata()
+        .get(RETRIED_FROM)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    (response.into_inner().node, retried_from)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_routes_around_a_killed_node_and_picks_up_a_new_one() {
+    let setup = Setup::new("e2e-gateway");
+    let mut a = setup.hello("a");
+    let mut b = setup.hello("b");
+    a.wait_line("registered").await;
+    b.wait_line("registered").await;
+    let mut gateway = setup.spawn(
+        env!("CARGO_BIN_EXE_gateway"),
+        // A failing node is left out for only 200 ms: if discovery did not drop a dead node,
+        // the gateway would try it again and again.
+        &["--listen", "127.0.0.1:0", "--down-for-ms", "200"],
+    );
+    let address = gateway.wait_line("listening on").await;
+    let mut client = GreeterClient::new(endpoint(&address).expect("an address").connect_lazy());
+
+    let mut served = BTreeSet::new();
+    for _ in 0..20 {
+        served.insert(call(&mut client).await.0);
+    }
+    assert_eq!(served, BTreeSet::from(["a".to_owned(), "b".to_owned()]));
+    assert_eq!(setup.listed_ids("hello").await, ["a", "b"]);
+
+    // Crash a: its entry stays until the lease runs out; meanwhile no call may fail.
+    a.kill().await;
+    let killed_at = Instant::now();
+    let etcd = setup.registry().await;
+    loop {
+        let (node, _) = call(&mut client).await;
+        assert_eq!(node, "b", "only b is alive");
+        let listed = etcd
+            .list(b"services/hello/", Default::default())
+            .await
+            .unwrap();
+        if !listed.kvs.iter().any(|kv| kv.key == b"services/hello/a") {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(TTL_SECS + 5),
+            "a's entry outlived its TTL by far"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let expired_after = killed_at.elapsed();
+    assert!(
+        expired_after <= Duration::from_secs(TTL_SECS + 2),
+        "{expired_after:?}"
+    );
+
+    // Give the gateway's watch a moment to deliver the deletion, then check that it never
+    // tries a again: more than three `--down-for-ms` periods of calls, none retried from a.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..30 {
+        let (node, retried_from) = call(&mut client).await;
+        assert_eq!(node, "b");
+        assert_eq!(
+            retried_from, None,
+            "the gateway still routed to the dead node"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // A new node: picked up without restarting the gateway.
+    let mut c = setup.hello("c");
+    c.wait_line("registered").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut served = BTreeSet::new();
+    while served.len() < 2 {
+        assert!(Instant::now() < deadline, "c got no call: {served:?}");
+        let (node, retried_from) = call(&mut client).await;
+        assert_eq!(retried_from, None);
+        served.insert(node);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(served, BTreeSet::from(["b".to_owned(), "c".to_owned()]));
+
+    // A clean stop deregisters at once (no TTL wait).
+    assert!(
+        c.terminate().await,
+        "hello-service exits cleanly on SIGTERM"
+    );
+    assert_eq!(setup.listed_ids("hello").await, ["b"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_cli_lists_watches_registers_and_deregisters() {
+    let setup = Setup::new("e2e-cli");
+    let mut h1 = setup.hello("h1");
+    let mut h2 = setup.hello("h2");
+    h1.wait_line("registered").await;
+    h2.wait_line("registered").await;
+
+    let listed = setup.listed("hello").await;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[0]["id"], "h1");
+    assert_eq!(listed[1]["id"], "h2");
+    assert_eq!(listed[0]["service"], "hello");
+    assert!(listed[0]["address"]
+        .as_str()
+        .is_some_and(|a| a.starts_with("127.0.0.1:")));
+    let (ok, text) = setup.registry_cli(&["list", "hello"]).await;
+    assert!(ok);
+    assert!(text.starts_with("hello: 2 instance(s)"), "{text}");
+
+    let mut watch = setup.spawn(
+        env!("CARGO_BIN_EXE_registry"),
+        &["--json", "watch", "hello"],
+    );
+    for expected in ["h1", "h2"] {
+        let event: Value = serde_json::from_str(&watch.wait_line("").await).expect("JSON");
+        assert_eq!(event["event"], "added");
+        assert_eq!(event["instance"]["id"], expected);
+    }
+
+    // `register` stays registered until stopped, and `list` shows it with its metadata.
+    let mut manual = setup.spawn(
+        env!("CARGO_BIN_EXE_registry"),
+        &[
+            "register",
+            "hello",
+            "127.0.0.1:9",
+            "--id",
+            "manual",
+            "--ttl",
+            "5",
+            "--meta",
+            "zone=z1",
+            "--meta",
+            "tier=web",
+        ],
+    );
+    manual.wait_line("registered").await;
+    let listed = setup.listed("hello").await;
+    let manual_entry = listed
+        .iter()
+        .find(|instance| instance["id"] == "manual")
+        .expect("the registered instance is listed");
+    assert_eq!(manual_entry["address"], "127.0.0.1:9");
+    assert_eq!(manual_entry["metadata"]["zone"], "z1");
+    assert_eq!(manual_entry["metadata"]["labels"]["tier"], "web");
+    let event: Value = serde_json::from_str(&watch.wait_line("").await).expect("JSON");
+    assert_eq!(
+        (&event["event"], &event["instance"]["id"]),
+        (&Value::from("added"), &Value::from("manual"))
+    );
+
+    // Ctrl-C / SIGTERM deregisters it at once.
+    assert!(manual.terminate().await, "registry register exits cleanly");
+    assert_eq!(setup.listed_ids("hello").await, ["h1", "h2"]);
+    let event: Value = serde_json::from_str(&watch.wait_line("").await).expect("JSON");
+    assert_eq!(
+        (&event["event"], &event["instance"]["id"]),
+        (&Value::from("removed"), &Value::from("manual"))
+    );
+
+    // `deregister` removes a crashed instance's entry without waiting for its TTL.
+    h2.kill().await;
+    let (ok, text) = setup.registry_cli(&["deregister", "hello", "h2"]).await;
+    assert!(ok, "{text}");
+    assert_eq!(setup.listed_ids("hello").await, ["h1"]);
+    let (ok, _) = setup.registry_cli(&["deregister", "hello", "nobody"]).await;
+    assert!(!ok, "deregistering an unknown instance fails");
+    let (ok, _) = setup.registry_cli(&["deregister", "hello", "bad/id"]).await;
+    assert!(!ok, "a malformed id is refused");
+}
