@@ -59,3 +59,8 @@ pub use lease::{LeaseGrant, LeaseId, LeaseTimeToLive};
 pub use registry::Registry;
 pub use revision::Revision;
 pub use watch::{EventKind, WatchBatch, WatchEvent, WatchOptions, WatchStream};
+
+/// The README's example, compiled and run as a doctest so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
