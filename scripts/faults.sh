@@ -34,12 +34,14 @@ run -p registry-examples --test soak
 
 echo
 echo "== figures (REGISTRY_FAULTS_FULL=1)"
-grep '^FIGURE ' "$log" | sed 's/^FIGURE /  /'
+# With --nocapture a test's first line shares its line with "test name ... ".
+figures="$(grep -o 'FIGURE .*' "$log" | sed 's/^FIGURE //')"
+echo "$figures" | sed 's/^/  /'
 echo
-healed=$(grep -c '^FIGURE .*: healed:' "$log" || true)
+healed=$(echo "$figures" | grep -c ': healed:' || true)
 echo "faults survived: $healed (each followed by the full check: re-registered, caches equal to etcd, histories, staleness)"
 echo "worst staleness per fault (observed / bound):"
-grep '^FIGURE .*: healed:' "$log" \
-  | sed -E 's/^FIGURE ([^:]*):.*worst staleness of ([0-9]+) dead instances ([^ ]+) \(bound ([^)]*)\).*/  \1: \3 \/ \4 (\2 dead)/'
+echo "$figures" | grep ': healed:' \
+  | sed -E 's/^([^:]*):.*worst staleness of ([0-9]+) dead instances ([^ ]+) \(bound ([^)]*)\).*/  \1: \3 \/ \4 (\2 dead)/'
 echo "tests: $(grep -E '^test result:' "$log" | awk '{p+=$4; f+=$6} END {print p" passed, "f" failed"}')"
 exit "$failed"

@@ -20,3 +20,8 @@ echo "== cargo clippy -D warnings" >&2
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test --workspace" >&2
 cargo test --workspace "$@"
+echo "== cargo doc -D warnings" >&2
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+echo "== the main job: the in-memory demo" >&2
+cargo run --quiet --example demo > target/demo-output.txt
+tail -n 1 target/demo-output.txt

@@ -69,8 +69,8 @@ impl MemoryRegistryBuilder {
     }
 
     /// Keeps only the last `revisions` revisions readable, compacting automatically as writes
-    /// come in (off by default: history then grows until [`compact`]
-    /// (registry_api::Registry::compact) is called). Values below 1 count as 1.
+    /// come in. Off by default: history then grows until
+    /// [`compact`](registry_api::Registry::compact) is called. Values below 1 count as 1.
     pub fn history_limit(mut self, revisions: u64) -> Self {
         self.config.history_limit = Some(i64::try_from(revisions).unwrap_or(i64::MAX).max(1));
         self
