@@ -236,7 +236,7 @@ pub(crate) async fn run(endpoint: String, quick: bool) -> Report {
     let endpoint = endpoint.as_str();
     let mut report = Report::default();
     let run = format!("{}-{}", std::process::id(), crate::run_stamp());
-    for (n, samples) in [(1, 300), (10, 300), (100, 150)] {
+    for (n, samples) in [(1, 600), (10, 600), (100, 300)] {
         let samples = if quick { samples / 10 } else { samples };
         eprintln!("(d) put -> {n} caches: {samples} samples each side");
         if let Err(e) = latency(&mut report, endpoint, &run, n, samples).await {

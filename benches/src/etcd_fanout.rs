@@ -232,7 +232,7 @@ pub(crate) async fn run(endpoint: String, quick: bool) -> Report {
     let endpoint = endpoint.as_str();
     let mut report = Report::default();
     let run = format!("{}-{}", std::process::id(), crate::run_stamp());
-    let samples = if quick { 30 } else { 300 };
+    let samples = if quick { 30 } else { 600 };
     eprintln!("(e) {HANDLES} hub handles: {samples} changes each side");
     if let Err(e) = shared_handles(&mut report, endpoint, &run, samples).await {
         report.note(format!("(e) fan-out failed: {e}"));

@@ -274,11 +274,11 @@ pub(crate) async fn run(endpoint: String, quick: bool) -> Report {
     };
     let scale = |n: usize| if quick { n / 10 } else { n };
     let plan = [
-        (Op::Put, scale(2_000)),
-        (Op::Get, scale(2_000)),
-        (Op::List, scale(1_000)),
-        (Op::Register, scale(600)),
-        (Op::KeepAlive, scale(2_000)),
+        (Op::Put, scale(4_000)),
+        (Op::Get, scale(4_000)),
+        (Op::List, scale(2_000)),
+        (Op::Register, scale(1_000)),
+        (Op::KeepAlive, scale(4_000)),
     ];
     for (op, samples) in plan {
         eprintln!("(a) {}: {samples} samples each side", op.name());

@@ -200,6 +200,8 @@ fn run_all(args: &Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Other work on the machine skews absolute figures (ratios less so): say how busy it was.
+    let load_start = procfs::load_average();
     let etcd_version = etcd_metrics::server_version(&endpoint).unwrap_or_else(|| "unknown".into());
     let mut report = Report::default();
     let mut failed = false;
@@ -257,8 +259,9 @@ fn run_all(args: &Args) -> ExitCode {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_else(|| "unknown".into());
     let header = format!(
-        "Machine: {}; etcd {etcd_version} on 127.0.0.1; {rustc}; mode: {}; whole run {:.0} s; {} goal(s) missed.\n\n",
+        "Machine: {}; load average at start {load_start}, at end {}; etcd {etcd_version} on 127.0.0.1; {rustc}; mode: {}; whole run {:.0} s; {} goal(s) missed.\n\n",
         procfs::machine(),
+        procfs::load_average(),
         if args.quick { "--quick" } else { "full" },
         started.elapsed().as_secs_f64(),
         report.missed(),

@@ -36,6 +36,14 @@ pub(crate) fn reset_peak() -> bool {
     fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// The 1-minute load average, from /proc/loadavg.
+pub(crate) fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
 /// The CPU model, core count and memory, for the results header.
 pub(crate) fn machine() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")

@@ -75,9 +75,15 @@ pub fn exit_code(result: Result<(), BoxError>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
+            // Many errors already print their source: only show causes that add something.
+            let mut shown = error.to_string();
             let mut source = error.source();
             while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
+                let text = cause.to_string();
+                if !shown.contains(&text) {
+                    eprintln!("  caused by: {text}");
+                    shown = text;
+                }
                 source = cause.source();
             }
             ExitCode::FAILURE

@@ -21,6 +21,7 @@ use std::time::Duration;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
 
 /// Response header naming the node that served the call.
 pub const SERVED_BY: &str = "x-served-by";
@@ -233,7 +234,7 @@ fn is_node_failure(status: &Status) -> bool {
     )
 }
 
-/// Logs membership changes and drops the channels of nodes that left or moved.
+/// Logs membership changes (at debug level: the gateway binary prints them) and drops the channels of nodes that left or moved.
 async fn follow(gateway: Weak<Inner>, mut events: registry_api::service::DiscoveryEvents) {
     while let Some(event) = events.recv().await {
         let Some(inner) = gateway.upgrade() else {
@@ -241,16 +242,16 @@ async fn follow(gateway: Weak<Inner>, mut events: registry_api::service::Discove
         };
         match &event {
             DiscoveryEvent::Added(node) => {
-                tracing::info!(node = %node.id, address = %node.address, "node joined");
+                tracing::debug!(node = %node.id, address = %node.address, "node joined");
             }
             DiscoveryEvent::Updated { old, new } => {
-                tracing::info!(node = %new.id, address = %new.address, "node updated");
+                tracing::debug!(node = %new.id, address = %new.address, "node updated");
                 if old.address != new.address {
                     inner.lock_channels().remove(&new.id);
                 }
             }
             DiscoveryEvent::Removed(node) => {
-                tracing::info!(node = %node.id, address = %node.address, "node left");
+                tracing::debug!(node = %node.id, address = %node.address, "node left");
                 inner.lock_channels().remove(&node.id);
             }
         }
@@ -263,7 +264,10 @@ impl Greeter for Gateway {
         &self,
         request: Request<HelloRequest>,
     ) -> Result<Response<HelloReply>, Status> {
-        let forwarded = self.forward(request.into_inner()).await?;
+        let forwarded = self
+            .forward(request.into_inner())
+            .instrument(tracing::info_span!("gateway.forward"))
+            .await?;
         let mut response = Response::new(forwarded.reply);
         let headers = response.metadata_mut();
         if let Ok(value) = MetadataValue::try_from(forwarded.node.as_str()) {
@@ -293,7 +297,7 @@ mod tests {
                 .unwrap()
                 .uri()
                 .to_string(),
-            "https://node.example/"
+            "https://node.example:443/"
         );
         assert!(endpoint("not an address").is_err());
     }

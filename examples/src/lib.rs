@@ -7,6 +7,7 @@
 //! - [`backend`]: choosing the registry from the command line (`--etcd ...` or in-memory);
 //! - [`hello`]: the hello gRPC service, whose replies name the node that served them;
 //! - [`gateway`]: a hello service that forwards each call to a discovered node;
+//! - [`go_naming`]: publishing in etcd's Go naming layout too, for Go gRPC clients;
 //! - [`cli`]: parsing `k=v` metadata, logging, Ctrl-C / SIGTERM, and error reporting.
 //!
 //! See the crate's README for how to run them.
@@ -14,6 +15,7 @@
 pub mod backend;
 pub mod cli;
 pub mod gateway;
+pub mod go_naming;
 pub mod hello;
 
 /// The generated gRPC code of `proto/hello.proto`: `greeter_server::{Greeter, GreeterServer}`,

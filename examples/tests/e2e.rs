@@ -4,9 +4,7 @@
 //! (`registry_etcd::testing::shared_endpoints`), so tests never see each other's keys. Child
 //! processes are killed when their handle drops, and every wait is bounded.
 
-use registry_api::Registry;
 use registry_etcd::testing::{shared_endpoints, unique_namespace};
-use registry_etcd::EtcdRegistry;
 use registry_examples::gateway::{endpoint, RETRIED_FROM};
 use registry_examples::proto::greeter_client::GreeterClient;
 use registry_examples::proto::HelloRequest;
@@ -54,7 +52,7 @@ impl Setup {
         command
             .args(self.backend_args())
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "error")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -83,7 +81,7 @@ impl Setup {
             Command::new(env!("CARGO_BIN_EXE_registry"))
                 .args(self.backend_args())
                 .args(args)
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", "error")
                 .stdin(Stdio::null())
                 .kill_on_drop(true)
                 .output(),
@@ -113,15 +111,6 @@ impl Setup {
             .iter()
             .map(|instance| instance["id"].as_str().expect("an id").to_owned())
             .collect()
-    }
-
-    /// A registry client of our own on the same prefix, to look at etcd directly.
-    async fn registry(&self) -> EtcdRegistry {
-        EtcdRegistry::builder([self.endpoint.clone()])
-            .namespace(self.prefix.clone())
-            .connect()
-            .await
-            .expect("connects to etcd")
     }
 }
 
@@ -216,32 +205,28 @@ async fn gateway_routes_around_a_killed_node_and_picks_up_a_new_one() {
     // Crash a: its entry stays until the lease runs out; meanwhile no call may fail.
     a.kill().await;
     let killed_at = Instant::now();
-    let etcd = setup.registry().await;
-    loop {
-        let (node, _) = call(&mut client).await;
-        assert_eq!(node, "b", "only b is alive");
-        let listed = etcd
-            .list(b"services/hello/", Default::default())
-            .await
-            .unwrap();
-        if !listed.kvs.iter().any(|kv| kv.key == b"services/hello/a") {
-            break;
+    {
+        let left = gateway.wait_line("node left a ");
+        tokio::pin!(left);
+        loop {
+            tokio::select! {
+                _ = &mut left => break,
+                () = tokio::time::sleep(Duration::from_millis(50)) => {
+                    let (node, _) = call(&mut client).await;
+                    assert_eq!(node, "b", "only b is alive");
+                }
+            }
         }
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(TTL_SECS + 5),
-            "a's entry outlived its TTL by far"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let expired_after = killed_at.elapsed();
     assert!(
-        expired_after <= Duration::from_secs(TTL_SECS + 2),
-        "{expired_after:?}"
+        expired_after <= Duration::from_secs(TTL_SECS + 3),
+        "a was dropped {expired_after:?} after the kill, TTL {TTL_SECS} s"
     );
+    assert_eq!(setup.listed_ids("hello").await, ["b"]);
 
-    // Give the gateway's watch a moment to deliver the deletion, then check that it never
-    // tries a again: more than three `--down-for-ms` periods of calls, none retried from a.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The gateway never tries a again: more than three `--down-for-ms` periods of calls, none
+    // retried from a.
     for _ in 0..30 {
         let (node, retried_from) = call(&mut client).await;
         assert_eq!(node, "b");
@@ -255,6 +240,7 @@ async fn gateway_routes_around_a_killed_node_and_picks_up_a_new_one() {
     // A new node: picked up without restarting the gateway.
     let mut c = setup.hello("c");
     c.wait_line("registered").await;
+    gateway.wait_line("node joined c ").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut served = BTreeSet::new();
     while served.len() < 2 {
@@ -354,4 +340,60 @@ async fn registry_cli_lists_watches_registers_and_deregisters() {
     assert!(!ok, "deregistering an unknown instance fails");
     let (ok, _) = setup.registry_cli(&["deregister", "hello", "bad/id"]).await;
     assert!(!ok, "a malformed id is refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_service_also_publishes_in_etcds_go_naming_layout() {
+    use registry_api::Registry;
+    let setup = Setup::new("e2e-go-naming");
+    let mut node = setup.spawn(
+        env!("CARGO_BIN_EXE_hello-service"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--id",
+            "g1",
+            "--ttl",
+            "5",
+            "--go-target",
+            "my/hello",
+            "--meta",
+            "zone=z1",
+        ],
+    );
+    let address = node.wait_line("listening on").await;
+    let key = node.wait_line("published").await;
+    let key = key.split_whitespace().next().expect("the key").to_owned();
+    assert_eq!(key, format!("my/hello/{address}"));
+
+    let etcd = registry_etcd::EtcdRegistry::builder([setup.endpoint.clone()])
+        .namespace(setup.prefix.clone())
+        .connect()
+        .await
+        .expect("connects to etcd");
+    let go = etcd
+        .get(key.as_bytes())
+        .await
+        .unwrap()
+        .kv
+        .expect("the Go key");
+    let value: Value = serde_json::from_slice(&go.value).expect("JSON");
+    assert_eq!(value["Addr"], Value::from(address.clone()));
+    assert_eq!(value["Metadata"]["zone"], "z1");
+    let ours = etcd
+        .get(b"services/hello/g1")
+        .await
+        .unwrap()
+        .kv
+        .expect("our key");
+    assert!(go.lease.is_some());
+    assert_eq!(
+        go.lease, ours.lease,
+        "both keys share the registration's lease"
+    );
+
+    // A clean stop revokes the lease: both keys go at once.
+    assert!(node.terminate().await);
+    assert!(etcd.get(key.as_bytes()).await.unwrap().kv.is_none());
+    assert!(etcd.get(b"services/hello/g1").await.unwrap().kv.is_none());
 }

@@ -139,3 +139,101 @@ async fn aggressive_compaction_while_the_caches_are_cut_off() {
         .await;
     setup.shutdown().await;
 }
+
+/// The history check must be able to fail: each mistake a cache could make is caught.
+#[test]
+fn the_history_check_catches_every_kind_of_mistake() {
+    use registry_api::service::{DiscoveryEvent::*, Metadata, ServiceInstance};
+    let a = ServiceInstance::new("hello", "a", "x");
+    let a2 = a
+        .clone()
+        .with_metadata(Metadata::default().with_version("2"));
+    let b = ServiceInstance::new("hello", "b", "y");
+    // etcd: a put, a updated, a deleted, a put again; b put.
+    let truth: Histories = [
+        (
+            "a".to_owned(),
+            vec![
+                None,
+                Some(a.clone()),
+                Some(a2.clone()),
+                None,
+                Some(a.clone()),
+            ],
+        ),
+        ("b".to_owned(), vec![None, Some(b.clone())]),
+    ]
+    .into_iter()
+    .collect();
+    let end = [a.clone(), b.clone()];
+    let upd = |old: &ServiceInstance, new: &ServiceInstance| Updated {
+        old: old.clone(),
+        new: new.clone(),
+    };
+    // Everything, or with a re-list skipping the middle: fine.
+    let full = [
+        Added(a.clone()),
+        upd(&a, &a2),
+        Removed(a2.clone()),
+        Added(a.clone()),
+        Added(b.clone()),
+    ];
+    assert_eq!(check_log(&full, &end, &truth), Ok(()));
+    assert_eq!(
+        check_log(&[Added(b.clone()), Added(a.clone())], &end, &truth),
+        Ok(())
+    );
+    for (mistake, log, snapshot) in [
+        (
+            "applied twice",
+            vec![Added(a.clone()), Added(a.clone()), Added(b.clone())],
+            &end[..],
+        ),
+        (
+            "out of order",
+            vec![
+                Added(a2.clone()),
+                upd(&a2, &a),
+                Removed(a.clone()),
+                Added(a.clone()),
+                Added(b.clone()),
+            ],
+            &end[..],
+        ),
+        (
+            "never in etcd",
+            vec![
+                Added(a.clone()),
+                Added(b.clone()),
+                Added(ServiceInstance::new("hello", "c", "z")),
+            ],
+            &end[..],
+        ),
+        (
+            "stopped early",
+            vec![Added(a.clone()), upd(&a, &a2), Added(b.clone())],
+            &[a2.clone(), b.clone()][..],
+        ),
+        ("missed b", vec![Added(a.clone())], &[a.clone()][..]),
+        (
+            "snapshot disagrees",
+            vec![Added(a.clone()), Added(b.clone())],
+            &[a.clone()][..],
+        ),
+    ] {
+        assert!(
+            check_log(&log, snapshot, &truth).is_err(),
+            "{mistake} not caught"
+        );
+    }
+    // etcd deleted b in the end; a cache still holding it missed the removal.
+    let mut b_gone = truth.clone();
+    b_gone.insert("b".to_owned(), vec![None, Some(b.clone()), None]);
+    assert!(
+        check_log(&full, &end, &b_gone).is_err(),
+        "missed removal not caught"
+    );
+    // A re-list after the delete and the re-put may show a2 -> a as one update: fine.
+    let relisted = [Added(a2.clone()), upd(&a2, &a), Added(b.clone())];
+    assert_eq!(check_log(&relisted, &end, &truth), Ok(()));
+}

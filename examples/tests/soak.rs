@@ -4,8 +4,8 @@
 //! process's memory once churn is steady (it must stay flat), and checks that nothing leaks:
 //! after everything deregistered, etcd holds no lease and the runtime no extra task.
 //!
-//! CI: about 20 s, 1,000 registrations, 100 caches. `REGISTRY_FAULTS_FULL=1`: about 90 s,
-//! 5,400 registrations, 200 caches.
+//! CI: about 25 s, up to 1,200 registrations, 100 caches. `REGISTRY_FAULTS_FULL=1`: about
+//! 120 s, up to 6,000 registrations, 400 live at a time, 200 caches.
 
 mod faults_support;
 
@@ -16,7 +16,7 @@ use registry_api::service::{
 };
 use registry_api::Registry;
 use registry_etcd::testing::{unique_namespace, EtcdServer};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -38,25 +38,108 @@ struct Plan {
 
 fn plan() -> Plan {
     Plan {
-        duration: scale(Duration::from_secs(20), Duration::from_secs(90)),
+        duration: scale(Duration::from_secs(25), Duration::from_secs(120)),
         per_second: 50,
         population: scale(150, 400),
         caches_per_service: scale(10, 20),
-        max_registrations: scale(1_000, 5_400),
+        max_registrations: scale(1_200, 6_000),
     }
 }
 
-/// When each instance was last put or removed by its owner, to time its propagation.
-#[derive(Default)]
+/// When each instance was put or removed by its owner (by instance index), and what the caches
+/// saw. Sized up front, so the test's own bookkeeping does not grow with the churn and the
+/// memory figure is the registry's.
 struct Clock {
-    registered: HashMap<String, Instant>,
-    left: HashMap<String, Instant>,
-    died: HashMap<String, Instant>,
+    registered: Vec<Option<Instant>>,
+    left: Vec<Option<Instant>>,
+    died: Vec<Option<Instant>>,
     /// Propagation delays seen by caches.
-    added: Vec<Duration>,
-    removed: Vec<Duration>,
+    added: Histogram,
+    removed: Histogram,
     /// From a death to the removal in a cache: TTL plus etcd's lateness plus propagation.
-    expired: Vec<Duration>,
+    expired: Histogram,
+}
+
+impl Clock {
+    fn new(instances: usize) -> Self {
+        Clock {
+            registered: vec![None; instances],
+            left: vec![None; instances],
+            died: vec![None; instances],
+            added: Histogram::new(),
+            removed: Histogram::new(),
+            expired: Histogram::new(),
+        }
+    }
+
+    fn mark(times: &mut [Option<Instant>], index: usize) {
+        if let Some(slot) = times.get_mut(index) {
+            *slot = Some(Instant::now());
+        }
+    }
+
+    fn mark_registered(&mut self, index: usize) {
+        Self::mark(&mut self.registered, index);
+    }
+
+    fn mark_left(&mut self, index: usize) {
+        Self::mark(&mut self.left, index);
+    }
+
+    fn mark_died(&mut self, index: usize) {
+        Self::mark(&mut self.died, index);
+    }
+}
+
+/// Latencies in 100 µs buckets up to 10 s (the last bucket takes anything longer).
+struct Histogram {
+    buckets: Vec<u64>,
+    count: u64,
+    max: Duration,
+}
+
+impl Histogram {
+    const BUCKET: Duration = Duration::from_micros(100);
+    const BUCKETS: usize = 100_000;
+
+    fn new() -> Self {
+        Histogram {
+            buckets: vec![0; Self::BUCKETS],
+            count: 0,
+            max: Duration::ZERO,
+        }
+    }
+
+    fn record(&mut self, sample: Duration) {
+        let index = (sample.as_micros() / Self::BUCKET.as_micros()) as usize;
+        self.buckets[index.min(Self::BUCKETS - 1)] += 1;
+        self.count += 1;
+        self.max = self.max.max(sample);
+    }
+
+    /// The upper edge of the bucket holding the `p` quantile (the maximum for 1.0).
+    fn percentile(&self, p: f64) -> Duration {
+        if self.count == 0 {
+            return Duration::ZERO;
+        }
+        if p >= 1.0 {
+            return self.max;
+        }
+        let rank = ((self.count as f64) * p).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return (Self::BUCKET * (i as u32 + 1)).min(self.max);
+            }
+        }
+        self.max
+    }
+}
+
+/// The instance index of an id `i00042`.
+fn index_of(id: &str) -> Option<usize> {
+    id.strip_prefix('i')?.parse().ok()
 }
 
 fn rss_kib() -> u64 {
@@ -70,15 +153,6 @@ fn rss_kib() -> u64 {
                 .and_then(|kib| kib.parse().ok())
         })
         .unwrap_or(0)
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    if samples.is_empty() {
-        return Duration::ZERO;
-    }
-    samples.sort();
-    let rank = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[rank.min(samples.len() - 1)]
 }
 
 fn service(index: usize) -> String {
@@ -129,17 +203,21 @@ fn start_cache(
         while let Some(event) = events.recv().await {
             let now = Instant::now();
             let mut clock = clock.lock().unwrap();
+            let Some(index) = index_of(&event.instance().id) else {
+                continue;
+            };
+            let at = |times: &[Option<Instant>]| times.get(index).copied().flatten();
             match &event {
-                DiscoveryEvent::Added(i) => {
-                    if let Some(at) = clock.registered.get(&i.id).copied() {
-                        clock.added.push(now.saturating_duration_since(at));
+                DiscoveryEvent::Added(_) => {
+                    if let Some(at) = at(&clock.registered) {
+                        clock.added.record(now.saturating_duration_since(at));
                     }
                 }
-                DiscoveryEvent::Removed(i) => {
-                    if let Some(at) = clock.left.get(&i.id).copied() {
-                        clock.removed.push(now.saturating_duration_since(at));
-                    } else if let Some(at) = clock.died.get(&i.id).copied() {
-                        clock.expired.push(now.saturating_duration_since(at));
+                DiscoveryEvent::Removed(_) => {
+                    if let Some(at) = at(&clock.left) {
+                        clock.removed.record(now.saturating_duration_since(at));
+                    } else if let Some(at) = at(&clock.died) {
+                        clock.expired.record(now.saturating_duration_since(at));
                     }
                 }
                 DiscoveryEvent::Updated { .. } => {}
@@ -159,7 +237,7 @@ async fn soak_churn_with_hundreds_of_caches() {
     let runtime = tokio::runtime::Handle::current();
     let baseline_tasks = runtime.metrics().num_alive_tasks();
 
-    let clock = Arc::new(Mutex::new(Clock::default()));
+    let clock = Arc::new(Mutex::new(Clock::new(plan.max_registrations + 16)));
     // Caches spread over a few clients, as over a few processes.
     let cache_clients: Vec<Arc<dyn Registry>> = {
         let mut clients = Vec::new();
@@ -200,11 +278,7 @@ async fn soak_churn_with_hundreds_of_caches() {
             let clock = clock.clone();
             async move {
                 // Propagation counts from the call: grant, put, watch, cache.
-                clock
-                    .lock()
-                    .unwrap()
-                    .registered
-                    .insert(instance(index).id, Instant::now());
+                clock.lock().unwrap().mark_registered(index);
                 let registration = Registration::start(client, instance(index), options(index))
                     .await
                     .unwrap_or_else(|e| panic!("register {index}: {e}"));
@@ -222,19 +296,11 @@ async fn soak_churn_with_hundreds_of_caches() {
                 break;
             };
             if index % DIES_EVERY == 0 {
-                clock
-                    .lock()
-                    .unwrap()
-                    .died
-                    .insert(instance(index).id, Instant::now());
+                clock.lock().unwrap().mark_died(index);
                 registration.abandon();
                 died += 1;
             } else {
-                clock
-                    .lock()
-                    .unwrap()
-                    .left
-                    .insert(instance(index).id, Instant::now());
+                clock.lock().unwrap().mark_left(index);
                 registration.deregister().await.expect("deregister");
                 left += 1;
             }
@@ -324,7 +390,7 @@ async fn soak_churn_with_hundreds_of_caches() {
         "{tasks} tasks alive after teardown, {baseline_tasks} before the soak"
     );
 
-    let mut clock = Arc::try_unwrap(clock)
+    let clock = Arc::try_unwrap(clock)
         .ok()
         .expect("recorders are gone")
         .into_inner()
@@ -332,15 +398,15 @@ async fn soak_churn_with_hundreds_of_caches() {
     let ops = registered + left + died;
     let ops_per_sec = ops as f64 / churn.as_secs_f64();
     let (add_p50, add_p99, add_max) = (
-        percentile(&mut clock.added, 0.5),
-        percentile(&mut clock.added, 0.99),
-        percentile(&mut clock.added, 1.0),
+        clock.added.percentile(0.5),
+        clock.added.percentile(0.99),
+        clock.added.percentile(1.0),
     );
     let (rm_p50, rm_p99) = (
-        percentile(&mut clock.removed, 0.5),
-        percentile(&mut clock.removed, 0.99),
+        clock.removed.percentile(0.5),
+        clock.removed.percentile(0.99),
     );
-    let expired_max = percentile(&mut clock.expired, 1.0);
+    let expired_max = clock.expired.percentile(1.0);
     let steady = rss.len() / 3;
     let (rss_first, rss_last) = (
         rss.get(steady).copied().unwrap_or_default(),
@@ -352,7 +418,7 @@ async fn soak_churn_with_hundreds_of_caches() {
         format!(
             "{churn:.1?} of churn: {registered} registrations, {left} deregistrations, {died} deaths, {remaining} left at the end; {ops_per_sec:.0} registrations, deregistrations and deaths per second, {:.0} etcd writes/s; {cache_count} caches on {SERVICES} services; propagation to every cache: add p50 {add_p50:.2?} p99 {add_p99:.2?} max {add_max:.2?} ({} samples), graceful removal p50 {rm_p50:.2?} p99 {rm_p99:.2?}, death to removal max {expired_max:.2?} (TTL {TTL:?}); caches equal to etcd {converged:.2?} after the churn; RSS {rss_first} KiB -> {rss_last} KiB once steady (+{growth} KiB); 0 leases and {tasks}/{baseline_tasks} tasks after teardown",
             writes as f64 / churn.as_secs_f64(),
-            clock.added.len()
+            clock.added.count
         ),
     );
     assert!(

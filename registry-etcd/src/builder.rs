@@ -16,6 +16,11 @@ use tracing::Instrument;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one request may wait for its reply by default.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an HTTP/2 ping goes out on a connection that has read nothing, by default. Not
+/// below etcd's `--grpc-keepalive-min-time` (5 s), or the server answers with `too_many_pings`.
+pub const DEFAULT_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection is dropped, by default.
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The largest list or watch response accepted. gRPC's default of 4 MiB is reached by a list of
 /// some 20,000 registrations, or by a watch catching up over a long history.
@@ -76,7 +81,9 @@ impl EtcdRegistryBuilder {
             namespace: Vec::new(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            keep_alive: None,
+            // On by default: without pings a connection that goes silent (a black-holed
+            // network, a hung peer) is never noticed, and a watch on it looks healthy for ever.
+            keep_alive: Some((DEFAULT_KEEP_ALIVE_INTERVAL, DEFAULT_KEEP_ALIVE_TIMEOUT)),
             user: None,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             #[cfg(feature = "tls")]
@@ -105,10 +112,20 @@ impl EtcdRegistryBuilder {
         self
     }
 
-    /// Sends HTTP/2 pings every `interval` and drops the connection when one is not answered
-    /// within `timeout`, so that a dead server is noticed even on an idle connection.
+    /// Sends an HTTP/2 ping when the connection has read nothing for `interval`, and drops it
+    /// when a ping is not answered within `timeout`, so that a silent connection (no reply,
+    /// no reset) ends its watches with `Unavailable` instead of leaving them quietly dead.
+    /// Default: 10 s and 5 s; etcd refuses pings more often than its
+    /// `--grpc-keepalive-min-time` (5 s by default).
     pub fn keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
         self.keep_alive = Some((interval, timeout));
+        self
+    }
+
+    /// Sends no HTTP/2 pings: a silent connection is then noticed only by request timeouts,
+    /// never by an open watch.
+    pub fn no_keep_alive(mut self) -> Self {
+        self.keep_alive = None;
         self
     }
 

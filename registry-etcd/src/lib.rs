@@ -40,7 +40,10 @@ mod namespace;
 pub mod testing;
 mod watches;
 
-pub use builder::{EtcdRegistryBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
+pub use builder::{
+    EtcdRegistryBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEP_ALIVE_INTERVAL,
+    DEFAULT_KEEP_ALIVE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
+};
 pub use errors::AuthError;
 #[cfg(feature = "tls")]
 pub use etcd_client::{Certificate, Identity, TlsOptions};

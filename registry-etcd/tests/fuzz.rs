@@ -7,8 +7,8 @@
 //! `Unavailable`), never a panic or a hang. (Wrong credentials are checked in `faults.rs`.)
 //!
 //! The fuzz runs on a private server, one namespace per case. Deterministic inputs (fixed
-//! proptest seed); `REGISTRY_FAULTS_FULL=1` runs more cases; failures are saved under
-//! `proptest-regressions/`.
+//! proptest seed); `PROPTEST_CASES` sets the case count, else `REGISTRY_FAULTS_FULL=1` runs
+//! more; failures are saved under `proptest-regressions/`.
 
 use futures::StreamExt;
 use proptest::prelude::*;
@@ -29,12 +29,18 @@ fn full_mode() -> bool {
     std::env::var_os("REGISTRY_FAULTS_FULL").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
-fn runner(ci_cases: u32, full_cases: u32) -> TestRunner {
+/// `PROPTEST_CASES` if set, else the CI or full count.
+fn cases(ci: u32, full: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(if full_mode() { full } else { ci })
+}
+
+fn runner(ci_cases: u32, full_cases: u32, file: &'static str) -> TestRunner {
     let config = Config {
-        cases: if full_mode() { full_cases } else { ci_cases },
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "proptest-regressions/fuzz.txt",
-        ))),
+        cases: cases(ci_cases, full_cases),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(file))),
         ..Config::default()
     };
     TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha))
@@ -360,7 +366,7 @@ async fn call(
 fn every_call_returns_a_typed_result_and_a_failed_call_changes_nothing() {
     let server = EtcdServer::start().expect("etcd");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let mut runner = runner(32, 256);
+    let mut runner = runner(32, 256, "proptest-regressions/fuzz-calls.txt");
     let ops = proptest::collection::vec(op(), 1..24);
     let result = runner.run(&ops, |ops| {
         rt.block_on(async {
@@ -422,7 +428,7 @@ fn endpoint() -> impl Strategy<Value = String> {
 #[test]
 fn any_endpoint_fails_fast_with_a_typed_error() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let mut runner = runner(48, 512);
+    let mut runner = runner(48, 512, "proptest-regressions/fuzz-connect.txt");
     let tried = AtomicU64::new(0);
     let result = runner.run(&proptest::collection::vec(endpoint(), 0..3), |endpoints| {
         rt.block_on(async {
@@ -459,4 +465,64 @@ fn any_endpoint_fails_fast_with_a_typed_error() {
     if let Err(e) = result {
         panic!("{e}");
     }
+}
+
+/// Values someone else wrote under a service prefix: skipped and counted by discovery, never
+/// fatal, and the real instances around them are still found, before and after the first list.
+#[test]
+fn malformed_instances_under_a_service_prefix_are_skipped_and_counted() {
+    use registry_api::service::{Discovery, DiscoveryOptions, ServiceInstance};
+    let garbage: [&[u8]; 8] = [
+        b"",
+        b"not json",
+        b"{}",
+        b"null",
+        br#"{"service":"hello","id":"x"}"#,
+        br#"{"service":"other","id":"g3","address":"a"}"#,
+        br#"{"service":"hello","id":"g6","address":7}"#,
+        &[0xff, 0xfe, 0x00, 0x7b],
+    ];
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let r = registry_etcd::testing::isolated_registry("malformed")
+            .await
+            .expect("etcd");
+        let good = ServiceInstance::new("hello", "good", "127.0.0.1:1");
+        r.put(b"services/hello/good", &good.to_json(), PutOptions::default())
+            .await
+            .unwrap();
+        for (i, value) in garbage[..4].iter().enumerate() {
+            let key = format!("services/hello/g{i}");
+            r.put(key.as_bytes(), value, PutOptions::default())
+                .await
+                .unwrap();
+        }
+        let registry: std::sync::Arc<dyn Registry> = std::sync::Arc::new(r.clone());
+        let discovery = Discovery::start(registry, "hello", DiscoveryOptions::default()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), discovery.wait_synced())
+            .await
+            .expect("synced despite garbage");
+        for (i, value) in garbage[4..].iter().enumerate() {
+            let key = format!("services/hello/g{}", 4 + i);
+            r.put(key.as_bytes(), value, PutOptions::default())
+                .await
+                .unwrap();
+        }
+        let late = ServiceInstance::new("hello", "late", "127.0.0.1:2");
+        r.put(b"services/hello/late", &late.to_json(), PutOptions::default())
+            .await
+            .unwrap();
+        let started = Instant::now();
+        while discovery.get("late").is_none() {
+            assert!(started.elapsed() < Duration::from_secs(5), "late instance not seen");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(discovery.is_synced(), "garbage must not break the watch");
+        assert_eq!(discovery.snapshot().to_vec(), vec![good, late]);
+        assert_eq!(discovery.malformed(), garbage.len() as u64);
+        println!(
+            "FIGURE fuzz-etcd-discovery: {} malformed values skipped and counted, the watch kept going",
+            discovery.malformed()
+        );
+    });
 }

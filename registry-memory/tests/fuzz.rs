@@ -8,8 +8,8 @@
 //! and counted, never fatal, and real instances around it are still found.
 //!
 //! Deterministic: the proptest RNG has a fixed seed and time is the manual clock (or tokio's
-//! paused clock). `REGISTRY_FAULTS_FULL=1` runs more cases; failures are saved under
-//! `proptest-regressions/`.
+//! paused clock). `PROPTEST_CASES` sets the case count, else `REGISTRY_FAULTS_FULL=1` runs
+//! more; failures are saved under `proptest-regressions/`.
 
 use futures::executor::block_on;
 use futures::{FutureExt, StreamExt};
@@ -31,9 +31,17 @@ fn full_mode() -> bool {
     std::env::var_os("REGISTRY_FAULTS_FULL").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
+/// `PROPTEST_CASES` if set, else the CI or full count.
+fn cases(ci: u32, full: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(if full_mode() { full } else { ci })
+}
+
 fn runner(ci_cases: u32, full_cases: u32, file: &'static str) -> TestRunner {
     let config = Config {
-        cases: if full_mode() { full_cases } else { ci_cases },
+        cases: cases(ci_cases, full_cases),
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(file))),
         ..Config::default()
     };
@@ -357,7 +365,7 @@ async fn call(
 
 #[test]
 fn every_call_returns_a_typed_result_and_a_failed_call_changes_nothing() {
-    let mut runner = runner(192, 2_048, "proptest-regressions/fuzz.txt");
+    let mut runner = runner(192, 2_048, "proptest-regressions/fuzz-calls.txt");
     let ops = proptest::collection::vec(op(), 1..40);
     let result = runner.run(&ops, |ops| {
         block_on(async {
@@ -401,7 +409,7 @@ fn garbage() -> impl Strategy<Value = Vec<u8>> {
 
 #[test]
 fn malformed_instances_are_skipped_and_counted_not_fatal() {
-    let mut runner = runner(48, 256, "proptest-regressions/fuzz.txt");
+    let mut runner = runner(48, 256, "proptest-regressions/fuzz-discovery.txt");
     let strategy = proptest::collection::vec(garbage(), 1..6);
     let skipped = std::cell::Cell::new(0u64);
     let result = runner.run(&strategy, |values| {

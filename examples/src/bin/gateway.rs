@@ -5,10 +5,11 @@
 //! gateway --etcd http://127.0.0.1:2379 --listen 127.0.0.1:50050
 //! ```
 //!
-//! It prints `listening on <addr>` on stdout once its node list is loaded.
+//! It prints `listening on <addr>` on stdout once its node list is loaded, then each node
+//! joining or leaving (`node joined <id> at <addr>`, `node left <id> at <addr>`).
 
 use clap::{Parser, ValueEnum};
-use registry_api::service::{Discovery, DiscoveryOptions, Strategy};
+use registry_api::service::{Discovery, DiscoveryEvent, DiscoveryOptions, Strategy};
 use registry_examples::backend::BackendArgs;
 use registry_examples::cli;
 use registry_examples::gateway::{Gateway, GatewayOptions};
@@ -110,6 +111,18 @@ async fn run(args: Args) -> Result<(), BoxError> {
         nodes.len(),
         nodes.join(", ")
     );
+    // Membership changes on stdout, as they happen: `node joined`, `node updated`, `node left`.
+    let mut events = gateway.discovery().subscribe();
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            let (what, node) = match &event {
+                DiscoveryEvent::Added(node) => ("joined", node),
+                DiscoveryEvent::Updated { new, .. } => ("updated", new),
+                DiscoveryEvent::Removed(node) => ("left", node),
+            };
+            println!("node {what} {} at {}", node.id, node.address);
+        }
+    });
     hello::serve(listener, gateway, cli::shutdown_signal()).await?;
     Ok(())
 }

@@ -11,6 +11,7 @@ use clap::Parser;
 use registry_api::service::{Registration, RegistrationOptions, ServiceInstance};
 use registry_examples::backend::BackendArgs;
 use registry_examples::cli::{self, parse_meta_pair};
+use registry_examples::go_naming::{self, GoEndpoint};
 use registry_examples::hello::{self, HelloNode};
 use registry_examples::BoxError;
 use std::net::SocketAddr;
@@ -34,15 +35,19 @@ struct Args {
     /// wildcard `0.0.0.0` listen address, NAT, a container).
     #[arg(long)]
     advertise: Option<String>,
-    /// This node's instance id [default: node-<port>].
+    /// This node's instance id [default: node-PORT].
     #[arg(long)]
     id: Option<String>,
     /// The lease TTL in seconds: how long the entry outlives a crash.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     ttl: u64,
     /// Metadata, repeatable: `version=`, `zone=`, `weight=` or any label `key=value`.
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta_pair)]
     meta: Vec<(String, String)>,
+    /// Also publish this node in etcd's Go naming layout under this target (key
+    /// `<target>/<addr>`, value `{"Addr":..,"Metadata":..}`), for Go gRPC clients.
+    #[arg(long, value_name = "TARGET")]
+    go_target: Option<String>,
     /// How long to keep trying to register before giving up at start.
     #[arg(long, default_value_t = 30)]
     register_timeout: u64,
@@ -62,7 +67,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let address = args.advertise.unwrap_or_else(|| bound.to_string());
     let id = args.id.unwrap_or_else(|| format!("node-{}", bound.port()));
     let instance = ServiceInstance::new(args.service.clone(), id.clone(), address.clone())
-        .with_metadata(metadata);
+        .with_metadata(metadata.clone());
     instance.validate()?;
 
     // Serve first, so the node answers by the time anyone discovers it.
@@ -95,6 +100,20 @@ async fn run(args: Args) -> Result<(), BoxError> {
         registration.key(),
         backend.kind
     );
+    let _go_naming = match &args.go_target {
+        Some(target) => {
+            let endpoint = GoEndpoint {
+                addr: address.clone(),
+                metadata: serde_json::to_value(&metadata)?,
+            };
+            let (key, task) =
+                go_naming::publish(backend.registry.clone(), &registration, target, endpoint)
+                    .await?;
+            println!("published {key} (etcd's Go naming layout)");
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
 
     tokio::select! {
         () = cli::shutdown_signal() => {}
@@ -110,4 +129,13 @@ async fn run(args: Args) -> Result<(), BoxError> {
     println!("deregistered {}", registration.key());
     let _ = stop.send(());
     Ok(())
+}
+
+/// Stops a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -51,11 +51,11 @@ enum Command {
         service: String,
         /// The instance's address.
         address: String,
-        /// The instance id [default: cli-<pid>].
+        /// The instance id [default: cli-PID].
         #[arg(long)]
         id: Option<String>,
         /// The lease TTL in seconds.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
         ttl: u64,
         /// Metadata, repeatable: `version=`, `zone=`, `weight=` or any label `key=value`.
         #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta_pair)]

@@ -13,6 +13,14 @@
 //!   legitimately skip intermediate values);
 //! - no cache held an instance longer than the stated bound after its process died.
 //!
+//! The bounds, stated per fault in each test from these parts: [`TTL`] (2 s, etcd's minimum),
+//! [`BACKOFF_MAX`] (1 s, the longest retry wait), [`RECONNECT`] (4 s for etcd-client to serve
+//! again after a restart or heal), [`EXPIRY_LATENESS`] (1.5 s: etcd checks expiry every 500 ms,
+//! then the watch delivers), the fault's own duration (nothing can be removed from a cache that
+//! cannot hear, and a restarted etcd gives every lease its whole TTL again), and for elections
+//! the failover time. Re-registration: TTL + backoff + reconnect after the heal. Staleness of
+//! a dead instance: fault duration + TTL + expiry lateness + reconnect (+ backoff or election).
+//!
 //! Every test prints `FIGURE ...` lines; `scripts/faults.sh` collects them.
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
@@ -36,9 +44,9 @@ pub const TTL: Duration = Duration::from_secs(2);
 /// The longest wait between retries of registrations and caches in these tests.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// How long a restarted etcd takes to serve an existing client again (etcd-client reconnects
-/// about 1.5 s after the restart), plus a margin for a loaded 2-core machine.
-pub const RECONNECT: Duration = Duration::from_secs(3);
+/// How long a restarted etcd takes to serve an existing client again: etcd-client reconnects
+/// about 1.5 s after the restart; the rest is margin for a loaded 2-core machine.
+pub const RECONNECT: Duration = Duration::from_secs(4);
 
 /// How late etcd expires a lease (it checks every 500 ms) plus the watch's delivery time.
 pub const EXPIRY_LATENESS: Duration = Duration::from_millis(1_500);
@@ -333,7 +341,7 @@ impl Oracle {
 
     /// Per instance id, the values its key went through (None: absent or not an instance),
     /// consecutive repeats collapsed, starting from absent.
-    pub fn key_histories(&self, service: &str) -> BTreeMap<String, Vec<Option<ServiceInstance>>> {
+    pub fn key_histories(&self, service: &str) -> Histories {
         let state = self.state.lock().unwrap();
         assert_eq!(
             state.gaps, 0,
@@ -484,73 +492,76 @@ pub fn check_histories(oracle: &Oracle, service: &str, caches: &[Cache]) -> usiz
     let truth_histories = oracle.key_histories(service);
     let mut checked = 0;
     for (i, cache) in caches.iter().enumerate() {
-        let log = cache.log();
+        let log: Vec<DiscoveryEvent> = cache.log().into_iter().map(|(_, e)| e).collect();
         checked += log.len();
-        let mut held: BTreeMap<String, ServiceInstance> = BTreeMap::new();
-        let mut seen: BTreeMap<String, Vec<Option<ServiceInstance>>> = BTreeMap::new();
-        for (_, event) in &log {
-            let id = event.instance().id.clone();
-            match event {
-                DiscoveryEvent::Added(new) => {
-                    assert!(
-                        held.insert(id.clone(), new.clone()).is_none(),
-                        "cache {i}: {id} added twice"
-                    );
-                }
-                DiscoveryEvent::Updated { old, new } => {
-                    assert_eq!(
-                        held.get(&id),
-                        Some(old),
-                        "cache {i}: update of {id} from a value it did not hold"
-                    );
-                    assert_ne!(old, new, "cache {i}: empty update of {id}");
-                    held.insert(id.clone(), new.clone());
-                }
-                DiscoveryEvent::Removed(old) => {
-                    assert_eq!(
-                        held.remove(&id).as_ref(),
-                        Some(old),
-                        "cache {i}: removal of {id} it did not hold"
-                    );
-                }
-            }
-            seen.entry(id.clone())
-                .or_insert_with(|| vec![None])
-                .push(held.get(&id).cloned());
-        }
-        let snapshot: BTreeMap<String, ServiceInstance> = cache
-            .discovery
-            .snapshot()
-            .iter()
-            .map(|i| (i.id.clone(), i.clone()))
-            .collect();
-        assert_eq!(
-            held, snapshot,
-            "cache {i}: its events do not add up to its snapshot"
-        );
-        for (id, values) in &seen {
-            let truth = truth_histories
-                .get(id)
-                .unwrap_or_else(|| panic!("cache {i}: {id} never existed in etcd"));
-            assert!(
-                is_subsequence(values, truth),
-                "cache {i}: {id} went through {} values not in etcd's order ({} values)",
-                values.len(),
-                truth.len()
-            );
-            assert_eq!(
-                values.last(),
-                truth.last(),
-                "cache {i}: {id} ended elsewhere than etcd"
-            );
-        }
-        for (id, truth) in &truth_histories {
-            if !seen.contains_key(id) {
-                assert_eq!(truth.last(), Some(&None), "cache {i} never saw {id}");
-            }
+        if let Err(why) = check_log(&log, &cache.discovery.snapshot(), &truth_histories) {
+            panic!("cache {i}: {why}");
         }
     }
     checked
+}
+
+/// Etcd's history per instance id, as [`Oracle::key_histories`] gives it.
+pub type Histories = BTreeMap<String, Vec<Option<ServiceInstance>>>;
+
+/// One cache's event log against itself, its snapshot and etcd's history (module docs).
+pub fn check_log(
+    log: &[DiscoveryEvent],
+    snapshot: &[ServiceInstance],
+    truth_histories: &Histories,
+) -> Result<(), String> {
+    let mut held: BTreeMap<String, ServiceInstance> = BTreeMap::new();
+    let mut seen: Histories = BTreeMap::new();
+    for event in log {
+        let id = event.instance().id.clone();
+        match event {
+            DiscoveryEvent::Added(new) => {
+                if held.insert(id.clone(), new.clone()).is_some() {
+                    return Err(format!("{id} added twice"));
+                }
+            }
+            DiscoveryEvent::Updated { old, new } => {
+                if held.get(&id) != Some(old) || old == new {
+                    return Err(format!("update of {id} from a value it did not hold"));
+                }
+                held.insert(id.clone(), new.clone());
+            }
+            DiscoveryEvent::Removed(old) => {
+                if held.remove(&id).as_ref() != Some(old) {
+                    return Err(format!("removal of {id} it did not hold"));
+                }
+            }
+        }
+        seen.entry(id.clone())
+            .or_insert_with(|| vec![None])
+            .push(held.get(&id).cloned());
+    }
+    let snapshot: BTreeMap<String, ServiceInstance> =
+        snapshot.iter().map(|i| (i.id.clone(), i.clone())).collect();
+    if held != snapshot {
+        return Err("its events do not add up to its snapshot".to_owned());
+    }
+    for (id, values) in &seen {
+        let Some(truth) = truth_histories.get(id) else {
+            return Err(format!("{id} never existed in etcd"));
+        };
+        if !is_subsequence(values, truth) {
+            return Err(format!(
+                "{id} went through {} values not in etcd's order ({} values)",
+                values.len(),
+                truth.len()
+            ));
+        }
+        if values.last() != truth.last() {
+            return Err(format!("{id} ended elsewhere than etcd"));
+        }
+    }
+    for (id, truth) in truth_histories {
+        if !seen.contains_key(id) && truth.last() != Some(&None) {
+            return Err(format!("never saw {id}"));
+        }
+    }
+    Ok(())
 }
 
 fn is_subsequence<T: PartialEq>(sub: &[T], of: &[T]) -> bool {
