@@ -36,6 +36,7 @@ mod errors;
 mod keys;
 mod leases;
 mod namespace;
+mod retry;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod watches;
@@ -56,6 +57,7 @@ use registry_api::{
     DeleteResponse, GetResponse, LeaseGrant, LeaseId, LeaseTimeToLive, ListOptions, ListResponse,
     PutOptions, PutResponse, Registry, Result, Revision, WatchOptions, WatchStream,
 };
+use retry::Idempotence::{Safe, Unsafe};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -146,50 +148,64 @@ impl EtcdRegistry {
 #[async_trait]
 impl Registry for EtcdRegistry {
     async fn lease_grant(&self, ttl: i64, id: Option<LeaseId>) -> Result<LeaseGrant> {
-        self.inner.lease_grant(ttl, id).await
+        self.retry(Unsafe, || self.inner.lease_grant(ttl, id)).await
     }
 
     async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64> {
-        self.inner.lease_keep_alive(id).await
+        self.retry(Safe, || self.inner.lease_keep_alive(id)).await
     }
 
     async fn lease_revoke(&self, id: LeaseId) -> Result<Revision> {
-        self.inner.lease_revoke(id).await
+        self.retry(Unsafe, || self.inner.lease_revoke(id)).await
     }
 
     async fn lease_time_to_live(&self, id: LeaseId) -> Result<LeaseTimeToLive> {
-        self.inner.lease_time_to_live(id).await
+        self.retry(Safe, || self.inner.lease_time_to_live(id)).await
     }
 
     async fn leases(&self) -> Result<Vec<LeaseId>> {
-        self.inner.leases().await
+        self.retry(Safe, || self.inner.leases()).await
     }
 
     async fn put(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<PutResponse> {
-        self.inner.put(key, value, opts).await
+        self.retry(Unsafe, || self.inner.put(key, value, opts.clone()))
+            .await
     }
 
     async fn get(&self, key: &[u8]) -> Result<GetResponse> {
-        self.inner.get(key).await
+        self.retry(Safe, || self.inner.get(key)).await
     }
 
     async fn list(&self, prefix: &[u8], opts: ListOptions) -> Result<ListResponse> {
-        self.inner.list(prefix, opts).await
+        self.retry(Safe, || self.inner.list(prefix, opts.clone()))
+            .await
     }
 
     async fn delete(&self, key: &[u8]) -> Result<DeleteResponse> {
-        self.inner.delete(key).await
+        self.retry(Unsafe, || self.inner.delete(key)).await
     }
 
     async fn delete_prefix(&self, prefix: &[u8]) -> Result<DeleteResponse> {
-        self.inner.delete_prefix(prefix).await
+        self.retry(Unsafe, || self.inner.delete_prefix(prefix))
+            .await
     }
 
     async fn compact(&self, revision: Revision) -> Result<Revision> {
-        self.inner.compact(revision).await
+        self.retry(Unsafe, || self.inner.compact(revision)).await
     }
 
     async fn watch(&self, prefix: &[u8], opts: WatchOptions) -> Result<WatchStream> {
-        self.inner.watch(prefix, opts).await
+        self.retry(Safe, || self.inner.watch(prefix, opts.clone()))
+            .await
+    }
+}
+
+impl EtcdRegistry {
+    /// Runs one call, sending it again on another endpoint where [`retry`] allows.
+    async fn retry<T, Fut>(&self, kind: retry::Idempotence, call: impl FnMut() -> Fut) -> Result<T>
+    where
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        retry::retry(self.inner.endpoints.len(), kind, call).await
     }
 }

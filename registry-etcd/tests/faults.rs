@@ -437,3 +437,42 @@ async fn the_harness_keeps_data_across_restarts_and_cleans_up_on_kill() {
     server.kill();
     assert!(!dir.exists(), "kill removes the data dir");
 }
+
+/// Given all three endpoints with one member dead, every call succeeds: etcd-client keeps
+/// sending some calls to the dead member, and the backend sends those again to another one
+/// (reads after any `Unavailable`, writes only when the connection was refused).
+#[tokio::test]
+async fn with_a_follower_down_every_call_succeeds_on_the_others() {
+    let mut cluster = EtcdCluster::start(3).expect("cluster");
+    let leader = cluster.leader().await.expect("a leader");
+    let r = EtcdRegistry::builder(cluster.endpoints())
+        .connect_timeout(Duration::from_millis(500))
+        .request_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap();
+    cluster.kill((leader + 1) % 3);
+
+    let lease = r.lease_grant(30, None).await.expect("grant");
+    for i in 0..40 {
+        let key = format!("svc/{i}");
+        let put = r
+            .put(key.as_bytes(), b"v", PutOptions::with_lease(lease.id))
+            .await
+            .unwrap_or_else(|e| panic!("put {i}: {e}"));
+        let got = r
+            .get(key.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("get {i}: {e}"));
+        assert_eq!(got.kv.map(|kv| kv.mod_revision), Some(put.revision));
+        r.lease_keep_alive(lease.id)
+            .await
+            .unwrap_or_else(|e| panic!("keep-alive {i}: {e}"));
+    }
+    let list = r.list(b"svc/", ListOptions::default()).await.expect("list");
+    assert_eq!(list.kvs.len(), 40, "every put landed exactly once");
+    assert_eq!(
+        r.lease_revoke(lease.id).await.expect("revoke"),
+        list.revision.next()
+    );
+}
