@@ -2,8 +2,9 @@
 
 use super::{Discovery, DiscoveryOptions, Shared};
 use crate::{Registry, Result};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use std::sync::{Arc, Weak};
 
 /// Hands out [`Discovery`] handles that share one cache and one watch per service.
 ///
@@ -13,7 +14,9 @@ use std::sync::{Arc, Mutex, Weak};
 pub struct DiscoveryHub {
     registry: Arc<dyn Registry>,
     options: DiscoveryOptions,
-    caches: Mutex<HashMap<String, Weak<Shared>>>,
+    /// Looked up concurrently by every part of a process that discovers a service, and never
+    /// iterated in an order anyone sees: a sharded map, so services do not contend.
+    caches: DashMap<String, Weak<Shared>>,
 }
 
 impl DiscoveryHub {
@@ -22,28 +25,43 @@ impl DiscoveryHub {
         DiscoveryHub {
             registry,
             options,
-            caches: Mutex::new(HashMap::new()),
+            caches: DashMap::new(),
         }
     }
 
     /// A handle on `service`'s shared cache, started if none is live.
     pub fn discovery(&self, service: &str) -> Result<Discovery> {
-        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(shared) = caches.get(service).and_then(Weak::upgrade) {
+        if let Some(shared) = self.caches.get(service).and_then(|cache| cache.upgrade()) {
             return Ok(Discovery { shared });
         }
-        let discovery = Discovery::start(self.registry.clone(), service, self.options.clone())?;
-        caches.retain(|_, cache| cache.strong_count() > 0);
-        caches.insert(service.to_owned(), Arc::downgrade(&discovery.shared));
-        Ok(discovery)
+        // Forget caches whose handles are all gone, before taking the entry (retain locks
+        // every shard, the entry one of them).
+        self.caches.retain(|_, cache| cache.strong_count() > 0);
+        // The entry holds its shard, so two callers racing for one service start one cache.
+        match self.caches.entry(service.to_owned()) {
+            Entry::Occupied(mut entry) => {
+                if let Some(shared) = entry.get().upgrade() {
+                    return Ok(Discovery { shared });
+                }
+                let discovery =
+                    Discovery::start(self.registry.clone(), service, self.options.clone())?;
+                entry.insert(Arc::downgrade(&discovery.shared));
+                Ok(discovery)
+            }
+            Entry::Vacant(entry) => {
+                let discovery =
+                    Discovery::start(self.registry.clone(), service, self.options.clone())?;
+                entry.insert(Arc::downgrade(&discovery.shared));
+                Ok(discovery)
+            }
+        }
     }
 
     /// How many caches (and so watches) are live.
     pub fn live_caches(&self) -> usize {
-        let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-        caches
-            .values()
-            .filter(|cache| cache.strong_count() > 0)
+        self.caches
+            .iter()
+            .filter(|cache| cache.value().strong_count() > 0)
             .count()
     }
 }
