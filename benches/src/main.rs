@@ -23,6 +23,7 @@ mod memory_throughput;
 mod procfs;
 mod recording;
 mod report;
+mod sim_floors;
 mod sim_scale;
 mod stats;
 
