@@ -98,7 +98,8 @@ impl Counters {
     }
 }
 
-/// A TCP proxy from a fresh 127.0.0.1 port to a target; see the [module docs](self).
+/// A TCP proxy from a fresh 127.0.0.1 port to a target, whose [`ProxyMode`] can be switched
+/// while it runs: pass, delay, reset or black-hole every connection.
 #[derive(Debug)]
 pub struct TcpProxy {
     addr: SocketAddr,
