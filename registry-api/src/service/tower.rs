@@ -6,9 +6,10 @@
 //! existing key) and a `Remove` for each instance gone. `tower::balance::p2c::Balance` consumes
 //! such a stream once [`map_instances`](InstanceChanges::map_instances) has turned each
 //! instance into a service; tonic's `Channel::balance_channel` takes the same changes (as its
-//! own copy of the enum) on a channel:
+//! own copy of the enum) on a channel (a sketch; `examples/examples/tonic_balance.rs` compiles
+//! and runs it):
 //!
-//! ```ignore
+//! ```text
 //! let (channel, sender) = tonic::transport::Channel::balance_channel(16);
 //! let mut endpoints = registry_api::service::tower::changes(&discovery)
 //!     .map_instances(|instance| Endpoint::from_shared(format!("http://{}", instance.address)));
