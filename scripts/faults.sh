@@ -27,7 +27,11 @@ run() {
 }
 
 run -p registry-etcd --lib testing::proxy
+# The arbitrary-input fuzz of the API is a conformance case; the fuzz targets keep discovery
+# over garbage (both) and connecting (etcd).
+run -p registry-memory --test conformance public_api_survives_arbitrary_input
 run -p registry-memory --test fuzz
+run -p registry-etcd --test conformance public_api_survives_arbitrary_input
 run -p registry-etcd --test fuzz
 run -p registry-examples --test faults_server --test faults_network --test faults_cluster
 run -p registry-examples --test soak

@@ -9,8 +9,8 @@ use std::time::Duration;
 /// A backend under test.
 ///
 /// The suite calls [`registry`](Backend::registry) once per case (and once per generated
-/// sequence in `model_check`), always inside the tokio runtime that runs the case, so a backend
-/// may connect a fresh client each time.
+/// sequence in `model_check` and `public_api_survives_arbitrary_input`), always inside the
+/// tokio runtime that runs the case, so a backend may connect a fresh client each time.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// A registry to run one case against. For an [exclusive](Sharing::Exclusive) backend this

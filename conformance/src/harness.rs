@@ -4,6 +4,7 @@
 use crate::backend::{Backend, Sharing};
 use crate::cases::{self, Ctx};
 use crate::failure::Failure;
+use crate::fuzz;
 use crate::model_check;
 use std::future::Future;
 use std::sync::Mutex;
@@ -16,6 +17,7 @@ static SHARED: Mutex<()> = Mutex::new(());
 /// The name of every case, in the order the macro stamps them.
 pub fn case_names() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = cases::CASES.iter().map(|(n, _)| *n).collect();
+    names.push(fuzz::NAME);
     names.push(model_check::NAME);
     names
 }
@@ -33,7 +35,8 @@ pub fn runtime() -> Runtime {
 }
 
 /// Runs case `name` on `backend` inside `rt`. `source_file` (the test file, `file!()`) names
-/// where proptest keeps the regressions of `model_check`; `None` keeps none.
+/// where proptest keeps the regressions of the generated cases (`model_check` and
+/// `public_api_survives_arbitrary_input`); `None` keeps none.
 pub fn run_case<B: Backend>(
     name: &str,
     backend: &B,
@@ -46,6 +49,9 @@ pub fn run_case<B: Backend>(
     };
     if name == model_check::NAME {
         return model_check::run(backend, rt, source_file, None);
+    }
+    if name == fuzz::NAME {
+        return fuzz::run(backend, rt, source_file);
     }
     let Some((_, case)) = cases::CASES.iter().find(|(n, _)| *n == name) else {
         return Err(Failure::new(name, "no such case"));

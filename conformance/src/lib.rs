@@ -3,12 +3,14 @@
 mod backend;
 mod cases;
 mod failure;
+mod fuzz;
 mod harness;
 pub mod model;
 mod model_check;
 mod observe;
 pub mod ops;
 mod prefix;
+mod proptest_setup;
 mod run;
 mod watch_read;
 
@@ -20,6 +22,7 @@ pub use observe::{
     ErrorKind, LeaseRef, ObsBatch, ObsEvent, ObsKv, Observation, Outcome, Step, WatchLog,
 };
 pub use ops::{ops as ops_strategy, Op};
+pub use proptest_setup::{full_mode, fuzz_cases, fuzz_runner};
 pub use run::{check, run, UNKNOWN_LEASE};
 
 /// Stamps one `#[test]` per conformance case, each running that case on a fresh backend from
@@ -101,6 +104,7 @@ macro_rules! __conformance_cases {
             unknown_lease_ops_fail,
             put_moves_and_detaches_keys,
             bad_input_writes_nothing,
+            public_api_survives_arbitrary_input,
             model_check,
         }
     };
