@@ -171,7 +171,14 @@ impl EtcdRegistryBuilder {
                     })?
                     .map_err(|e| errors::from_etcd(e, Context::default()))?;
             let namespace = Namespace::new(self.namespace);
-            probe(&client, &namespace, wait).await?;
+            // A probe that went to a member that is down is sent again to another endpoint:
+            // the backend is usable while any endpoint answers.
+            crate::retry::retry(
+                self.endpoints.len(),
+                crate::retry::Idempotence::Safe,
+                || probe(&client, &namespace, wait),
+            )
+            .await?;
             tracing::debug!("connected");
             Ok(EtcdRegistry {
                 inner: Arc::new(Inner {
