@@ -90,20 +90,7 @@ impl RawWatches {
             .await
             .map_err(|e| e.to_string())?;
         for watch in &mut self.watches {
-            loop {
-                match tokio::time::timeout(WAIT, watch.message()).await {
-                    Ok(Ok(Some(resp)))
-                        if resp
-                            .events()
-                            .iter()
-                            .any(|ev| ev.kv().is_some_and(|kv| kv.key() == key.as_bytes())) =>
-                    {
-                        break
-                    }
-                    Ok(Ok(Some(_))) => {}
-                    _ => return Err(format!("a raw watch did not see {key} within {WAIT:?}")),
-                }
-            }
+            crate::raw_watch::wait_for_key(watch, key.as_bytes(), WAIT).await?;
         }
         Ok(start.elapsed())
     }

@@ -146,20 +146,7 @@ async fn shared_handles(
                 .put(key.as_bytes(), value, None)
                 .await
                 .map_err(|e| e.to_string())?;
-            loop {
-                match tokio::time::timeout(WAIT, raw.message()).await {
-                    Ok(Ok(Some(resp)))
-                        if resp
-                            .events()
-                            .iter()
-                            .any(|ev| ev.kv().is_some_and(|kv| kv.key() == key.as_bytes())) =>
-                    {
-                        break
-                    }
-                    Ok(Ok(Some(_))) => {}
-                    _ => return Err(format!("the raw watch did not see {key}")),
-                }
-            }
+            crate::raw_watch::wait_for_key(&mut raw, key.as_bytes(), WAIT).await?;
             if measured {
                 b.push(start.elapsed());
             }

@@ -21,6 +21,7 @@ mod etcd_metrics;
 mod etcd_overhead;
 mod memory_throughput;
 mod procfs;
+mod raw_watch;
 mod recording;
 mod report;
 mod sim_floors;

@@ -31,21 +31,7 @@ pub(crate) fn floors(scale: Scale) -> std::io::Result<Floors> {
     let ttl = TTL.as_secs() as i64;
     let manual = futures::executor::block_on(async {
         let registry = MemoryRegistry::with_manual_clock();
-        let mut leases = Vec::with_capacity(scale.instances);
-        for n in 0..scale.instances {
-            let lease = registry.lease_grant(ttl, None).await.map_err(io)?;
-            let i = instance(n % scale.services, n);
-            let key = format!("services/{}/{}", i.service, i.id);
-            registry
-                .put(
-                    key.as_bytes(),
-                    &i.to_json(),
-                    registry_api::PutOptions::with_lease(lease.id),
-                )
-                .await
-                .map_err(io)?;
-            leases.push(lease.id);
-        }
+        let leases = register_all(&registry, scale).await?;
         let wall = Instant::now();
         for _ in 0..rounds {
             registry.advance(interval);
@@ -61,21 +47,7 @@ pub(crate) fn floors(scale: Scale) -> std::io::Result<Floors> {
         .build()?;
     let tasks = runtime.block_on(async {
         let registry = MemoryRegistry::new();
-        let mut leases = Vec::with_capacity(scale.instances);
-        for n in 0..scale.instances {
-            let lease = registry.lease_grant(ttl, None).await.map_err(io)?;
-            let i = instance(n % scale.services, n);
-            let key = format!("services/{}/{}", i.service, i.id);
-            registry
-                .put(
-                    key.as_bytes(),
-                    &i.to_json(),
-                    registry_api::PutOptions::with_lease(lease.id),
-                )
-                .await
-                .map_err(io)?;
-            leases.push(lease.id);
-        }
+        let leases = register_all(&registry, scale).await?;
         let wall = Instant::now();
         let handles: Vec<_> = leases
             .into_iter()
@@ -147,4 +119,29 @@ pub(crate) fn floors(scale: Scale) -> std::io::Result<Floors> {
         batched,
         batched_checked,
     })
+}
+
+/// Grants a lease per instance and puts the instance with it, as a registration would.
+async fn register_all(
+    registry: &MemoryRegistry,
+    scale: Scale,
+) -> std::io::Result<Vec<registry_api::LeaseId>> {
+    let io = |e: registry_api::Error| std::io::Error::other(e.to_string());
+    let ttl = TTL.as_secs() as i64;
+    let mut leases = Vec::with_capacity(scale.instances);
+    for n in 0..scale.instances {
+        let lease = registry.lease_grant(ttl, None).await.map_err(io)?;
+        let i = instance(n % scale.services, n);
+        let key = format!("services/{}/{}", i.service, i.id);
+        registry
+            .put(
+                key.as_bytes(),
+                &i.to_json(),
+                registry_api::PutOptions::with_lease(lease.id),
+            )
+            .await
+            .map_err(io)?;
+        leases.push(lease.id);
+    }
+    Ok(leases)
 }
