@@ -115,6 +115,21 @@ async fn a_lost_lease_and_a_deleted_key_are_healed_on_etcd() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(registration.lease(), Some(lease));
+    // The cache must have applied the delete and the put-back before we listen, or their
+    // events would arrive after the drain and be mistaken for the shutdown's.
+    let put_back = registry
+        .get(b"services/hello/a")
+        .await
+        .unwrap()
+        .kv
+        .expect("put back")
+        .mod_revision;
+    eventually(
+        Duration::from_secs(2),
+        "put-back applied by the cache",
+        || discovery.revision() >= put_back,
+    )
+    .await;
 
     // Graceful shutdown: gone at once.
     let mut events = discovery.subscribe();
