@@ -254,3 +254,31 @@ async fn a_bad_service_name_is_refused() {
         .discovery("x/")
         .is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_cache_is_synced_only_once_its_watch_is_up() {
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+    let _a = register(&registry, "a").await;
+    let link = Partitioned::new(registry.clone());
+    let (open, opened) = tokio::sync::oneshot::channel::<()>();
+    link.before_next_watch(
+        async move {
+            opened.await.ok();
+        }
+        .boxed(),
+    );
+    let discovery = Discovery::start(link.clone(), "hello", options()).unwrap();
+
+    // Listed, but the watch that continues the list is not up yet.
+    settle(Duration::from_secs(1)).await;
+    assert_eq!(discovery.get("a"), Some(hello("a")));
+    assert!(!discovery.is_synced());
+    let waited = tokio::time::timeout(Duration::from_secs(1), discovery.wait_synced()).await;
+    assert!(waited.is_err(), "synced before the watch was up");
+
+    open.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(1), discovery.wait_synced())
+        .await
+        .expect("synced once the watch is up");
+    assert!(discovery.is_synced());
+}

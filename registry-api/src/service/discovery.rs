@@ -249,7 +249,9 @@ impl Discovery {
         self.shared.cache.status().synced
     }
 
-    /// Waits until the cache is synced (at once if it is). While the registry is unreachable
+    /// Waits until the cache is synced (at once if it is): listed, and the watch that continues
+    /// the list established, so a change made after this returns reaches the cache even if the
+    /// connection breaks the moment after. While the registry is unreachable
     /// this waits for as long as that lasts: bound it with a timeout if needed.
     pub async fn wait_synced(&self) {
         let mut status = self.shared.cache.status.subscribe();

@@ -139,9 +139,16 @@ impl Cache {
         state.instances = fresh;
         publish(&mut state, events);
         drop(state);
-        self.status.send_replace(Status {
-            synced: true,
-            revision,
+        // Synced only once the watch that follows this list is up: see `mark_synced`.
+        self.status.send_modify(|status| status.revision = revision);
+    }
+
+    /// The watch that continues the last list is established: nothing can be missed now.
+    pub(super) fn mark_synced(&self) {
+        self.status.send_if_modified(|status| {
+            let was = status.synced;
+            status.synced = true;
+            !was
         });
     }
 

@@ -87,6 +87,7 @@ impl Source {
                 return false;
             }
         };
+        self.cache.mark_synced();
         let started = Instant::now();
         let mut delivered = false;
         loop {
