@@ -337,6 +337,7 @@ fn value(v: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use registry_api::Bytes;
 
     #[test]
     fn diff_finds_the_first_difference() {
@@ -364,8 +365,8 @@ mod tests {
         let mut n = Normalizer::new(Revision(40), b"pre/".to_vec());
         n.granted(LeaseId(99));
         let kv = KeyValue {
-            key: b"pre/k".to_vec(),
-            value: b"v".to_vec(),
+            key: Bytes::from_static(b"pre/k"),
+            value: Bytes::from_static(b"v"),
             create_revision: Revision(41),
             mod_revision: Revision(43),
             version: 2,

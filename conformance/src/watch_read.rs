@@ -3,7 +3,7 @@
 
 use crate::failure::{ensure, Check};
 use futures::{FutureExt, StreamExt};
-use registry_api::{Error, EventKind, Revision, WatchBatch, WatchStream};
+use registry_api::{Bytes, Error, EventKind, Revision, WatchBatch, WatchStream};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -89,7 +89,7 @@ pub(crate) fn ready_now(stream: &mut WatchStream) -> Received {
 pub(crate) fn check_properties(batches: &[WatchBatch], prefix: &[u8], start: Revision) -> Check {
     let mut last_event_rev: Option<Revision> = None;
     let mut last_progress: Option<Revision> = None;
-    let mut seen: HashSet<(Revision, Vec<u8>)> = HashSet::new();
+    let mut seen: HashSet<(Revision, Bytes)> = HashSet::new();
     for batch in batches {
         if batch.is_progress() {
             last_progress = Some(batch.revision);
@@ -148,7 +148,7 @@ pub(crate) fn check_properties(batches: &[WatchBatch], prefix: &[u8], start: Rev
                 );
             }
         }
-        let keys: Vec<&[u8]> = batch.events.iter().map(|e| e.kv.key.as_slice()).collect();
+        let keys: Vec<&[u8]> = batch.events.iter().map(|e| &e.kv.key[..]).collect();
         ensure!(
             keys.windows(2).all(|w| w[0] < w[1]),
             "a batch's events are in key order, got {:?} at revision {}",
@@ -164,14 +164,14 @@ pub(crate) fn check_properties(batches: &[WatchBatch], prefix: &[u8], start: Rev
 #[cfg(test)]
 mod tests {
     use super::check_properties;
-    use registry_api::{EventKind, KeyValue, Revision, WatchBatch, WatchEvent};
+    use registry_api::{Bytes, EventKind, KeyValue, Revision, WatchBatch, WatchEvent};
 
     fn put(key: &str, rev: i64) -> WatchEvent {
         WatchEvent {
             kind: EventKind::Put,
             kv: KeyValue {
-                key: key.as_bytes().to_vec(),
-                value: b"v".to_vec(),
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                value: Bytes::from_static(b"v"),
                 create_revision: Revision(rev),
                 mod_revision: Revision(rev),
                 version: 1,

@@ -1,12 +1,13 @@
 use crate::{LeaseId, Revision};
+use bytes::Bytes;
 
 /// A key and its value as the store holds it, with etcd's bookkeeping.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct KeyValue {
-    /// The key.
-    pub key: Vec<u8>,
+    /// The key. `Bytes`, so that every watcher and cache that receives it shares one copy.
+    pub key: Bytes,
     /// The value. Empty in a delete event.
-    pub value: Vec<u8>,
+    pub value: Bytes,
     /// The revision of the put that created this key (since its last deletion). Zero in a
     /// delete event.
     pub create_revision: Revision,

@@ -51,6 +51,8 @@ mod revision;
 pub mod service;
 mod watch;
 
+/// The byte buffer of keys and values, re-exported so that a backend needs no `bytes` dependency.
+pub use bytes::Bytes;
 pub use error::{BoxError, Error, InvalidArgument, Result};
 pub use kv::{
     DeleteResponse, GetResponse, KeyValue, ListOptions, ListResponse, PutOptions, PutResponse,

@@ -19,8 +19,8 @@ pub(crate) fn show(key: &[u8]) -> String {
 /// lies outside the namespace.
 pub(crate) fn key_value(namespace: &Namespace, kv: &etcd_client::KeyValue) -> Option<KeyValue> {
     Some(KeyValue {
-        key: namespace.strip(kv.key())?,
-        value: kv.value().to_vec(),
+        key: namespace.strip(kv.key())?.into(),
+        value: kv.value().to_vec().into(),
         create_revision: Revision(kv.create_revision()),
         mod_revision: Revision(kv.mod_revision()),
         version: kv.version(),

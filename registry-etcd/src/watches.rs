@@ -321,7 +321,7 @@ mod tests {
             .map(|b| {
                 (
                     b.revision.0,
-                    b.events.iter().map(|e| e.kv.key.as_slice()).collect(),
+                    b.events.iter().map(|e| &e.kv.key[..]).collect(),
                 )
             })
             .collect();

@@ -26,16 +26,13 @@ async fn put_get_list_delete_carry_etcd_revisions() {
         .unwrap();
     assert!(second.revision > first.revision);
     let prev = second.prev_kv.expect("prev_kv asked for");
-    assert_eq!(
-        (prev.key.as_slice(), prev.value.as_slice()),
-        (&b"svc/a"[..], &b"1"[..])
-    );
+    assert_eq!((&prev.key[..], &prev.value[..]), (&b"svc/a"[..], &b"1"[..]));
     assert_eq!(prev.mod_revision, first.revision);
 
     let got = r.get(b"svc/a").await.unwrap();
     let kv = got.kv.expect("key exists");
-    assert_eq!(kv.key, b"svc/a");
-    assert_eq!(kv.value, b"2");
+    assert_eq!(&kv.key[..], b"svc/a");
+    assert_eq!(&kv.value[..], b"2");
     assert_eq!(kv.create_revision, first.revision);
     assert_eq!(kv.mod_revision, second.revision);
     assert_eq!(kv.version, 2);
@@ -46,7 +43,7 @@ async fn put_get_list_delete_carry_etcd_revisions() {
     let third = r.put(b"svc/b", b"3", PutOptions::default()).await.unwrap();
     r.put(b"other", b"x", PutOptions::default()).await.unwrap();
     let list = r.list(b"svc/", ListOptions::default()).await.unwrap();
-    let keys: Vec<&[u8]> = list.kvs.iter().map(|kv| kv.key.as_slice()).collect();
+    let keys: Vec<&[u8]> = list.kvs.iter().map(|kv| &kv.key[..]).collect();
     assert_eq!(keys, vec![&b"svc/a"[..], &b"svc/b"[..]]);
     let all = r.list(b"", ListOptions::default()).await.unwrap();
     assert_eq!(all.kvs.len(), 3);
@@ -57,13 +54,13 @@ async fn put_get_list_delete_carry_etcd_revisions() {
         .await
         .unwrap();
     assert_eq!(past.kvs.len(), 1);
-    assert_eq!(past.kvs[0].value, b"1");
+    assert_eq!(&past.kvs[0].value[..], b"1");
 
     let deleted = r.delete(b"svc/a").await.unwrap();
     assert_eq!(deleted.deleted, 1);
     assert!(deleted.revision > third.revision);
     assert_eq!(deleted.prev_kvs.len(), 1);
-    assert_eq!(deleted.prev_kvs[0].value, b"2");
+    assert_eq!(&deleted.prev_kvs[0].value[..], b"2");
 
     let nothing = r.delete(b"svc/a").await.unwrap();
     assert_eq!(nothing.deleted, 0);
@@ -74,7 +71,7 @@ async fn put_get_list_delete_carry_etcd_revisions() {
     r.put(b"svc/c", b"4", PutOptions::default()).await.unwrap();
     let prefix = r.delete_prefix(b"svc/").await.unwrap();
     assert_eq!(prefix.deleted, 2);
-    let keys: Vec<&[u8]> = prefix.prev_kvs.iter().map(|kv| kv.key.as_slice()).collect();
+    let keys: Vec<&[u8]> = prefix.prev_kvs.iter().map(|kv| &kv.key[..]).collect();
     assert_eq!(keys, vec![&b"svc/b"[..], &b"svc/c"[..]]);
     assert!(r
         .list(b"svc/", ListOptions::default())
@@ -290,11 +287,17 @@ async fn namespaces_isolate_registries_on_one_server() {
         .await
         .unwrap();
 
-    assert_eq!(a.get(b"svc/one").await.unwrap().kv.unwrap().value, b"a");
-    assert_eq!(b.get(b"svc/one").await.unwrap().kv.unwrap().value, b"b");
+    assert_eq!(
+        &a.get(b"svc/one").await.unwrap().kv.unwrap().value[..],
+        b"a"
+    );
+    assert_eq!(
+        &b.get(b"svc/one").await.unwrap().kv.unwrap().value[..],
+        b"b"
+    );
     let a_all = a.list(b"", ListOptions::default()).await.unwrap();
     assert_eq!(a_all.kvs.len(), 1);
-    assert_eq!(a_all.kvs[0].key, b"svc/one");
+    assert_eq!(&a_all.kvs[0].key[..], b"svc/one");
     // A shared lease shows each registry only its own keys, without the prefix.
     assert_eq!(
         a.lease_time_to_live(lease.id).await.unwrap().keys,
@@ -305,12 +308,12 @@ async fn namespaces_isolate_registries_on_one_server() {
     let batch = next_batch(&mut watch_b).await;
     assert_eq!(batch.revision, b_put.revision);
     assert_eq!(batch.events.len(), 1);
-    assert_eq!(batch.events[0].kv.key, b"svc/one");
-    assert_eq!(batch.events[0].kv.value, b"b");
+    assert_eq!(&batch.events[0].kv.key[..], b"svc/one");
+    assert_eq!(&batch.events[0].kv.value[..], b"b");
 
     let gone = a.delete_prefix(b"").await.unwrap();
     assert_eq!(gone.deleted, 1);
-    assert_eq!(gone.prev_kvs[0].key, b"svc/one");
+    assert_eq!(&gone.prev_kvs[0].key[..], b"svc/one");
     assert!(b.get(b"svc/one").await.unwrap().kv.is_some());
     assert!(stays_quiet(&mut watch_b, Duration::from_millis(300)).await);
     a.lease_revoke(lease.id).await.unwrap();
@@ -339,19 +342,19 @@ async fn watch_delivers_puts_deletes_and_previous_values() {
     let b2 = next_batch(&mut watch).await;
     assert_eq!(b2.revision, p2.revision);
     assert!(!b2.events[0].is_create());
-    assert_eq!(b2.events[0].prev_kv.as_ref().unwrap().value, b"1");
+    assert_eq!(&b2.events[0].prev_kv.as_ref().unwrap().value[..], b"1");
 
     let b3 = next_batch(&mut watch).await;
     assert_eq!(b3.revision, d.revision);
     let event = &b3.events[0];
     assert_eq!(event.kind, EventKind::Delete);
-    assert_eq!(event.kv.key, b"svc/a");
+    assert_eq!(&event.kv.key[..], b"svc/a");
     assert_eq!(event.kv.mod_revision, d.revision);
     assert_eq!(
         (event.kv.create_revision, event.kv.version, event.kv.lease),
         (Revision(0), 0, None)
     );
-    assert_eq!(event.prev_kv.as_ref().unwrap().value, b"2");
+    assert_eq!(&event.prev_kv.as_ref().unwrap().value[..], b"2");
     assert!(stays_quiet(&mut watch, Duration::from_millis(200)).await);
 }
 
@@ -368,7 +371,7 @@ async fn a_revoke_of_three_keys_is_one_batch_in_key_order() {
     let revoked_at = r.lease_revoke(lease.id).await.unwrap();
     let batch = next_batch(&mut watch).await;
     assert_eq!(batch.revision, revoked_at);
-    let keys: Vec<&[u8]> = batch.events.iter().map(|e| e.kv.key.as_slice()).collect();
+    let keys: Vec<&[u8]> = batch.events.iter().map(|e| &e.kv.key[..]).collect();
     assert_eq!(keys, vec![&b"svc/a"[..], b"svc/b", b"svc/c"]);
     assert!(batch
         .events

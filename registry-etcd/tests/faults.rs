@@ -431,7 +431,7 @@ async fn the_harness_keeps_data_across_restarts_and_cleans_up_on_kill() {
     assert!(server.is_running());
     assert_eq!(server.endpoint(), endpoint, "same ports after a restart");
     let r = connect(&server).await;
-    assert_eq!(r.get(b"kept").await.unwrap().kv.unwrap().value, b"1");
+    assert_eq!(&r.get(b"kept").await.unwrap().kv.unwrap().value[..], b"1");
 
     let dir = server.data_dir().to_owned();
     server.kill();

@@ -3,6 +3,7 @@
 //! Versions and changes are shared (`Arc`) between the live key table, the history log and every
 //! watcher, so a write allocates its value once however many watchers see it.
 
+use bytes::Bytes;
 use registry_api::{EventKind, KeyValue, LeaseId, Revision, WatchBatch, WatchEvent};
 use std::fmt;
 use std::sync::Arc;
@@ -10,8 +11,8 @@ use std::sync::Arc;
 /// One version of one key.
 #[derive(Debug)]
 pub(crate) struct Kv {
-    pub(crate) key: Arc<[u8]>,
-    pub(crate) value: Box<[u8]>,
+    pub(crate) key: Bytes,
+    pub(crate) value: Bytes,
     pub(crate) create_revision: i64,
     pub(crate) mod_revision: i64,
     pub(crate) version: i64,
@@ -22,8 +23,8 @@ impl Kv {
     /// The contract's owned form.
     pub(crate) fn to_api(&self) -> KeyValue {
         KeyValue {
-            key: self.key.to_vec(),
-            value: self.value.to_vec(),
+            key: self.key.clone(),
+            value: self.value.clone(),
             create_revision: Revision(self.create_revision),
             mod_revision: Revision(self.mod_revision),
             version: self.version,
@@ -35,7 +36,7 @@ impl Kv {
 /// One key's change within a revision.
 #[derive(Debug)]
 pub(crate) struct Change {
-    pub(crate) key: Arc<[u8]>,
+    pub(crate) key: Bytes,
     /// The new version; `None` when the key was deleted.
     pub(crate) kv: Option<Arc<Kv>>,
     /// The version just before this revision, if the key existed.
@@ -59,7 +60,7 @@ impl Change {
             None => WatchEvent {
                 kind: EventKind::Delete,
                 kv: KeyValue {
-                    key: self.key.to_vec(),
+                    key: self.key.clone(),
                     mod_revision: Revision(revision),
                     ..KeyValue::default()
                 },

@@ -9,10 +9,10 @@
 //! one hash lookup, and the index work is at most one move per lease per TTL.
 
 use crate::deadlines::DeadlineIndex;
+use bytes::Bytes;
 use registry_api::{Error, LeaseId};
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug)]
@@ -23,7 +23,7 @@ pub(crate) struct Lease {
     /// Where the lease sits in the deadline index: at or before `deadline`.
     indexed_at: Duration,
     /// The attached keys, in key order: revoke deletes them in this order.
-    pub(crate) keys: BTreeSet<Arc<[u8]>>,
+    pub(crate) keys: BTreeSet<Bytes>,
 }
 
 /// Hashes a lease id to itself in the low bits, so the store's own ids (a counter) land in
@@ -192,7 +192,7 @@ impl Leases {
         self.deadlines.first_at()
     }
 
-    pub(crate) fn attach(&mut self, id: LeaseId, key: &Arc<[u8]>) {
+    pub(crate) fn attach(&mut self, id: LeaseId, key: &Bytes) {
         if let Some(lease) = self.by_id.get_mut(&id) {
             lease.keys.insert(key.clone());
         }

@@ -99,7 +99,7 @@ use store::Shared;
 /// assert!(registry.get(b"svc/a").await?.kv.is_none());
 /// let batch = watch.next().await.unwrap()?;
 /// assert_eq!(batch.revision, registry.current_revision());
-/// assert_eq!(batch.events[0].kv.key, b"svc/a");
+/// assert_eq!(&batch.events[0].kv.key[..], b"svc/a");
 /// # Ok::<(), registry_api::Error>(())
 /// # }).unwrap();
 /// ```

@@ -7,6 +7,7 @@
 //! History grows until compaction (or the builder's `history_limit`) lets it go.
 
 use crate::keys::{Change, KeyRange, Kv, Record};
+use bytes::Bytes;
 use registry_api::{Error, LeaseId, Revision};
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 pub(crate) struct Mvcc {
     revision: i64,
     compact_revision: i64,
-    keys: BTreeMap<Arc<[u8]>, Arc<Kv>>,
+    keys: BTreeMap<Bytes, Arc<Kv>>,
     /// Records of consecutive revisions. Everything from the compaction point up is kept; below
     /// it only what a live watcher has not read yet.
     log: VecDeque<Arc<Record>>,
@@ -61,7 +62,7 @@ impl Mvcc {
             Some(at) => at,
         };
         self.check_readable(at)?;
-        let mut view: BTreeMap<Arc<[u8]>, Arc<Kv>> = self
+        let mut view: BTreeMap<Bytes, Arc<Kv>> = self
             .scan(range)
             .map(|kv| (kv.key.clone(), kv.clone()))
             .collect();
@@ -103,7 +104,7 @@ impl Mvcc {
                 let prev = current.clone();
                 let kv = Arc::new(Kv {
                     key: prev.key.clone(),
-                    value: value.into(),
+                    value: Bytes::copy_from_slice(value),
                     create_revision: prev.create_revision,
                     mod_revision: revision,
                     version: prev.version + 1,
@@ -117,10 +118,10 @@ impl Mvcc {
                 }
             }
             None => {
-                let key: Arc<[u8]> = Arc::from(key);
+                let key = Bytes::copy_from_slice(key);
                 let kv = Arc::new(Kv {
                     key: key.clone(),
-                    value: value.into(),
+                    value: Bytes::copy_from_slice(value),
                     create_revision: revision,
                     mod_revision: revision,
                     version: 1,
@@ -142,14 +143,14 @@ impl Mvcc {
 
     /// Deletes every key in `range` in one revision; `None` (and no revision) when none matched.
     pub(crate) fn delete_range(&mut self, range: KeyRange<'_>) -> Option<Arc<Record>> {
-        let doomed: Vec<Arc<[u8]>> = self.scan(range).map(|kv| kv.key.clone()).collect();
+        let doomed: Vec<Bytes> = self.scan(range).map(|kv| kv.key.clone()).collect();
         self.delete_keys(doomed.iter())
     }
 
     /// Deletes the given keys (in key order) in one revision; missing keys are skipped.
     pub(crate) fn delete_keys<'k>(
         &mut self,
-        keys: impl Iterator<Item = &'k Arc<[u8]>>,
+        keys: impl Iterator<Item = &'k Bytes>,
     ) -> Option<Arc<Record>> {
         let revision = self.revision + 1;
         let changes: Vec<Change> = keys

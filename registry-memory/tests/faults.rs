@@ -50,7 +50,7 @@ async fn an_outage_fails_every_call_and_cuts_watches_until_it_ends() {
 
     r.set_unavailable(false);
     assert!(!r.is_unavailable());
-    assert_eq!(r.get(b"k").await.unwrap().kv.unwrap().value, b"v");
+    assert_eq!(&r.get(b"k").await.unwrap().kv.unwrap().value[..], b"v");
     // Resume from the last delivered revision + 1, as a client would.
     let mut resumed = r
         .watch(b"", WatchOptions::from_revision(Revision(3)))

@@ -124,7 +124,7 @@ async fn a_put_with_an_unknown_or_expired_lease_fails_and_writes_nothing() {
         Err(Error::LeaseNotFound(id)) if id == lease
     ));
     assert_eq!(r.current_revision(), Revision(2));
-    assert_eq!(r.get(b"k").await.unwrap().kv.unwrap().value, b"old");
+    assert_eq!(&r.get(b"k").await.unwrap().kv.unwrap().value[..], b"old");
 }
 
 #[tokio::test]
@@ -231,7 +231,7 @@ async fn leases_expire_in_deadline_order_each_in_one_revision() {
             batch
                 .events
                 .iter()
-                .map(|e| e.kv.key.clone())
+                .map(|e| e.kv.key.to_vec())
                 .collect::<Vec<_>>(),
         ));
     }
@@ -269,7 +269,7 @@ async fn on_tokio_time_a_key_lives_until_exactly_its_deadline() {
     let batch = watch.next().await.unwrap().unwrap();
     assert_eq!(kept_alive_at.elapsed(), Duration::from_secs(5));
     assert_eq!(batch.events[0].kind, EventKind::Delete);
-    assert_eq!(batch.events[0].kv.key, b"svc/a");
+    assert_eq!(&batch.events[0].kv.key[..], b"svc/a");
     assert_eq!(r.now(), Duration::from_secs(8));
 }
 
@@ -288,10 +288,10 @@ async fn on_tokio_time_the_expiry_task_tells_watchers_without_any_call() {
     let mut watch = r.watch(b"k/", WatchOptions::default()).await.unwrap();
     // Nothing but the watch runs: the background task must wake at each deadline.
     let first = watch.next().await.unwrap().unwrap();
-    assert_eq!(first.events[0].kv.key, b"k/early");
+    assert_eq!(&first.events[0].kv.key[..], b"k/early");
     assert_eq!(start.elapsed(), Duration::from_secs(10));
     let second = watch.next().await.unwrap().unwrap();
-    assert_eq!(second.events[0].kv.key, b"k/late");
+    assert_eq!(&second.events[0].kv.key[..], b"k/late");
     assert_eq!(start.elapsed(), Duration::from_secs(30));
 }
 

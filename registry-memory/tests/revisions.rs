@@ -13,7 +13,7 @@ fn registry() -> MemoryRegistry {
 
 async fn keys(registry: &MemoryRegistry, prefix: &[u8]) -> Vec<Vec<u8>> {
     let list = registry.list(prefix, ListOptions::default()).await.unwrap();
-    list.kvs.into_iter().map(|kv| kv.key).collect()
+    list.kvs.into_iter().map(|kv| kv.key.to_vec()).collect()
 }
 
 #[tokio::test]
@@ -54,8 +54,8 @@ async fn every_put_bumps_the_revision_even_with_the_same_value() {
         .prev_kv
         .unwrap();
     assert_eq!(
-        (prev.value, prev.mod_revision),
-        (b"same".to_vec(), Revision(5))
+        (&prev.value[..], prev.mod_revision),
+        (&b"same"[..], Revision(5))
     );
 }
 
@@ -180,7 +180,7 @@ async fn a_list_at_a_past_revision_reads_history() {
     let seen: Vec<_> = past
         .kvs
         .iter()
-        .map(|kv| (kv.key.clone(), kv.value.clone(), kv.version))
+        .map(|kv| (kv.key.to_vec(), kv.value.to_vec(), kv.version))
         .collect();
     assert_eq!(
         seen,
@@ -228,7 +228,7 @@ async fn reads_below_the_compaction_point_or_in_the_future_fail() {
         })
     ));
     let at_compact = r.list(b"", ListOptions::at(Revision(4))).await.unwrap();
-    assert_eq!(at_compact.kvs[0].value, b"2");
+    assert_eq!(&at_compact.kvs[0].value[..], b"2");
     assert!(matches!(
         r.list(b"", ListOptions::at(Revision(7))).await,
         Err(Error::FutureRevision {
@@ -372,7 +372,7 @@ async fn clones_share_one_store() {
     b.put(b"k", b"v", PutOptions::with_lease(lease.id))
         .await
         .unwrap();
-    assert_eq!(a.get(b"k").await.unwrap().kv.unwrap().value, b"v");
+    assert_eq!(&a.get(b"k").await.unwrap().kv.unwrap().value[..], b"v");
     assert_eq!(a.current_revision(), b.current_revision());
     b.advance(std::time::Duration::from_secs(5));
     assert!(a.get(b"k").await.unwrap().kv.is_none(), "one clock too");
@@ -398,7 +398,7 @@ async fn a_history_limit_compacts_as_writes_come_in() {
         "the last 10 revisions stay readable"
     );
     let oldest = r.list(b"k", ListOptions::at(Revision(92))).await.unwrap();
-    assert_eq!(oldest.kvs[0].value, b"90");
+    assert_eq!(&oldest.kvs[0].value[..], b"90");
     assert!(matches!(
         r.list(b"k", ListOptions::at(Revision(91))).await,
         Err(Error::Compacted {

@@ -76,7 +76,7 @@ async fn a_watch_without_a_start_sees_only_later_writes() {
     put(&r, "k", "after").await;
     let batches = drain(&mut watch);
     assert_eq!(batches.len(), 1);
-    assert_eq!(batches[0].events[0].kv.value, b"after");
+    assert_eq!(&batches[0].events[0].kv.value[..], b"after");
 }
 
 #[tokio::test]
@@ -133,7 +133,7 @@ async fn previous_values_come_only_when_asked() {
         .map(|e| {
             e.prev_kv
                 .as_ref()
-                .map(|p| (p.value.clone(), p.mod_revision.0))
+                .map(|p| (p.value.to_vec(), p.mod_revision.0))
         })
         .collect();
     assert_eq!(
@@ -175,7 +175,10 @@ async fn a_watch_at_the_compaction_point_gets_its_events_without_previous_values
     );
     put(&r, "k", "4").await;
     let later = drain(&mut watch);
-    assert_eq!(later[0].events[0].prev_kv.as_ref().unwrap().value, b"3");
+    assert_eq!(
+        &later[0].events[0].prev_kv.as_ref().unwrap().value[..],
+        b"3"
+    );
 }
 
 #[tokio::test]

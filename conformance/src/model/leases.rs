@@ -1,7 +1,7 @@
 //! Leases in the model: grants, keep-alives, revokes and expiry on the model's own clock.
 
 use super::Model;
-use registry_api::{limits, Error, LeaseGrant, LeaseId, LeaseTimeToLive, Result, Revision};
+use registry_api::{limits, Bytes, Error, LeaseGrant, LeaseId, LeaseTimeToLive, Result, Revision};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ pub struct ModelLease {
     /// When it expires, on the model's clock: the last grant or keep-alive plus the TTL.
     pub deadline: Duration,
     /// The keys attached to it.
-    pub keys: BTreeSet<Vec<u8>>,
+    pub keys: BTreeSet<Bytes>,
 }
 
 impl Model {
@@ -57,7 +57,7 @@ impl Model {
             id,
             ttl: lease.deadline.saturating_sub(self.now).as_secs() as i64,
             granted_ttl: lease.granted,
-            keys: lease.keys.iter().cloned().collect(),
+            keys: lease.keys.iter().map(|key| key.to_vec()).collect(),
         })
     }
 

@@ -8,7 +8,7 @@
 mod leases;
 
 use registry_api::{
-    limits, DeleteResponse, Error, EventKind, GetResponse, KeyValue, LeaseId, ListResponse,
+    limits, Bytes, DeleteResponse, Error, EventKind, GetResponse, KeyValue, LeaseId, ListResponse,
     PutResponse, Result, Revision, WatchBatch, WatchEvent,
 };
 use std::collections::BTreeMap;
@@ -41,7 +41,7 @@ pub struct Model {
     base: Revision,
     revision: Revision,
     compacted: Option<Revision>,
-    keys: BTreeMap<Vec<u8>, KeyValue>,
+    keys: BTreeMap<Bytes, KeyValue>,
     leases: BTreeMap<LeaseId, ModelLease>,
     history: Vec<Change>,
     now: Duration,
@@ -100,8 +100,8 @@ impl Model {
         let revision = self.revision.next();
         let prev = self.keys.get(key).cloned();
         let kv = KeyValue {
-            key: key.to_vec(),
-            value: value.to_vec(),
+            key: Bytes::copy_from_slice(key),
+            value: Bytes::copy_from_slice(value),
             create_revision: prev.as_ref().map_or(revision, |p| p.create_revision),
             mod_revision: revision,
             version: prev.as_ref().map_or(1, |p| p.version + 1),
@@ -110,10 +110,10 @@ impl Model {
         self.detach(key);
         if let Some(id) = lease {
             if let Some(l) = self.leases.get_mut(&id) {
-                l.keys.insert(key.to_vec());
+                l.keys.insert(kv.key.clone());
             }
         }
-        self.keys.insert(key.to_vec(), kv.clone());
+        self.keys.insert(kv.key.clone(), kv.clone());
         self.commit(
             revision,
             vec![WatchEvent {
@@ -147,7 +147,7 @@ impl Model {
             });
         };
         self.check_readable(at)?;
-        let mut state: BTreeMap<Vec<u8>, KeyValue> = BTreeMap::new();
+        let mut state: BTreeMap<Bytes, KeyValue> = BTreeMap::new();
         for change in self.history.iter().take_while(|c| c.revision <= at) {
             for event in &change.events {
                 match event.kind {
@@ -169,7 +169,7 @@ impl Model {
     /// `delete`.
     pub fn delete(&mut self, key: &[u8]) -> Result<DeleteResponse> {
         limits::check_key(key)?;
-        let keys: Vec<Vec<u8>> = self
+        let keys: Vec<Bytes> = self
             .keys
             .get(key)
             .map(|kv| kv.key.clone())
@@ -276,13 +276,13 @@ impl Model {
 
     fn range<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = &'a KeyValue> + 'a {
         self.keys
-            .range(prefix.to_vec()..)
+            .range(Bytes::copy_from_slice(prefix)..)
             .take_while(move |(k, _)| k.starts_with(prefix))
             .map(|(_, kv)| kv)
     }
 
     /// Deletes `keys` (in key order) in one revision; nothing at all uses no revision.
-    fn delete_keys(&mut self, keys: Vec<Vec<u8>>) -> DeleteResponse {
+    fn delete_keys(&mut self, keys: Vec<Bytes>) -> DeleteResponse {
         if keys.is_empty() {
             return DeleteResponse {
                 deleted: 0,

@@ -49,11 +49,7 @@ fn revoke_and_expiry_delete_all_keys_in_one_revision() {
     m.advance(Duration::from_millis(1));
     assert_eq!(m.revision(), before.next());
     let batches = m.watch(b"", before.next(), true).unwrap();
-    let keys: Vec<&[u8]> = batches[0]
-        .events
-        .iter()
-        .map(|e| e.kv.key.as_slice())
-        .collect();
+    let keys: Vec<&[u8]> = batches[0].events.iter().map(|e| &e.kv.key[..]).collect();
     assert_eq!(keys, vec![&b"a"[..], b"b", b"c"]);
     assert!(batches[0]
         .events
