@@ -28,6 +28,28 @@ pub(crate) fn key_value(namespace: &Namespace, kv: &etcd_client::KeyValue) -> Op
     })
 }
 
+/// [`key_value`] for a key-value taken out of its response: key and value move, no copy.
+pub(crate) fn owned_key_value(
+    namespace: &Namespace,
+    kv: etcd_client::KeyValue,
+) -> Option<KeyValue> {
+    let (create_revision, mod_revision, version, lease) = (
+        kv.create_revision(),
+        kv.mod_revision(),
+        kv.version(),
+        kv.lease(),
+    );
+    let (key, value) = kv.into_key_value();
+    Some(KeyValue {
+        key: namespace.strip_owned(key)?,
+        value: value.into(),
+        create_revision: Revision(create_revision),
+        mod_revision: Revision(mod_revision),
+        version,
+        lease: (lease != 0).then_some(LeaseId(lease)),
+    })
+}
+
 fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
     Revision(header.map(|h| h.revision()).unwrap_or_default())
 }
@@ -56,7 +78,7 @@ impl Inner {
                 size: Some((key.len() + value.len(), self.max_value_bytes)),
                 ..Context::default()
             };
-            let resp = self
+            let mut resp = self
                 .kv
                 .clone()
                 .put(self.namespace.key(key), value, Some(options))
@@ -67,8 +89,8 @@ impl Inner {
             Ok(PutResponse {
                 revision,
                 prev_kv: resp
-                    .prev_key()
-                    .and_then(|kv| key_value(&self.namespace, kv)),
+                    .take_prev_key()
+                    .and_then(|kv| owned_key_value(&self.namespace, kv)),
             })
         }
         .instrument(span)
@@ -79,18 +101,19 @@ impl Inner {
         let span = tracing::debug_span!("etcd.get", key = %show(key));
         async move {
             limits::check_key(key)?;
-            let resp = self
+            let mut resp = self
                 .kv
                 .clone()
                 .get(self.namespace.key(key), None)
                 .await
                 .map_err(|e| errors::from_etcd(e, Context::default()))?;
             Ok(GetResponse {
-                kv: resp
-                    .kvs()
-                    .first()
-                    .and_then(|kv| key_value(&self.namespace, kv)),
                 revision: header_revision(resp.header()),
+                kv: resp
+                    .take_kvs()
+                    .into_iter()
+                    .next()
+                    .and_then(|kv| owned_key_value(&self.namespace, kv)),
             })
         }
         .instrument(span)
@@ -111,17 +134,17 @@ impl Inner {
                 options = options.with_revision(revision.0);
             }
             let ctx = opts.revision.map(Context::revision).unwrap_or_default();
-            let resp = match self.kv.clone().get(start, Some(options)).await {
+            let mut resp = match self.kv.clone().get(start, Some(options)).await {
                 Ok(resp) => resp,
                 Err(e) => return Err(self.complete(errors::from_etcd(e, ctx)).await),
             };
             Ok(ListResponse {
-                kvs: resp
-                    .kvs()
-                    .iter()
-                    .filter_map(|kv| key_value(&self.namespace, kv))
-                    .collect(),
                 revision: header_revision(resp.header()),
+                kvs: resp
+                    .take_kvs()
+                    .into_iter()
+                    .filter_map(|kv| owned_key_value(&self.namespace, kv))
+                    .collect(),
             })
         }
         .instrument(span)
@@ -151,16 +174,16 @@ impl Inner {
     }
 
     async fn delete_range(&self, start: Vec<u8>, options: DeleteOptions) -> Result<DeleteResponse> {
-        let resp = self
+        let mut resp = self
             .kv
             .clone()
             .delete(start, Some(options))
             .await
             .map_err(|e| errors::from_etcd(e, Context::default()))?;
         let mut prev_kvs: Vec<KeyValue> = resp
-            .prev_kvs()
-            .iter()
-            .filter_map(|kv| key_value(&self.namespace, kv))
+            .take_prev_kvs()
+            .into_iter()
+            .filter_map(|kv| owned_key_value(&self.namespace, kv))
             .collect();
         // etcd returns them in key order already; the contract promises it, so make sure.
         prev_kvs.sort_by(|a, b| a.key.cmp(&b.key));

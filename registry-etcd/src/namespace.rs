@@ -6,6 +6,7 @@
 //! [`Namespace::strip`].
 
 use registry_api::limits::prefix_end;
+use registry_api::Bytes;
 
 /// The all-keys marker of etcd: as a key, "from the first key"; as a range end, "to the last".
 const ALL_KEYS: u8 = 0;
@@ -54,6 +55,12 @@ impl Namespace {
     pub(crate) fn strip(&self, key: &[u8]) -> Option<Vec<u8>> {
         key.strip_prefix(self.prefix.as_slice()).map(<[u8]>::to_vec)
     }
+
+    /// [`Namespace::strip`] for a key the caller owns: the result shares its buffer, no copy.
+    pub(crate) fn strip_owned(&self, key: Vec<u8>) -> Option<Bytes> {
+        key.starts_with(&self.prefix)
+            .then(|| Bytes::from(key).slice(self.prefix.len()..))
+    }
 }
 
 #[cfg(test)]
@@ -66,6 +73,11 @@ mod tests {
         assert_eq!(ns.key(b"svc/a"), b"app/svc/a".to_vec());
         assert_eq!(ns.strip(b"app/svc/a"), Some(b"svc/a".to_vec()));
         assert_eq!(ns.strip(b"other/svc/a"), None);
+        assert_eq!(
+            ns.strip_owned(b"app/svc/a".to_vec()).as_deref(),
+            Some(&b"svc/a"[..])
+        );
+        assert_eq!(ns.strip_owned(b"other/svc/a".to_vec()), None);
     }
 
     #[test]
