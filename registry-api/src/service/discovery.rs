@@ -273,18 +273,18 @@ impl Discovery {
 /// The stream of a [`Discovery`]'s events; see [`Discovery::subscribe`].
 #[derive(Debug)]
 pub struct DiscoveryEvents {
-    receiver: mpsc::UnboundedReceiver<DiscoveryEvent>,
+    receiver: mpsc::UnboundedReceiver<Arc<DiscoveryEvent>>,
 }
 
 impl DiscoveryEvents {
     /// The next event; `None` once the cache is gone.
     pub async fn recv(&mut self) -> Option<DiscoveryEvent> {
-        self.receiver.recv().await
+        self.receiver.recv().await.map(Arc::unwrap_or_clone)
     }
 
     /// The next event if one is waiting.
     pub fn try_recv(&mut self) -> Option<DiscoveryEvent> {
-        self.receiver.try_recv().ok()
+        self.receiver.try_recv().ok().map(Arc::unwrap_or_clone)
     }
 }
 
@@ -292,6 +292,8 @@ impl Stream for DiscoveryEvents {
     type Item = DiscoveryEvent;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.receiver.poll_recv(cx)
+        self.receiver
+            .poll_recv(cx)
+            .map(|event| event.map(Arc::unwrap_or_clone))
     }
 }

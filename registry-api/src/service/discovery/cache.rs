@@ -31,7 +31,10 @@ struct State {
     instances: BTreeMap<String, ServiceInstance>,
     /// Rebuilt on the first read after a change, so a burst of batches costs one copy.
     snapshot: Option<Arc<[ServiceInstance]>>,
-    subscribers: Vec<mpsc::UnboundedSender<DiscoveryEvent>>,
+    /// One shared copy of each event goes to every subscriber; each clones it when it reads it,
+    /// so a fan-out to a thousand handles costs the publisher a thousand `Arc` clones, not a
+    /// thousand instance copies.
+    subscribers: Vec<mpsc::UnboundedSender<Arc<DiscoveryEvent>>>,
 }
 
 /// What a key under the prefix holds.
@@ -89,11 +92,12 @@ impl Cache {
     }
 
     /// A new subscriber, first told about every instance held now, then every change.
-    pub(super) fn subscribe(&self) -> mpsc::UnboundedReceiver<DiscoveryEvent> {
+    pub(super) fn subscribe(&self) -> mpsc::UnboundedReceiver<Arc<DiscoveryEvent>> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut state = self.lock();
         for instance in state.instances.values() {
-            tx.send(DiscoveryEvent::Added(instance.clone())).ok();
+            tx.send(Arc::new(DiscoveryEvent::Added(instance.clone())))
+                .ok();
         }
         state.subscribers.push(tx);
         rx
@@ -223,6 +227,7 @@ fn publish(state: &mut State, events: Vec<DiscoveryEvent>) {
         return;
     }
     state.snapshot = None;
+    let events: Vec<Arc<DiscoveryEvent>> = events.into_iter().map(Arc::new).collect();
     state.subscribers.retain(|subscriber| {
         events
             .iter()
