@@ -15,24 +15,9 @@ pub(crate) fn show(key: &[u8]) -> String {
     String::from_utf8_lossy(key).into_owned()
 }
 
-/// The contract's key-value for an etcd one, with the namespace stripped; `None` when the key
-/// lies outside the namespace.
-pub(crate) fn key_value(namespace: &Namespace, kv: &etcd_client::KeyValue) -> Option<KeyValue> {
-    Some(KeyValue {
-        key: namespace.strip(kv.key())?.into(),
-        value: kv.value().to_vec().into(),
-        create_revision: Revision(kv.create_revision()),
-        mod_revision: Revision(kv.mod_revision()),
-        version: kv.version(),
-        lease: (kv.lease() != 0).then_some(LeaseId(kv.lease())),
-    })
-}
-
-/// [`key_value`] for a key-value taken out of its response: key and value move, no copy.
-pub(crate) fn owned_key_value(
-    namespace: &Namespace,
-    kv: etcd_client::KeyValue,
-) -> Option<KeyValue> {
+/// The contract's key-value for an etcd one taken out of its response, with the namespace
+/// stripped; `None` when the key lies outside the namespace. Key and value move, no copy.
+pub(crate) fn key_value(namespace: &Namespace, kv: etcd_client::KeyValue) -> Option<KeyValue> {
     let (create_revision, mod_revision, version, lease) = (
         kv.create_revision(),
         kv.mod_revision(),
@@ -90,7 +75,7 @@ impl Inner {
                 revision,
                 prev_kv: resp
                     .take_prev_key()
-                    .and_then(|kv| owned_key_value(&self.namespace, kv)),
+                    .and_then(|kv| key_value(&self.namespace, kv)),
             })
         }
         .instrument(span)
@@ -113,7 +98,7 @@ impl Inner {
                     .take_kvs()
                     .into_iter()
                     .next()
-                    .and_then(|kv| owned_key_value(&self.namespace, kv)),
+                    .and_then(|kv| key_value(&self.namespace, kv)),
             })
         }
         .instrument(span)
@@ -143,7 +128,7 @@ impl Inner {
                 kvs: resp
                     .take_kvs()
                     .into_iter()
-                    .filter_map(|kv| owned_key_value(&self.namespace, kv))
+                    .filter_map(|kv| key_value(&self.namespace, kv))
                     .collect(),
             })
         }
@@ -183,7 +168,7 @@ impl Inner {
         let mut prev_kvs: Vec<KeyValue> = resp
             .take_prev_kvs()
             .into_iter()
-            .filter_map(|kv| owned_key_value(&self.namespace, kv))
+            .filter_map(|kv| key_value(&self.namespace, kv))
             .collect();
         // etcd returns them in key order already; the contract promises it, so make sure.
         prev_kvs.sort_by(|a, b| a.key.cmp(&b.key));

@@ -258,7 +258,8 @@ fn batches(namespace: &Namespace, events: &[etcd_client::Event]) -> Vec<WatchBat
 }
 
 fn event(namespace: &Namespace, event: &etcd_client::Event) -> Option<WatchEvent> {
-    let kv = key_value(namespace, event.kv()?)?;
+    // etcd-client lends watch events only, so these two are copied.
+    let kv = key_value(namespace, event.kv()?.clone())?;
     // Read the raw type: `Event::event_type` panics on a value it does not know.
     let kind = match event.0.r#type {
         t if t == EventType::Put as i32 => EventKind::Put,
@@ -280,7 +281,9 @@ fn event(namespace: &Namespace, event: &etcd_client::Event) -> Option<WatchEvent
     Some(WatchEvent {
         kind,
         kv,
-        prev_kv: event.prev_kv().and_then(|kv| key_value(namespace, kv)),
+        prev_kv: event
+            .prev_kv()
+            .and_then(|kv| key_value(namespace, kv.clone())),
     })
 }
 
