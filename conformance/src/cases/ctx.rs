@@ -11,6 +11,7 @@ use registry_api::{
     DeleteResponse, Error, LeaseGrant, LeaseId, ListOptions, PutOptions, Registry, Result,
     Revision, WatchBatch, WatchOptions, WatchStream,
 };
+use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +72,12 @@ impl<'b> Ctx<'b> {
             .await
             .map_err(|e| format!("list failed: {e}"))?;
         Ok(list.revision)
+    }
+
+    /// The leases the backend lists now.
+    pub(crate) async fn leases(&self) -> Check<BTreeSet<LeaseId>> {
+        let leases = self.registry.leases().await.map_err(|e| e.to_string())?;
+        Ok(leases.into_iter().collect())
     }
 
     /// Compares a backend answer with the model's, normalised (relative revisions, lease

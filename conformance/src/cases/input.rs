@@ -3,19 +3,12 @@
 use super::Ctx;
 use crate::failure::{ensure, ensure_eq, Check};
 use registry_api::{Error, InvalidArgument, LeaseId, ListOptions, PutOptions, Revision};
-use std::collections::BTreeSet;
 
 /// Empty keys, oversized values, zero/negative/huge TTLs, lease id 0, bad compactions: each
 /// fails with its documented error and changes nothing (revision, keys, leases).
 pub(crate) async fn bad_input_writes_nothing(cx: &mut Ctx<'_>) -> Check {
     cx.put("existing", "v", None).await?;
-    let leases_before: BTreeSet<LeaseId> = cx
-        .registry
-        .leases()
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .collect();
+    let leases_before = cx.leases().await?;
     let before = cx.revision().await?;
     let empty = |e: &Error| matches!(e, Error::InvalidArgument(InvalidArgument::EmptyKey));
 
@@ -129,13 +122,7 @@ pub(crate) async fn bad_input_writes_nothing(cx: &mut Ctx<'_>) -> Check {
         1,
         "the existing key's version after bad input"
     );
-    let leases_after: BTreeSet<LeaseId> = cx
-        .registry
-        .leases()
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .collect();
+    let leases_after = cx.leases().await?;
     ensure!(
         leases_after.is_subset(&leases_before),
         "bad grants made leases: {:?}",

@@ -220,7 +220,7 @@ async fn dead_lease_ops_fail(cx: &mut Ctx<'_>, id: LeaseId, what: &str) -> Check
         before,
         "L2: calls with {what} used a revision"
     );
-    let listed = cx.registry.leases().await.map_err(|e| e.to_string())?;
+    let listed = cx.leases().await?;
     ensure!(
         !listed.contains(&id),
         "L4: {what} is still listed by leases()"
