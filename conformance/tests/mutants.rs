@@ -46,51 +46,55 @@ impl Mutant {
         let mut events_seen = 0usize;
         let mut batches_seen = 0usize;
         let mut held: Option<WatchBatch> = None;
-        inner
-            .flat_map(move |item| {
-                let out: Vec<Result<WatchBatch>> = match item {
-                    Err(e) => held.take().map(Ok).into_iter().chain([Err(e)]).collect(),
-                    Ok(batch) if batch.is_progress() => vec![Ok(batch)],
-                    Ok(mut batch) => match bug {
-                        Bug::DropsAnEvent => {
-                            let before = events_seen;
-                            events_seen += batch.events.len();
-                            if before < 3 && events_seen >= 3 {
-                                batch.events.remove(2 - before);
-                            }
-                            if batch.events.is_empty() {
-                                vec![]
-                            } else {
-                                vec![Ok(batch)]
-                            }
-                        }
-                        Bug::ReordersTwoBatches => {
-                            batches_seen += 1;
-                            match batches_seen {
-                                2 => {
-                                    held = Some(batch);
-                                    vec![]
+        inner.map_events(move |events| {
+            events
+                .flat_map(move |item| {
+                    let out: Vec<Result<WatchBatch>> = match item {
+                        Err(e) => held.take().map(Ok).into_iter().chain([Err(e)]).collect(),
+                        Ok(batch) if batch.is_progress() => vec![Ok(batch)],
+                        Ok(mut batch) => match bug {
+                            Bug::DropsAnEvent => {
+                                let before = events_seen;
+                                events_seen += batch.events.len();
+                                if before < 3 && events_seen >= 3 {
+                                    batch.events.remove(2 - before);
                                 }
-                                3 => [Ok(batch)].into_iter().chain(held.take().map(Ok)).collect(),
-                                _ => vec![Ok(batch)],
+                                if batch.events.is_empty() {
+                                    vec![]
+                                } else {
+                                    vec![Ok(batch)]
+                                }
                             }
-                        }
-                        Bug::SplitsARevision => batch
-                            .events
-                            .into_iter()
-                            .map(|e| {
-                                Ok(WatchBatch {
-                                    revision: batch.revision,
-                                    events: vec![e],
+                            Bug::ReordersTwoBatches => {
+                                batches_seen += 1;
+                                match batches_seen {
+                                    2 => {
+                                        held = Some(batch);
+                                        vec![]
+                                    }
+                                    3 => {
+                                        [Ok(batch)].into_iter().chain(held.take().map(Ok)).collect()
+                                    }
+                                    _ => vec![Ok(batch)],
+                                }
+                            }
+                            Bug::SplitsARevision => batch
+                                .events
+                                .into_iter()
+                                .map(|e| {
+                                    Ok(WatchBatch {
+                                        revision: batch.revision,
+                                        events: vec![e],
+                                    })
                                 })
-                            })
-                            .collect(),
-                        _ => vec![Ok(batch)],
-                    },
-                };
-                stream::iter(out)
-            })
-            .boxed()
+                                .collect(),
+                            _ => vec![Ok(batch)],
+                        },
+                    };
+                    stream::iter(out)
+                })
+                .boxed()
+        })
     }
 }
 

@@ -65,6 +65,13 @@ pub enum Error {
         reason: String,
     },
 
+    /// The backend cannot do what was asked (for example, answer a progress request).
+    #[error("not supported: {what}")]
+    NotSupported {
+        /// What is not supported.
+        what: String,
+    },
+
     /// Anything else the backend reports, with its own error kept as the source.
     #[error("backend error: {source}")]
     Backend {

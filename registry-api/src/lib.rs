@@ -60,7 +60,7 @@ pub use kv::{
 pub use lease::{LeaseGrant, LeaseId, LeaseTimeToLive};
 pub use registry::Registry;
 pub use revision::Revision;
-pub use watch::{EventKind, WatchBatch, WatchEvent, WatchOptions, WatchStream};
+pub use watch::{EventKind, ProgressRequester, WatchBatch, WatchEvent, WatchOptions, WatchStream};
 
 /// The README's example, compiled and run as a doctest so it stays true.
 #[cfg(doctest)]

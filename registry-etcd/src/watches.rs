@@ -5,7 +5,6 @@ use crate::keys::{key_value, show};
 use crate::namespace::Namespace;
 use crate::Inner;
 use etcd_client::{EventType, WatchOptions as EtcdWatchOptions, WatchResponse};
-use futures::StreamExt;
 use registry_api::{
     limits, Error, EventKind, KeyValue, Result, Revision, WatchBatch, WatchEvent, WatchOptions,
     WatchStream,
@@ -43,7 +42,7 @@ impl Inner {
                 // as it would be had it come a moment later.
                 Opened::Cancelled(err) => {
                     tracing::debug!(error = %err, "watch refused");
-                    return Ok(futures::stream::once(async move { Err(err) }).boxed());
+                    return Ok(WatchStream::failed(err));
                 }
             };
             tracing::debug!(watch_id, "watch created");
@@ -60,7 +59,10 @@ impl Inner {
                 done: false,
                 span: tracing::Span::current(),
             };
-            Ok(futures::stream::unfold(state, WatchState::next).boxed())
+            Ok(WatchStream::new(futures::stream::unfold(
+                state,
+                WatchState::next,
+            )))
         }
         .instrument(span)
         .await

@@ -9,7 +9,7 @@
 use crate::keys::Record;
 use crate::store::Shared;
 use futures::Stream;
-use registry_api::{Error, Result, Revision, WatchBatch};
+use registry_api::{Error, Result, Revision, WatchBatch, WatchStream};
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -124,7 +124,7 @@ pub(crate) fn open(
     shared: Arc<Shared>,
     state: &mut crate::store::State,
     spec: WatchSpec,
-) -> Pin<Box<dyn Stream<Item = Result<WatchBatch>> + Send>> {
+) -> WatchStream {
     let compact = state.mvcc.compact_revision();
     let current = state.mvcc.revision();
     if let Some(start) = spec.start {
@@ -132,14 +132,14 @@ pub(crate) fn open(
             let err = Error::Compacted {
                 compact_revision: Revision(compact),
             };
-            return Box::pin(futures::stream::once(async move { Err(err) }));
+            return WatchStream::failed(err);
         }
     }
     let cursor = spec.start.unwrap_or(current + 1);
     let id = state
         .watchers
         .add(cursor, spec.prefix.clone(), spec.progress_notify);
-    Box::pin(MemoryWatch {
+    WatchStream::new(MemoryWatch {
         shared,
         id,
         prefix: spec.prefix,

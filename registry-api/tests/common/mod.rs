@@ -124,7 +124,7 @@ impl Registry for Partitioned {
             connected.wait_for(|up| !*up).await.ok();
         };
         let ended = futures::stream::once(async { Err(Error::unavailable("partitioned")) });
-        Ok(inner.take_until(cut).chain(ended).boxed())
+        Ok(inner.map_events(|events| events.take_until(cut).chain(ended).boxed()))
     }
 }
 
