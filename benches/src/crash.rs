@@ -4,10 +4,10 @@
 //! simulator (paused clock), with the same code.
 
 use crate::recording::Recording;
-use registry_api::service::{
+use registry_api::Registry;
+use registry_service::{
     Discovery, DiscoveryEvent, DiscoveryOptions, Registration, RegistrationOptions, ServiceInstance,
 };
-use registry_api::Registry;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,12 +7,12 @@ use crate::crash::{crash_run, Crashes};
 use crate::report::{Report, Verdict};
 use crate::stats::{fmt_duration, fmt_ratio, ratio, Samples};
 use etcd_client::{Client, WatchOptions as RawWatchOptions, WatchStream as RawWatch};
-use registry_api::service::{
-    Discovery, DiscoveryEvent, DiscoveryEvents, DiscoveryOptions, ServiceInstance,
-};
 use registry_api::{PutOptions, Registry};
 use registry_etcd::EtcdRegistry;
 use registry_memory::MemoryRegistry;
+use registry_service::{
+    Discovery, DiscoveryEvent, DiscoveryEvents, DiscoveryOptions, ServiceInstance,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -9,11 +9,11 @@ use crate::recording::Recording;
 use crate::report::{Report, Verdict};
 use crate::stats::{fmt_duration, Samples};
 use etcd_client::{Client, WatchOptions as RawWatchOptions};
-use registry_api::service::{
-    Discovery, DiscoveryEvent, DiscoveryEvents, DiscoveryHub, DiscoveryOptions, ServiceInstance,
-};
 use registry_api::{PutOptions, Registry};
 use registry_etcd::EtcdRegistry;
+use registry_service::{
+    Discovery, DiscoveryEvent, DiscoveryEvents, DiscoveryHub, DiscoveryOptions, ServiceInstance,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

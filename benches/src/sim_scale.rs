@@ -18,12 +18,12 @@ use crate::procfs;
 use crate::report::{Report, Verdict};
 use crate::stats::{fmt_bytes, fmt_duration, Fnv64};
 use futures::StreamExt;
-use registry_api::service::{
+use registry_api::{EventKind, Registry, WatchOptions, WatchStream};
+use registry_memory::MemoryRegistry;
+use registry_service::{
     Discovery, DiscoveryEvent, DiscoveryHub, DiscoveryOptions, Registration, RegistrationOptions,
     ServiceInstance,
 };
-use registry_api::{EventKind, Registry, WatchOptions, WatchStream};
-use registry_memory::MemoryRegistry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -222,7 +222,9 @@ pub(crate) fn run_once(scale: Scale, seed: u64) -> std::io::Result<Outcome> {
 }
 
 async fn simulate(scale: Scale, seed: u64) -> std::io::Result<Outcome> {
-    let io = |e: registry_api::Error| std::io::Error::other(e.to_string());
+    fn io(e: impl std::fmt::Display) -> std::io::Error {
+        std::io::Error::other(e.to_string())
+    }
     let wall = Instant::now();
     let t0 = tokio::time::Instant::now();
     let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());

@@ -13,10 +13,6 @@
 //! Each node runs its gRPC server on a tokio runtime of its own, so killing the node is
 //! dropping that runtime: its connections close at once, as when a process dies.
 
-use registry_api::service::{
-    Discovery, DiscoveryEvent, DiscoveryEvents, DiscoveryOptions, Registration,
-    RegistrationOptions, ServiceInstance,
-};
 use registry_api::Registry;
 use registry_examples::gateway::{Gateway, GatewayOptions, RETRIED_FROM};
 use registry_examples::hello::{self, HelloNode};
@@ -24,6 +20,10 @@ use registry_examples::proto::greeter_client::GreeterClient;
 use registry_examples::proto::HelloRequest;
 use registry_examples::{cli, BoxError};
 use registry_memory::MemoryRegistry;
+use registry_service::{
+    Discovery, DiscoveryEvent, DiscoveryEvents, DiscoveryOptions, Registration,
+    RegistrationOptions, ServiceInstance,
+};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;

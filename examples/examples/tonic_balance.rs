@@ -1,5 +1,5 @@
 //! tonic's own load balancer fed by the registry: `Channel::balance_channel` over the
-//! discovered `hello` nodes, through `registry_api::service::tower::changes`.
+//! discovered `hello` nodes, through `registry_service::tower::changes`.
 //!
 //! ```text
 //! cargo run --example tonic_balance
@@ -10,10 +10,6 @@
 //! 30 calls go to the other two.
 
 use futures::StreamExt;
-use registry_api::service::tower::changes;
-use registry_api::service::{
-    Discovery, DiscoveryOptions, Registration, RegistrationOptions, ServiceInstance,
-};
 use registry_api::Registry;
 use registry_examples::gateway::endpoint;
 use registry_examples::hello::{self, HelloNode};
@@ -21,6 +17,10 @@ use registry_examples::proto::greeter_client::GreeterClient;
 use registry_examples::proto::HelloRequest;
 use registry_examples::{cli, BoxError};
 use registry_memory::MemoryRegistry;
+use registry_service::tower::changes;
+use registry_service::{
+    Discovery, DiscoveryOptions, Registration, RegistrationOptions, ServiceInstance,
+};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -2,10 +2,10 @@
 //! default, the in-memory registry, which only the current process sees.
 
 use crate::BoxError;
-use registry_api::service::{KeyLayout, DEFAULT_NAMESPACE};
 use registry_api::Registry;
 use registry_etcd::EtcdRegistry;
 use registry_memory::MemoryRegistry;
+use registry_service::{KeyLayout, DEFAULT_NAMESPACE};
 use std::fmt;
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 //! Ctrl-C or SIGTERM, and printing an error with its causes.
 
 use crate::BoxError;
-use registry_api::service::Metadata;
+use registry_service::Metadata;
 use std::process::ExitCode;
 
 /// Parses one `--meta` value, `key=value` (the value may contain `=`).

@@ -12,7 +12,7 @@
 use crate::proto::greeter_client::GreeterClient;
 use crate::proto::greeter_server::Greeter;
 use crate::proto::{HelloReply, HelloRequest};
-use registry_api::service::{
+use registry_service::{
     Discovery, DiscoveryEvent, Picker, PickerOptions, ServiceInstance, Strategy,
 };
 use std::collections::HashMap;
@@ -235,7 +235,7 @@ fn is_node_failure(status: &Status) -> bool {
 }
 
 /// Logs membership changes (at debug level: the gateway binary prints them) and drops the channels of nodes that left or moved.
-async fn follow(gateway: Weak<Inner>, mut events: registry_api::service::DiscoveryEvents) {
+async fn follow(gateway: Weak<Inner>, mut events: registry_service::DiscoveryEvents) {
     while let Some(event) = events.recv().await {
         let Some(inner) = gateway.upgrade() else {
             return;

@@ -9,8 +9,8 @@
 //!
 //! Only publishing is supported: discovery reads our own layout, not Go's.
 
-use registry_api::service::{Registration, RegistrationState};
 use registry_api::{InvalidArgument, LeaseId, PutOptions, Registry, Result};
+use registry_service::{Registration, RegistrationState};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,7 +135,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_key_follows_the_registration_lease() {
-        use registry_api::service::{RegistrationOptions, ServiceInstance};
+        use registry_service::{RegistrationOptions, ServiceInstance};
         let registry: Arc<dyn Registry> = Arc::new(registry_memory::MemoryRegistry::new());
         let registration = Registration::start(
             registry.clone(),

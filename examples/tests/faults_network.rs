@@ -8,8 +8,8 @@
 mod faults_support;
 
 use faults_support::*;
-use registry_api::service::RegistrationState;
 use registry_etcd::testing::{EtcdServer, ProxyMode, TcpProxy};
+use registry_service::RegistrationState;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -185,9 +185,9 @@ async fn black_hole_is_detected_by_deadlines_and_heals() {
 /// says it is stale instead of looking healthy for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn black_hole_is_noticed_with_default_settings() {
-    use registry_api::service::{Discovery, DiscoveryOptions, ServiceInstance};
     use registry_api::{PutOptions, Registry};
     use registry_etcd::{EtcdRegistry, DEFAULT_KEEP_ALIVE_INTERVAL, DEFAULT_KEEP_ALIVE_TIMEOUT};
+    use registry_service::{Discovery, DiscoveryOptions, ServiceInstance};
     use std::sync::Arc;
 
     let server = blocking(EtcdServer::start).expect("etcd");

@@ -3,13 +3,13 @@
 //! off. Fewer and shorter than the simulator's scenarios (`registry-api/tests/`), on real time
 //! with bounded waits; each test runs its own server on loopback.
 
-use registry_api::service::{
-    Backoff, Discovery, DiscoveryEvent, DiscoveryEvents, DiscoveryOptions, Metadata, Registration,
-    RegistrationOptions, RegistrationState, ServiceInstance,
-};
 use registry_api::{PutOptions, Registry};
 use registry_etcd::testing::EtcdServer;
 use registry_etcd::EtcdRegistry;
+use registry_service::{
+    Backoff, Discovery, DiscoveryEvent, DiscoveryEvents, DiscoveryOptions, Metadata, Registration,
+    RegistrationOptions, RegistrationState, ServiceInstance,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;

@@ -10,12 +10,12 @@
 mod faults_support;
 
 use faults_support::{connect, figure, scale, truth};
-use registry_api::service::{
+use registry_api::Registry;
+use registry_etcd::testing::{unique_namespace, EtcdServer};
+use registry_service::{
     Backoff, Discovery, DiscoveryEvent, DiscoveryOptions, Registration, RegistrationOptions,
     ServiceInstance,
 };
-use registry_api::Registry;
-use registry_etcd::testing::{unique_namespace, EtcdServer};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

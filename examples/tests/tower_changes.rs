@@ -1,13 +1,13 @@
-//! `registry_api::service::tower::changes` over a real (in-memory) registry, on virtual time:
+//! `registry_service::tower::changes` over a real (in-memory) registry, on virtual time:
 //! the snapshot first, then inserts, updates and removals, including an expiry.
 
 use futures::StreamExt;
-use registry_api::service::tower::{changes, InstanceChanges};
-use registry_api::service::{
-    Discovery, DiscoveryOptions, Metadata, Registration, RegistrationOptions, ServiceInstance,
-};
 use registry_api::Registry;
 use registry_memory::MemoryRegistry;
+use registry_service::tower::{changes, InstanceChanges};
+use registry_service::{
+    Discovery, DiscoveryOptions, Metadata, Registration, RegistrationOptions, ServiceInstance,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tower::discover::Change;

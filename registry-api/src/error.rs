@@ -133,10 +133,4 @@ pub enum InvalidArgument {
     /// Anything else the server rejected as malformed.
     #[error("{0}")]
     Other(String),
-    /// A service name is empty or contains '/' (the service layer's key separator).
-    #[error("service name {0:?} is empty or contains '/'")]
-    ServiceName(String),
-    /// An instance id is empty or contains '/' (the service layer's key separator).
-    #[error("instance id {0:?} is empty or contains '/'")]
-    InstanceId(String),
 }

@@ -1,4 +1,8 @@
-//! The contract every registry backend implements, and the service layer built on it.
+//! The contract every registry backend implements: the [`Registry`] trait, its types, its
+//! errors, the input limits every backend applies, and wrappers that work over any backend.
+//!
+//! The service layer (registration, discovery, picking) is built on this contract in the
+//! `registry-service` crate; a backend author depends on this crate alone.
 //!
 //! A [`Registry`] is an etcd-shaped store: one store-wide [`Revision`] that every write bumps,
 //! leases that expire unless kept alive and take their keys with them, and watches that replay
@@ -48,9 +52,12 @@ mod lease;
 pub mod limits;
 mod registry;
 mod revision;
-pub mod service;
 mod watch;
 
+/// The attribute that implements the (async, object-safe) [`Registry`] trait, re-exported so
+/// that a backend or wrapper needs no `async-trait` dependency of its own:
+/// `#[registry_api::async_trait] impl Registry for MyBackend { ... }`.
+pub use async_trait::async_trait;
 /// The byte buffer of keys and values, re-exported so that a backend needs no `bytes` dependency.
 pub use bytes::Bytes;
 pub use error::{BoxError, Error, InvalidArgument, Result};

@@ -71,7 +71,7 @@ fn any_endpoint_fails_fast_with_a_typed_error() {
 /// fatal, and the real instances around them are still found, before and after the first list.
 #[test]
 fn malformed_instances_under_a_service_prefix_are_skipped_and_counted() {
-    use registry_api::service::{Discovery, DiscoveryOptions, ServiceInstance};
+    use registry_service::{Discovery, DiscoveryOptions, ServiceInstance};
     let garbage: [&[u8]; 8] = [
         b"",
         b"not json",

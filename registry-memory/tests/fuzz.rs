@@ -10,10 +10,10 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use registry_api::service::{Discovery, DiscoveryOptions, ServiceInstance};
 use registry_api::{PutOptions, Registry};
 use registry_conformance::fuzz_runner;
 use registry_memory::MemoryRegistry;
+use registry_service::{Discovery, DiscoveryOptions, ServiceInstance};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -9,12 +9,12 @@
 //! joining or leaving (`node joined <id> at <addr>`, `node left <id> at <addr>`).
 
 use clap::{Parser, ValueEnum};
-use registry_api::service::{Discovery, DiscoveryEvent, DiscoveryOptions, Strategy};
 use registry_examples::backend::BackendArgs;
 use registry_examples::cli;
 use registry_examples::gateway::{Gateway, GatewayOptions};
 use registry_examples::hello;
 use registry_examples::BoxError;
+use registry_service::{Discovery, DiscoveryEvent, DiscoveryOptions, Strategy};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;

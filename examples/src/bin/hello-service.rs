@@ -8,12 +8,12 @@
 //! It prints `listening on <addr>` and then `registered <key>` on stdout once it is visible.
 
 use clap::Parser;
-use registry_api::service::{Registration, RegistrationOptions, ServiceInstance};
 use registry_examples::backend::BackendArgs;
 use registry_examples::cli::{self, parse_meta_pair};
 use registry_examples::go_naming::{self, GoEndpoint};
 use registry_examples::hello::{self, HelloNode};
 use registry_examples::BoxError;
+use registry_service::{Registration, RegistrationOptions, ServiceInstance};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -8,14 +8,14 @@
 //! ```
 
 use clap::{Parser, Subcommand};
-use registry_api::service::instance::{validate_instance_id, validate_service};
-use registry_api::service::{
-    Discovery, DiscoveryEvent, DiscoveryOptions, Registration, RegistrationOptions, ServiceInstance,
-};
 use registry_api::ListOptions;
 use registry_examples::backend::{Backend, BackendArgs};
 use registry_examples::cli::{self, parse_meta_pair};
 use registry_examples::BoxError;
+use registry_service::instance::{validate_instance_id, validate_service};
+use registry_service::{
+    Discovery, DiscoveryEvent, DiscoveryOptions, Registration, RegistrationOptions, ServiceInstance,
+};
 use serde_json::json;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -26,12 +26,12 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use futures::StreamExt;
-use registry_api::service::{
+use registry_api::{EventKind, ListOptions, Registry, Revision, WatchBatch, WatchOptions};
+use registry_etcd::EtcdRegistry;
+use registry_service::{
     Backoff, Discovery, DiscoveryEvent, DiscoveryOptions, KeyLayout, Registration,
     RegistrationOptions, RegistrationState, ServiceInstance,
 };
-use registry_api::{EventKind, ListOptions, Registry, Revision, WatchBatch, WatchOptions};
-use registry_etcd::EtcdRegistry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

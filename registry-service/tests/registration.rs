@@ -4,12 +4,12 @@
 mod common;
 
 use common::{drain, hello, settle, truth};
-use registry_api::service::{
+use registry_api::{Error, ListOptions, Registry};
+use registry_memory::MemoryRegistry;
+use registry_service::{
     Backoff, Discovery, DiscoveryEvent, DiscoveryOptions, Metadata, Registration,
     RegistrationOptions, RegistrationState,
 };
-use registry_api::{Error, InvalidArgument, ListOptions, Registry};
-use registry_memory::MemoryRegistry;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -343,26 +343,28 @@ async fn bad_input_fails_typed_and_writes_nothing() {
             options().ttl(Duration::ZERO)
         )
         .await,
-        Err(Error::InvalidArgument(InvalidArgument::TtlNotPositive(0)))
+        Err(registry_service::Error::InvalidOption(_))
     ));
     let mut bad_service = hello("a");
     bad_service.service = "he/llo".into();
     assert!(matches!(
         start(bad_service, options()).await,
-        Err(Error::InvalidArgument(InvalidArgument::ServiceName(s))) if s == "he/llo"
+        Err(registry_service::Error::ServiceName(s)) if s == "he/llo"
     ));
     assert!(matches!(
         start(hello(""), options()).await,
-        Err(Error::InvalidArgument(InvalidArgument::InstanceId(s))) if s.is_empty()
+        Err(registry_service::Error::InstanceId(s)) if s.is_empty()
     ));
     assert!(matches!(
         start(hello("a"), options().namespace("")).await,
-        Err(Error::InvalidArgument(InvalidArgument::Config(_)))
+        Err(registry_service::Error::InvalidOption(_))
     ));
     let huge = Metadata::default().with_label("blob", "x".repeat(2 * 1024 * 1024));
     assert!(matches!(
         start(hello("a").with_metadata(huge.clone()), options()).await,
-        Err(Error::TooLarge { .. })
+        Err(registry_service::Error::Registry(
+            registry_api::Error::TooLarge { .. }
+        ))
     ));
     let all = registry.list(b"", ListOptions::default()).await.unwrap();
     assert!(all.kvs.is_empty());
@@ -372,7 +374,9 @@ async fn bad_input_fails_typed_and_writes_nothing() {
     let registration = start(hello("a"), options()).await.unwrap();
     assert!(matches!(
         registration.update_metadata(huge).await,
-        Err(Error::TooLarge { .. })
+        Err(registry_service::Error::Registry(
+            registry_api::Error::TooLarge { .. }
+        ))
     ));
     assert_eq!(truth(&*registry, "hello").await, vec![hello("a")]);
 }

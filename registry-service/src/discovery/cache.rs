@@ -2,8 +2,8 @@
 //! subscribers, and the diffing that turns a fresh list into exactly the events that differ.
 
 use super::DiscoveryEvent;
-use crate::service::instance::{KeyLayout, ServiceInstance};
-use crate::{EventKind, KeyValue, Revision, WatchBatch};
+use crate::instance::{KeyLayout, ServiceInstance};
+use registry_api::{EventKind, KeyValue, Revision, WatchBatch};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -33,12 +33,13 @@ mod source;
 
 pub use hub::DiscoveryHub;
 
-use super::backoff::Backoff;
-use super::instance::{validate_service, KeyLayout, ServiceInstance, DEFAULT_NAMESPACE};
-use super::rng::{seed_for, SplitMix64};
-use crate::{Error, InvalidArgument, Registry, Result, Revision};
+use crate::backoff::Backoff;
+use crate::instance::{validate_service, KeyLayout, ServiceInstance, DEFAULT_NAMESPACE};
+use crate::rng::{seed_for, SplitMix64};
+use crate::{Error, Result};
 use cache::Cache;
 use futures::Stream;
+use registry_api::{Registry, Revision};
 use source::Source;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -144,7 +145,7 @@ impl Discovery {
     /// service name or namespace, or when called outside a tokio runtime.
     ///
     /// ```
-    /// use registry_api::service::{
+    /// use registry_service::{
     ///     Discovery, DiscoveryEvent, DiscoveryOptions, Registration, RegistrationOptions,
     ///     ServiceInstance,
     /// };
@@ -153,7 +154,7 @@ impl Discovery {
     /// use std::sync::Arc;
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() -> registry_api::Result<()> {
+    /// # async fn main() -> registry_service::Result<()> {
     /// let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
     /// let discovery = Discovery::start(registry.clone(), "hello", DiscoveryOptions::default())?;
     /// discovery.wait_synced().await;
@@ -179,11 +180,8 @@ impl Discovery {
         let service = service.into();
         validate_service(&service)?;
         let layout = KeyLayout::new(options.namespace.clone())?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            Error::from(InvalidArgument::Config(
-                "Discovery::start must run within a tokio runtime".to_owned(),
-            ))
-        })?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::NoRuntime("Discovery::start"))?;
         let cache = Arc::new(Cache::new(service.clone(), layout));
         let (stop_tx, stop_rx) = oneshot::channel();
         let source = Source {

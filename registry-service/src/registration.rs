@@ -16,11 +16,12 @@
 
 mod worker;
 
-use super::backoff::Backoff;
-use super::instance::{KeyLayout, Metadata, ServiceInstance, DEFAULT_NAMESPACE};
-use super::rng::{seed_for, SplitMix64};
-use crate::limits::{check_put, check_ttl, DEFAULT_MAX_VALUE_BYTES, MAX_LEASE_TTL};
-use crate::{Error, InvalidArgument, LeaseId, Registry, Result, Revision};
+use crate::backoff::Backoff;
+use crate::instance::{KeyLayout, Metadata, ServiceInstance, DEFAULT_NAMESPACE};
+use crate::rng::{seed_for, SplitMix64};
+use crate::{Error, Result};
+use registry_api::limits::{check_put, DEFAULT_MAX_VALUE_BYTES, MAX_LEASE_TTL};
+use registry_api::{LeaseId, Registry, Revision};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,7 +120,18 @@ impl RegistrationOptions {
             secs = secs.saturating_add(1);
         }
         let secs = i64::try_from(secs).unwrap_or(i64::MAX);
-        check_ttl(secs, MAX_LEASE_TTL)?;
+        // etcd raises a zero TTL to its minimum, but a registration that asks for no time at all
+        // is a mistake in the options, not a request for the minimum.
+        if secs == 0 {
+            return Err(Error::InvalidOption(
+                "the registration TTL must be at least one second".to_owned(),
+            ));
+        }
+        if secs > MAX_LEASE_TTL {
+            return Err(Error::InvalidOption(format!(
+                "the registration TTL of {secs} s exceeds etcd's maximum of {MAX_LEASE_TTL} s"
+            )));
+        }
         Ok(secs)
     }
 }
@@ -147,14 +159,14 @@ impl Registration {
     /// keep-alive task.
     ///
     /// ```
-    /// use registry_api::service::{Registration, RegistrationOptions, RegistrationState, ServiceInstance};
+    /// use registry_service::{Registration, RegistrationOptions, RegistrationState, ServiceInstance};
     /// use registry_api::Registry;
     /// use registry_memory::MemoryRegistry;
     /// use std::sync::Arc;
     /// use std::time::Duration;
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() -> registry_api::Result<()> {
+    /// # async fn main() -> registry_service::Result<()> {
     /// let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
     /// let instance = ServiceInstance::new("hello", "a", "127.0.0.1:8080");
     /// let registration = Registration::start(
@@ -182,11 +194,8 @@ impl Registration {
         let ttl = options.ttl_secs()?;
         let key = layout.instance_key(&instance.service, &instance.id);
         check_put(key.as_bytes(), &instance.to_json(), DEFAULT_MAX_VALUE_BYTES)?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            Error::from(InvalidArgument::Config(
-                "Registration::start must run within a tokio runtime".to_owned(),
-            ))
-        })?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::NoRuntime("Registration::start"))?;
 
         let (state_tx, state_rx) = watch::channel(RegistrationState::Registering);
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
@@ -219,10 +228,8 @@ impl Registration {
         };
         match first_rx.await {
             Ok(Ok(())) => Ok(registration),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(Error::backend(
-                "the registration task stopped before registering",
-            )),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(Error::Stopped("registration task")),
         }
     }
 
@@ -266,7 +273,7 @@ impl Registration {
                 reply: reply_tx,
             })
             .map_err(|_| stopped())?;
-        reply_rx.await.map_err(|_| stopped())?
+        Ok(reply_rx.await.map_err(|_| stopped())??)
     }
 
     /// Revokes the lease, so the instance disappears at once, and stops the task. Returns the
@@ -281,7 +288,7 @@ impl Registration {
         {
             return Ok(());
         }
-        reply_rx.await.unwrap_or(Ok(()))
+        Ok(reply_rx.await.unwrap_or(Ok(()))?)
     }
 
     /// Stops keeping the lease alive WITHOUT revoking it, as if the process had crashed: the
@@ -302,5 +309,5 @@ impl Drop for Registration {
 }
 
 fn stopped() -> Error {
-    Error::backend("the registration has stopped")
+    Error::Stopped("registration")
 }

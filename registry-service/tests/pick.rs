@@ -4,12 +4,12 @@
 mod common;
 
 use common::{hello, settle};
-use registry_api::service::{
+use registry_api::Registry;
+use registry_memory::MemoryRegistry;
+use registry_service::{
     Discovery, DiscoveryOptions, Metadata, Picker, PickerOptions, Registration,
     RegistrationOptions, Strategy,
 };
-use registry_api::Registry;
-use registry_memory::MemoryRegistry;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,11 +6,11 @@
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use registry_api::service::{DiscoveryEvent, DiscoveryEvents, ServiceInstance};
 use registry_api::{
     DeleteResponse, Error, GetResponse, LeaseGrant, LeaseId, LeaseTimeToLive, ListOptions,
     ListResponse, PutOptions, PutResponse, Registry, Result, Revision, WatchOptions, WatchStream,
 };
+use registry_service::{DiscoveryEvent, DiscoveryEvents, ServiceInstance};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;

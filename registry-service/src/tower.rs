@@ -11,7 +11,7 @@
 //!
 //! ```text
 //! let (channel, sender) = tonic::transport::Channel::balance_channel(16);
-//! let mut endpoints = registry_api::service::tower::changes(&discovery)
+//! let mut endpoints = registry_service::tower::changes(&discovery)
 //!     .map_instances(|instance| Endpoint::from_shared(format!("http://{}", instance.address)));
 //! tokio::spawn(async move {
 //!     while let Some(Ok(change)) = endpoints.next().await {
@@ -30,8 +30,8 @@
 //! The stream never fails (its error type is [`Infallible`]) and ends when the discovery's
 //! cache is gone. `examples/examples/tonic_balance.rs` runs the whole thing.
 
-use super::discovery::{Discovery, DiscoveryEvent, DiscoveryEvents};
-use super::instance::ServiceInstance;
+use crate::discovery::{Discovery, DiscoveryEvent, DiscoveryEvents};
+use crate::instance::ServiceInstance;
 use ::tower::discover::Change;
 use futures::Stream;
 use std::convert::Infallible;

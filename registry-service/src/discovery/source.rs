@@ -3,9 +3,9 @@
 
 use super::cache::Cache;
 use super::DiscoveryOptions;
-use crate::service::rng::SplitMix64;
-use crate::{Error, ListOptions, Registry, Result, WatchOptions};
+use crate::rng::SplitMix64;
 use futures::StreamExt;
+use registry_api::{Error, ListOptions, Registry, Result, WatchOptions};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::oneshot;

@@ -1,11 +1,11 @@
 //! The task behind a [`Registration`](super::Registration): register, keep alive, heal.
 
 use super::{RegistrationOptions, RegistrationState};
-use crate::limits::{check_put, DEFAULT_MAX_VALUE_BYTES};
-use crate::service::backoff::deadline_after;
-use crate::service::instance::{Metadata, ServiceInstance};
-use crate::service::rng::SplitMix64;
-use crate::{Error, LeaseId, PutOptions, Registry, Result, Revision};
+use crate::backoff::deadline_after;
+use crate::instance::{Metadata, ServiceInstance};
+use crate::rng::SplitMix64;
+use registry_api::limits::{check_put, DEFAULT_MAX_VALUE_BYTES};
+use registry_api::{Error, LeaseId, PutOptions, Registry, Result, Revision};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

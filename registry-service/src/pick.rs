@@ -13,10 +13,10 @@
 //!
 //! [`Metadata::weight`]: super::Metadata::weight
 
-use super::backoff::deadline_after;
-use super::discovery::Discovery;
-use super::instance::ServiceInstance;
-use super::rng::SplitMix64;
+use crate::backoff::deadline_after;
+use crate::discovery::Discovery;
+use crate::instance::ServiceInstance;
+use crate::rng::SplitMix64;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -318,7 +318,7 @@ mod tests {
             .enumerate()
             .map(|(i, &w)| {
                 ServiceInstance::new("s", format!("n{i}"), format!("10.0.0.{i}:80"))
-                    .with_metadata(super::super::Metadata::default().with_weight(w))
+                    .with_metadata(crate::Metadata::default().with_weight(w))
             })
             .collect()
     }

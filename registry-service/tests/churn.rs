@@ -6,12 +6,12 @@ mod common;
 
 use common::{settle, truth, Partitioned};
 use proptest::prelude::*;
-use registry_api::service::{
+use registry_api::Registry;
+use registry_memory::MemoryRegistry;
+use registry_service::{
     Backoff, Discovery, DiscoveryEvent, DiscoveryEvents, DiscoveryHub, DiscoveryOptions, Metadata,
     Registration, RegistrationOptions, ServiceInstance,
 };
-use registry_api::Registry;
-use registry_memory::MemoryRegistry;
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::sync::Arc;

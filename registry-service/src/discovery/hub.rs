@@ -1,9 +1,10 @@
 //! One cache and one watch per service, however many handles a process asks for.
 
 use super::{Discovery, DiscoveryOptions, Shared};
-use crate::{Registry, Result};
+use crate::Result;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
+use registry_api::Registry;
 use std::sync::{Arc, Weak};
 
 /// Hands out [`Discovery`] handles that share one cache and one watch per service.

@@ -1,8 +1,8 @@
-//! Service registration, discovery and node picking, over any [`Registry`](crate::Registry).
+//! Service registration, discovery and node picking, over any
+//! [`Registry`](registry_api::Registry).
 //!
-//! This layer lives in the API crate, not beside a backend, because it needs nothing but the
-//! trait: an application that depends on the contract finds it here, and the same code runs on
-//! etcd (`registry-etcd`) and on the simulator (`registry-memory`). It works over
+//! This crate needs nothing but the `registry-api` contract, so the same code runs on etcd
+//! (`registry-etcd`) and on the simulator (`registry-memory`). It works over
 //! `Arc<dyn Registry>` only and runs its background tasks on the tokio runtime it is started
 //! from.
 //!
@@ -19,6 +19,7 @@
 
 pub mod backoff;
 pub mod discovery;
+mod error;
 pub mod instance;
 pub mod pick;
 pub mod registration;
@@ -28,6 +29,12 @@ pub mod tower;
 
 pub use backoff::Backoff;
 pub use discovery::{Discovery, DiscoveryEvent, DiscoveryEvents, DiscoveryHub, DiscoveryOptions};
+pub use error::{Error, Result};
 pub use instance::{KeyLayout, Metadata, ServiceInstance, DEFAULT_NAMESPACE};
 pub use pick::{InstanceSource, Picker, PickerOptions, Strategy};
 pub use registration::{Registration, RegistrationOptions, RegistrationState};
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -21,7 +21,7 @@
 //! and `id` in the value must match the key; a value that does not parse, or disagrees with its
 //! key, is not an instance (discovery skips and counts it).
 
-use crate::{InvalidArgument, Result};
+use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -144,7 +144,7 @@ impl Metadata {
 /// Rejects an empty service name or one with `/`.
 pub fn validate_service(service: &str) -> Result<()> {
     if service.is_empty() || service.contains('/') {
-        return Err(InvalidArgument::ServiceName(service.to_owned()).into());
+        return Err(Error::ServiceName(service.to_owned()));
     }
     Ok(())
 }
@@ -152,7 +152,7 @@ pub fn validate_service(service: &str) -> Result<()> {
 /// Rejects an empty instance id or one with `/`.
 pub fn validate_instance_id(id: &str) -> Result<()> {
     if id.is_empty() || id.contains('/') {
-        return Err(InvalidArgument::InstanceId(id.to_owned()).into());
+        return Err(Error::InstanceId(id.to_owned()));
     }
     Ok(())
 }
@@ -178,10 +178,9 @@ impl KeyLayout {
     pub fn new(namespace: impl Into<String>) -> Result<Self> {
         let namespace = namespace.into();
         if namespace.is_empty() || namespace.starts_with('/') || namespace.ends_with('/') {
-            return Err(InvalidArgument::Config(format!(
+            return Err(Error::InvalidOption(format!(
                 "namespace {namespace:?} must be non-empty and not start or end with '/'"
-            ))
-            .into());
+            )));
         }
         Ok(KeyLayout { namespace })
     }
@@ -214,7 +213,6 @@ impl KeyLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Error;
 
     #[test]
     fn json_round_trips_and_is_documented_shape() {
@@ -252,13 +250,13 @@ mod tests {
         for (service, id) in [("", "i"), ("a/b", "i")] {
             assert!(matches!(
                 ServiceInstance::new(service, id, "a").validate(),
-                Err(Error::InvalidArgument(InvalidArgument::ServiceName(s))) if s == service
+                Err(Error::ServiceName(s)) if s == service
             ));
         }
         for id in ["", "x/y"] {
             assert!(matches!(
                 ServiceInstance::new("s", id, "a").validate(),
-                Err(Error::InvalidArgument(InvalidArgument::InstanceId(s))) if s == id
+                Err(Error::InstanceId(s)) if s == id
             ));
         }
     }
@@ -275,10 +273,7 @@ mod tests {
         let nested = KeyLayout::new("prod/svc").unwrap();
         assert_eq!(nested.instance_key("s", "i"), "prod/svc/s/i");
         for bad in ["", "/x", "x/"] {
-            assert!(matches!(
-                KeyLayout::new(bad),
-                Err(Error::InvalidArgument(InvalidArgument::Config(_)))
-            ));
+            assert!(matches!(KeyLayout::new(bad), Err(Error::InvalidOption(_))));
         }
     }
 }

@@ -5,12 +5,12 @@ mod common;
 
 use common::{drain, hello, settle, truth, Partitioned};
 use futures::FutureExt;
-use registry_api::service::{
+use registry_api::{PutOptions, Registry};
+use registry_memory::MemoryRegistry;
+use registry_service::{
     Backoff, Discovery, DiscoveryEvent, DiscoveryHub, DiscoveryOptions, Metadata, Registration,
     RegistrationOptions,
 };
-use registry_api::{PutOptions, Registry};
-use registry_memory::MemoryRegistry;
 use std::sync::Arc;
 use std::time::Duration;
 

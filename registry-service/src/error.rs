@@ -1,0 +1,65 @@
+//! The service layer's errors: a registry call that failed, and what only this layer refuses.
+
+use std::time::Duration;
+
+/// The result of every service-layer call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every way a service-layer call fails. Registry errors keep their own type
+/// ([`registry_api::Error`]) inside [`Error::Registry`], so a caller can still match on them.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A registry call failed.
+    #[error(transparent)]
+    Registry(#[from] registry_api::Error),
+
+    /// A service name is empty or contains '/' (the key separator of the layout).
+    #[error("service name {0:?} is empty or contains '/'")]
+    ServiceName(String),
+
+    /// An instance id is empty or contains '/' (the key separator of the layout).
+    #[error("instance id {0:?} is empty or contains '/'")]
+    InstanceId(String),
+
+    /// An option is out of range or malformed (a namespace, a TTL, ...); nothing was started.
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+
+    /// The call needs a tokio runtime and was made outside one.
+    #[error("{0} must be called within a tokio runtime")]
+    NoRuntime(&'static str),
+
+    /// The background task behind this handle has stopped (shut down, or its runtime is gone).
+    #[error("the {0} has stopped")]
+    Stopped(&'static str),
+
+    /// A wait did not end in time.
+    #[error("{what} did not happen within {after:?}")]
+    Timeout {
+        /// What was waited for.
+        what: String,
+        /// How long.
+        after: Duration,
+    },
+}
+
+impl Error {
+    /// True when the same call may succeed later without any change: the registry was
+    /// unreachable, or a wait timed out.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Registry(e) => e.is_retryable(),
+            Error::Timeout { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The registry's error, when this is one.
+    pub fn as_registry(&self) -> Option<&registry_api::Error> {
+        match self {
+            Error::Registry(e) => Some(e),
+            _ => None,
+        }
+    }
+}
