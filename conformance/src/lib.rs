@@ -12,6 +12,7 @@ pub mod ops;
 mod prefix;
 mod proptest_setup;
 mod run;
+pub mod service;
 mod watch_read;
 
 pub use backend::{Backend, Capabilities, Sharing, Time};

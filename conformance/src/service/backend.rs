@@ -1,0 +1,85 @@
+//! What a backend author implements to run the service-layer suite (and the seeded fleet search)
+//! on their backend: named clients of one server, the faults the backend can stage, and time.
+
+use async_trait::async_trait;
+use registry_api::{LeaseId, Registry};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use crate::backend::Time;
+
+/// A backend as the service-layer scenarios see it: one server, any number of named clients.
+///
+/// Every method is called inside the tokio runtime that runs the scenario. For a backend on
+/// [`Time::Virtual`] that runtime's clock is paused, so the backend must read tokio's clock
+/// (`MemoryRegistry::new()` does) and [`sleep`](ServiceBackend::sleep) is a virtual sleep.
+#[async_trait]
+pub trait ServiceBackend: Send + Sync + 'static {
+    /// A client of the backend's server whose link is named `name`. Clients with different
+    /// names fail independently ([`partition`](ServiceBackend::partition)); asking again for a
+    /// name gives a client on the same link. Each scenario gets a fresh server (or, for a shared
+    /// real server, a fresh key prefix) the first time it asks.
+    async fn client(&self, name: &str) -> Arc<dyn Registry>;
+
+    /// What the backend can stage; scenarios that need more are skipped only where the
+    /// capability is declared absent, and say so in their output.
+    fn capabilities(&self) -> ServiceCapabilities;
+
+    /// Cuts (`true`) or restores (`false`) the link of client `name` alone: its calls fail with
+    /// `Unavailable` and its open watches end, while the server and every other client go on
+    /// (its leases expire if the cut lasts longer than their TTL).
+    async fn partition(&self, name: &str, cut: bool);
+
+    /// Takes the whole server away (`true`) or brings it back with its data (`false`): every
+    /// client's calls fail meanwhile and every watch ends.
+    async fn outage(&self, down: bool);
+
+    /// Expires `lease` now, as the server does at its deadline (its keys go in one revision).
+    async fn expire_lease(&self, lease: LeaseId);
+
+    /// Lets `by` pass: a virtual sleep on [`Time::Virtual`], a real one on [`Time::Real`].
+    async fn sleep(&self, by: Duration) {
+        tokio::time::sleep(by).await;
+    }
+}
+
+/// What a [`ServiceBackend`] can do and promises.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceCapabilities {
+    /// Virtual (a paused tokio clock) or real time.
+    pub time: Time,
+    /// How long after its deadline a lease may still be alive (zero for the simulator, about a
+    /// second for etcd).
+    pub expiry_lateness: Duration,
+    /// The smallest TTL the backend grants, in seconds.
+    pub min_ttl: i64,
+    /// [`ServiceBackend::partition`] works.
+    pub partition: bool,
+    /// [`ServiceBackend::outage`] works.
+    pub outage: bool,
+    /// [`ServiceBackend::expire_lease`] works.
+    pub expire_lease: bool,
+}
+
+impl ServiceCapabilities {
+    /// The simulator: virtual time, exact expiry, every fault.
+    pub fn simulator() -> Self {
+        ServiceCapabilities {
+            time: Time::Virtual,
+            expiry_lateness: Duration::ZERO,
+            min_ttl: registry_api::limits::DEFAULT_MIN_LEASE_TTL,
+            partition: true,
+            outage: true,
+            expire_lease: true,
+        }
+    }
+
+    /// A real etcd started by the test: real time, about a second of expiry lateness.
+    pub fn etcd() -> Self {
+        ServiceCapabilities {
+            time: Time::Real,
+            expiry_lateness: Duration::from_millis(1_500),
+            ..Self::simulator()
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The service-layer suite: registration, discovery and picking scenarios over any backend.
+
+mod backend;
+
+pub use backend::{ServiceBackend, ServiceCapabilities};
