@@ -6,7 +6,7 @@ use registry_api::{LeaseId, Registry};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::backend::Time;
+use crate::backend::Time;
 
 /// A backend as the service-layer scenarios see it: one server, any number of named clients.
 ///
