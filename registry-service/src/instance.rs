@@ -13,10 +13,12 @@
 //!
 //! ```json
 //! {"service":"hello","id":"a","address":"127.0.0.1:8080",
-//!  "metadata":{"version":"1.2.0","weight":1,"zone":"eu-1","labels":{"tier":"web"}}}
+//!  "metadata":{"version":"1.2.0","weight":1,"zone":"eu-1","labels":{"tier":"web"}},
+//!  "status":"serving"}
 //! ```
 //!
-//! Readers must accept missing `metadata` fields (`version` and `zone` null, `weight` 1,
+//! `status` is `serving` or `draining` (shutting down: discovery leaves it out of picks); a
+//! missing status means `serving`. Readers must accept missing `metadata` fields (`version` and `zone` null, `weight` 1,
 //! `labels` empty) and ignore fields they do not know, so the format can grow. The `service`
 //! and `id` in the value must match the key; a value that does not parse, or disagrees with its
 //! key, is not an instance (discovery skips and counts it).
@@ -40,6 +42,30 @@ pub struct ServiceInstance {
     /// Version, weight, zone and labels.
     #[serde(default)]
     pub metadata: Metadata,
+    /// Whether it takes new work.
+    #[serde(default)]
+    pub status: Status,
+}
+
+/// Whether an instance takes new work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// It serves: pickers may send it work.
+    #[default]
+    Serving,
+    /// It is shutting down: it finishes the work it has, and pickers send it no more.
+    Draining,
+    /// A status written by a newer version that this one does not know: not picked.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Status {
+    /// True when pickers may send the instance new work.
+    pub fn is_serving(self) -> bool {
+        self == Status::Serving
+    }
 }
 
 impl ServiceInstance {
@@ -54,12 +80,19 @@ impl ServiceInstance {
             id: id.into(),
             address: address.into(),
             metadata: Metadata::default(),
+            status: Status::Serving,
         }
     }
 
     /// Replaces the metadata.
     pub fn with_metadata(mut self, metadata: Metadata) -> Self {
         self.metadata = metadata;
+        self
+    }
+
+    /// Replaces the status.
+    pub fn with_status(mut self, status: Status) -> Self {
+        self.status = status;
         self
     }
 
@@ -225,7 +258,7 @@ mod tests {
         let json = instance.to_json();
         assert_eq!(
             std::str::from_utf8(&json).unwrap(),
-            r#"{"service":"hello","id":"a","address":"127.0.0.1:8080","metadata":{"version":"1.2.0","weight":1,"zone":"eu-1","labels":{"tier":"web"}}}"#
+            r#"{"service":"hello","id":"a","address":"127.0.0.1:8080","metadata":{"version":"1.2.0","weight":1,"zone":"eu-1","labels":{"tier":"web"}},"status":"serving"}"#
         );
         assert_eq!(ServiceInstance::from_json(&json).unwrap(), instance);
     }
@@ -241,6 +274,13 @@ mod tests {
         let bare =
             ServiceInstance::from_json(br#"{"service":"s","id":"i","address":"x"}"#).unwrap();
         assert_eq!(bare.metadata, Metadata::default());
+        assert_eq!(bare.status, Status::Serving);
+        let later = ServiceInstance::from_json(
+            br#"{"service":"s","id":"i","address":"x","status":"paused"}"#,
+        )
+        .unwrap();
+        assert_eq!(later.status, Status::Unknown);
+        assert!(!later.status.is_serving());
         assert!(ServiceInstance::from_json(b"not json").is_err());
     }
 

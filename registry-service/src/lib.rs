@@ -30,7 +30,7 @@ pub mod tower;
 pub use backoff::Backoff;
 pub use discovery::{Discovery, DiscoveryEvent, DiscoveryEvents, DiscoveryHub, DiscoveryOptions};
 pub use error::{Error, Result};
-pub use instance::{KeyLayout, Metadata, ServiceInstance, DEFAULT_NAMESPACE};
+pub use instance::{KeyLayout, Metadata, ServiceInstance, Status, DEFAULT_NAMESPACE};
 pub use pick::{InstanceSource, Picker, PickerOptions, Strategy};
 pub use registration::{Registration, RegistrationOptions, RegistrationState};
 
