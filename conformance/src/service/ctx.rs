@@ -6,10 +6,10 @@ use super::backend::{ServiceBackend, ServiceCapabilities};
 use super::tap::{Renewal, Tap};
 use crate::backend::Time;
 use crate::failure::Check;
-use registry_api::{KeyValue, LeaseId, ListOptions, Registry};
+use registry_api::{KeyValue, LeaseId, ListOptions, Registry, Revision};
 use registry_service::{
     Backoff, Discovery, DiscoveryEvent, DiscoveryEvents, DiscoveryOptions, Registration,
-    RegistrationOptions, ServiceInstance,
+    RegistrationOptions, RegistrationState, ServiceInstance,
 };
 use std::collections::HashMap;
 use std::future::Future;
@@ -220,6 +220,69 @@ impl<'b> ServiceCtx<'b> {
         tokio::time::timeout(bound, discovery.wait_synced())
             .await
             .map_err(|_| format!("the cache did not sync within {bound:?}"))
+    }
+
+    /// A synced cache on client `cache` with a subscriber, then instance `id` registered on
+    /// client `app` and seen by that subscriber as added, at once.
+    pub(crate) async fn registered_and_seen(
+        &self,
+        cache: &str,
+        app: &str,
+        id: &str,
+    ) -> Check<(Discovery, DiscoveryEvents, Registration)> {
+        let discovery = self.discover(&self.client(cache).await).await?;
+        let mut events = discovery.subscribe();
+        let instance = Self::instance(id);
+        let registration = self
+            .register(&self.client(app).await, instance.clone())
+            .await?;
+        let (added, took) = self
+            .next_event(&mut events, self.allowance(), "the new instance")
+            .await?;
+        if added != DiscoveryEvent::Added(instance) {
+            return Err(format!("the first event after registering {id}: {added:?}"));
+        }
+        if took > self.allowance() {
+            return Err(format!("{id} seen {took:?} after it was registered"));
+        }
+        Ok((discovery, events, registration))
+    }
+
+    /// Waits until `discovery` has applied every change up to `revision`.
+    pub(crate) async fn caught_up(&self, discovery: &Discovery, revision: Revision) -> Check {
+        self.eventually(self.allowance(), "the cache catching up", || async {
+            let at = discovery.revision();
+            if at >= revision {
+                Ok(())
+            } else {
+                Err(format!("at {at:?}, not yet {revision:?}"))
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Waits until a registration's state satisfies `done`, within `bound`, and returns it.
+    pub(crate) async fn state(
+        &self,
+        states: &mut tokio::sync::watch::Receiver<RegistrationState>,
+        bound: Duration,
+        what: &str,
+        done: impl FnMut(&RegistrationState) -> bool,
+    ) -> Check<RegistrationState> {
+        // As for events: what happens on the bound's own instant counts.
+        let wait = bound + Duration::from_millis(1);
+        let waited = tokio::time::timeout(wait, states.wait_for(done))
+            .await
+            .map(|r| r.map(|state| state.clone()));
+        match waited {
+            Ok(Ok(state)) => Ok(state),
+            Ok(Err(_)) => Err(format!("{what}: the registration task ended")),
+            Err(_) => Err(format!(
+                "{what}: not within {bound:?}; state: {:?}",
+                *states.borrow()
+            )),
+        }
     }
 
     /// The instances of the service in the store now, in id order, read through the operator

@@ -150,15 +150,7 @@ pub(crate) async fn watch_that_starts_compacted_re_lists_without_duplicates(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .ok_or("the compaction failed")?;
-    cx.eventually(cx.allowance(), "the cache past the compaction", || async {
-        ensure!(
-            discovery.revision() >= compacted,
-            "at {:?}",
-            discovery.revision()
-        );
-        Ok(())
-    })
-    .await?;
+    cx.caught_up(&discovery, compacted).await?;
     ensure_eq!(
         drain(&mut events),
         vec![
@@ -302,15 +294,7 @@ pub(crate) async fn malformed_values_are_skipped_counted_and_never_fatal(
     put("z", b"[]".to_vec()).await?;
     put("a/b", a.to_json()).await?;
     let last = put("a", a.to_json()).await?;
-    cx.eventually(cx.allowance(), "the cache past the puts", || async {
-        ensure!(
-            discovery.revision() >= last.revision,
-            "at {:?}",
-            discovery.revision()
-        );
-        Ok(())
-    })
-    .await?;
+    cx.caught_up(&discovery, last.revision).await?;
     ensure_eq!(
         drain(&mut events),
         vec![DiscoveryEvent::Added(a.clone())],
@@ -320,15 +304,7 @@ pub(crate) async fn malformed_values_are_skipped_counted_and_never_fatal(
 
     put("a", b"oops".to_vec()).await?;
     let last = put("a", a.to_json()).await?;
-    cx.eventually(cx.allowance(), "the cache past the puts", || async {
-        ensure!(
-            discovery.revision() >= last.revision,
-            "at {:?}",
-            discovery.revision()
-        );
-        Ok(())
-    })
-    .await?;
+    cx.caught_up(&discovery, last.revision).await?;
     ensure_eq!(
         drain(&mut events),
         vec![DiscoveryEvent::Removed(a.clone()), DiscoveryEvent::Added(a)],

@@ -12,12 +12,8 @@ use tokio::time::Instant;
 /// A registered instance is seen at once, and stays, on the same lease, for as long as its
 /// process lives: well past its TTL (a keep-alive that does not renew is caught here).
 pub(crate) async fn live_registration_is_seen_and_stays(cx: &mut ServiceCtx<'_>) -> Check {
-    let cache = cx.client("cache").await;
-    let app = cx.client("app").await;
-    let discovery = cx.discover(&cache).await?;
-    let mut events = discovery.subscribe();
+    let (discovery, mut events, registration) = cx.registered_and_seen("cache", "app", "a").await?;
     let a = ServiceCtx::instance("a");
-    let registration = cx.register(&app, a.clone()).await?;
     let lease = registration
         .lease()
         .ok_or("a started registration has no lease")?;
@@ -26,15 +22,6 @@ pub(crate) async fn live_registration_is_seen_and_stays(cx: &mut ServiceCtx<'_>)
         "state after start: {:?}",
         registration.state()
     );
-    let (event, took) = cx
-        .next_event(&mut events, cx.allowance(), "the new instance")
-        .await?;
-    ensure_eq!(
-        event,
-        DiscoveryEvent::Added(a.clone()),
-        "the cache's first event"
-    );
-    ensure!(took <= cx.allowance(), "seen {took:?} after registering");
     ensure_eq!(
         cx.truth().await?,
         vec![a.clone()],
@@ -65,16 +52,7 @@ pub(crate) async fn live_registration_is_seen_and_stays(cx: &mut ServiceCtx<'_>)
 pub(crate) async fn crashed_instance_expires_one_ttl_after_its_last_keep_alive(
     cx: &mut ServiceCtx<'_>,
 ) -> Check {
-    let cache = cx.client("cache").await;
-    let app = cx.client("app").await;
-    let discovery = cx.discover(&cache).await?;
-    let mut events = discovery.subscribe();
-    let a = ServiceCtx::instance("a");
-    let registration = cx.register(&app, a.clone()).await?;
-    let (added, _) = cx
-        .next_event(&mut events, cx.allowance(), "the new instance")
-        .await?;
-    ensure_eq!(added, DiscoveryEvent::Added(a.clone()), "the first event");
+    let (discovery, mut events, registration) = cx.registered_and_seen("cache", "app", "a").await?;
 
     // Die between two keep-alives (they go every TTL/3).
     cx.sleep(cx.ttl() * 5 / 6).await;
@@ -91,7 +69,7 @@ pub(crate) async fn crashed_instance_expires_one_ttl_after_its_last_keep_alive(
     let at = Instant::now();
     ensure_eq!(
         removed,
-        DiscoveryEvent::Removed(a),
+        DiscoveryEvent::Removed(ServiceCtx::instance("a")),
         "the event after the crash"
     );
     ensure!(
@@ -181,13 +159,13 @@ pub(crate) async fn deregistration_removes_the_instance_at_once(cx: &mut Service
     let b_lease = dropped.lease().ok_or("no lease")?;
     let mut state = dropped.subscribe();
     drop(dropped);
-    tokio::time::timeout(
-        cx.allowance().max(Duration::from_millis(1)),
-        state.wait_for(|s| *s == RegistrationState::Deregistered),
+    cx.state(
+        &mut state,
+        cx.allowance(),
+        "deregistered by the drop",
+        |s| *s == RegistrationState::Deregistered,
     )
-    .await
-    .map_err(|_| "dropping the handle did not deregister at once".to_owned())?
-    .map_err(|_| "the registration task ended without deregistering".to_owned())?;
+    .await?;
     ensure!(
         cx.stored("b").await?.is_none(),
         "the key outlived the dropped handle"
@@ -218,16 +196,8 @@ pub(crate) async fn deregistration_removes_the_instance_at_once(cx: &mut Service
 pub(crate) async fn revoked_lease_is_replaced_with_the_latest_metadata(
     cx: &mut ServiceCtx<'_>,
 ) -> Check {
-    let cache = cx.client("cache").await;
-    let app = cx.client("app").await;
-    let discovery = cx.discover(&cache).await?;
-    let mut events = discovery.subscribe();
+    let (discovery, mut events, registration) = cx.registered_and_seen("cache", "app", "a").await?;
     let a = ServiceCtx::instance("a");
-    let registration = cx.register(&app, a.clone()).await?;
-    let (added, _) = cx
-        .next_event(&mut events, cx.allowance(), "the add")
-        .await?;
-    ensure_eq!(added, DiscoveryEvent::Added(a.clone()), "the first event");
 
     let metadata = Metadata::default().with_version("2.0").with_weight(5);
     registration
@@ -301,16 +271,14 @@ pub(crate) async fn lease_expired_by_the_server_is_replaced_within_the_backoff_b
         "the key outlived its expired lease"
     );
     let bound = cx.ttl() / 3 + cx.backoff().max + cx.allowance();
-    let registered = tokio::time::timeout(
-        bound,
-        states.wait_for(
+    let registered = cx
+        .state(
+            &mut states,
+            bound,
+            "registered again after the expiry",
             |s| matches!(s, RegistrationState::Registered { lease, .. } if *lease != old),
-        ),
-    )
-    .await
-    .map_err(|_| format!("not registered again within {bound:?} of the expiry"))?
-    .map_err(|_| "the registration task ended".to_owned())?
-    .clone();
+        )
+        .await?;
     let RegistrationState::Registered { lease, revision } = registered else {
         return Err(format!("unexpected state {registered:?}"));
     };
@@ -469,19 +437,12 @@ pub(crate) async fn lease_is_declared_lost_one_ttl_after_the_last_good_keep_aliv
     let renewal = cx.last_renewal("app", lease).await?;
     let earliest = renewal.sent + cx.ttl() - cx.early();
     let latest = renewal.replied + cx.ttl() + cx.allowance();
-    let bound = latest.saturating_duration_since(Instant::now()) + Duration::from_millis(1);
-    tokio::time::timeout(
-        bound,
-        states.wait_for(|s| *s == RegistrationState::LeaseLost),
-    )
-    .await
-    .map_err(|_| {
-        format!(
-            "the lease was not declared lost within one TTL of the last keep-alive; state: {:?}",
-            registration.state()
-        )
-    })?
-    .map_err(|_| "the registration task ended".to_owned())?;
+    let bound = latest.saturating_duration_since(Instant::now());
+    let what = "the lease declared lost within one TTL of the last good keep-alive";
+    cx.state(&mut states, bound, what, |s| {
+        *s == RegistrationState::LeaseLost
+    })
+    .await?;
     let at = Instant::now();
     ensure!(
         at >= earliest,
