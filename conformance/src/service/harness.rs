@@ -49,12 +49,20 @@ pub fn run_scenario<B: ServiceBackend>(
         Time::Real => Some(REAL_TIME.lock().unwrap_or_else(|p| p.into_inner())),
         Time::Virtual => None,
     };
-    rt.block_on(async {
+    let started = std::time::Instant::now();
+    let result = rt.block_on(async {
         let mut cx = ServiceCtx::new(backend, name);
         let result = scenario(&mut cx).await;
         cx.cleanup().await;
         result.map_err(|m| Failure::new(*name, format!("service scenario: {m}")))
-    })
+    });
+    // What a real-time backend's run costs, scenario by scenario (shown with `--nocapture`).
+    println!(
+        "service scenario `{name}`: {} in {:?} of wall time",
+        if result.is_ok() { "passed" } else { "failed" },
+        started.elapsed()
+    );
+    result
 }
 
 /// What one generated test does: builds the backend, a runtime for its time, runs the scenario,
