@@ -111,8 +111,95 @@ macro_rules! __conformance_cases {
     };
 }
 
+/// Stamps one `#[test]` per service-layer scenario (registration, discovery, picking), each
+/// running that scenario on a fresh backend from `$backend` (a `fn() -> impl ServiceBackend`;
+/// write `async $backend` for an async constructor). Scenarios run on a paused current-thread
+/// runtime when the backend declares [`Time::Virtual`], on a normal one for [`Time::Real`].
+///
+/// ```
+/// # use registry_api::{LeaseId, Registry};
+/// # use registry_conformance::service::{Links, ServiceBackend, ServiceCapabilities};
+/// # use registry_memory::MemoryRegistry;
+/// # use std::sync::{Arc, OnceLock};
+/// # #[derive(Default)]
+/// # struct Sim { store: OnceLock<MemoryRegistry>, links: Links }
+/// # #[async_trait::async_trait]
+/// # impl ServiceBackend for Sim {
+/// #     async fn client(&self, name: &str) -> Arc<dyn Registry> {
+/// #         let store = self.store.get_or_init(MemoryRegistry::new).clone();
+/// #         self.links.wrap(name, Arc::new(store))
+/// #     }
+/// #     fn capabilities(&self) -> ServiceCapabilities { ServiceCapabilities::simulator() }
+/// #     async fn partition(&self, name: &str, cut: bool) { self.links.cut(name, cut) }
+/// #     async fn outage(&self, down: bool) {
+/// #         if let Some(s) = self.store.get() { s.set_unavailable(down) }
+/// #     }
+/// #     async fn expire_lease(&self, lease: LeaseId) {
+/// #         if let Some(s) = self.store.get() { let _ = s.expire_lease(lease); }
+/// #     }
+/// # }
+/// fn simulator() -> Sim {
+///     Sim::default()
+/// }
+/// registry_conformance::service_suite!(simulator);
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! service_suite {
+    (async $backend:expr) => {
+        $crate::__service_scenarios!(with_scenarios stamp (|| $backend()));
+    };
+    ($backend:expr) => {
+        $crate::service_suite!(async (|| async { $backend() }));
+    };
+}
+
+/// Implementation detail of [`service_suite!`]: the one list of scenario names, and what is
+/// done with it (stamp tests, or list the names for the suite's own check).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __service_scenarios {
+    (stamp ($make:expr); $($scenario:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $scenario() {
+                $crate::service::run_test(stringify!($scenario), $make);
+            }
+        )*
+    };
+    (names (); $($scenario:ident),* $(,)?) => {
+        [$(stringify!($scenario)),*]
+    };
+    (with_scenarios $mode:ident $arg:tt) => {
+        $crate::__service_scenarios! {
+            $mode $arg;
+            live_registration_is_seen_and_stays,
+            crashed_instance_expires_one_ttl_after_its_last_keep_alive,
+            deregistration_removes_the_instance_at_once,
+            revoked_lease_is_replaced_with_the_latest_metadata,
+            lease_expired_by_the_server_is_replaced_within_the_backoff_bound,
+            deleted_or_overwritten_key_is_put_back_on_the_same_lease,
+            bad_input_fails_typed_and_writes_nothing,
+            lease_is_declared_lost_one_ttl_after_the_last_good_keep_alive,
+            cache_resyncs_by_diff_after_a_partition_and_a_compaction,
+            watch_that_starts_compacted_re_lists_without_duplicates,
+            outage_longer_than_the_ttl_heals_by_itself,
+            malformed_values_are_skipped_counted_and_never_fatal,
+            handles_of_one_service_share_one_watch,
+            cache_is_synced_only_once_its_watch_is_up,
+            picker_follows_the_cache,
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_service_macro_stamps_every_scenario() {
+        let stamped: Vec<&str> = __service_scenarios!(with_scenarios names ()).to_vec();
+        assert_eq!(stamped, crate::service::scenario_names());
+    }
+
     #[test]
     fn the_macro_stamps_every_case() {
         let stamped: Vec<&str> = __conformance_cases!(with_cases names ()).to_vec();

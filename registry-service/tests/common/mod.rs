@@ -4,14 +4,13 @@
 #![allow(dead_code, unreachable_pub)]
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
 use futures::StreamExt;
 use registry_api::{
     DeleteResponse, Error, GetResponse, LeaseGrant, LeaseId, LeaseTimeToLive, ListOptions,
     ListResponse, PutOptions, PutResponse, Registry, Result, Revision, WatchOptions, WatchStream,
 };
 use registry_service::{DiscoveryEvent, DiscoveryEvents, ServiceInstance};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -20,7 +19,6 @@ use tokio::sync::watch;
 pub struct Partitioned {
     inner: Arc<dyn Registry>,
     connected: watch::Sender<bool>,
-    before_next_watch: Mutex<Option<BoxFuture<'static, ()>>>,
 }
 
 impl std::fmt::Debug for Partitioned {
@@ -37,7 +35,6 @@ impl Partitioned {
         Arc::new(Partitioned {
             inner,
             connected: watch::channel(true).0,
-            before_next_watch: Mutex::new(None),
         })
     }
 
@@ -49,12 +46,6 @@ impl Partitioned {
     /// Reconnects the client.
     pub fn restore(&self) {
         self.connected.send_replace(true);
-    }
-
-    /// Runs `action` on the server just before the next watch call reaches it, e.g. to write
-    /// and compact between a cache's list and its watch.
-    pub fn before_next_watch(&self, action: BoxFuture<'static, ()>) {
-        *self.before_next_watch.lock().unwrap() = Some(action);
     }
 
     fn check(&self) -> Result<()> {
@@ -114,10 +105,6 @@ impl Registry for Partitioned {
     }
     async fn watch(&self, prefix: &[u8], opts: WatchOptions) -> Result<WatchStream> {
         self.check()?;
-        let action = self.before_next_watch.lock().unwrap().take();
-        if let Some(action) = action {
-            action.await;
-        }
         let inner = self.inner.watch(prefix, opts).await?;
         let mut connected = self.connected.subscribe();
         let cut = async move {
