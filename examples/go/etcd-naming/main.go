@@ -4,7 +4,7 @@
 //
 //	etcd-naming [--etcd 127.0.0.1:2379] list <target>
 //	etcd-naming [--etcd ...] watch <target> [--for 10s]
-//	etcd-naming [--etcd ...] call <target> [--policy pick_first|round_robin] [--n 100] [--interval 50ms] [--timeout 2s]
+//	etcd-naming [--etcd ...] call <target> [--policy pick_first|round_robin] [--n 100] [--interval 50ms] [--timeout 2s] [--authority host]
 //	etcd-naming [--etcd ...] register <target> [--listen 127.0.0.1:0] [--id go-node] [--ttl 5] [--metadata JSON]
 //
 // Every line it prints on stdout is one event, words separated by spaces, so a test can read it:
@@ -145,6 +145,7 @@ func call(client *clientv3.Client, target string, args []string) {
 	n := fs.Int("n", 100, "how many calls")
 	interval := fs.Duration("interval", 50*time.Millisecond, "pause between calls")
 	timeout := fs.Duration("timeout", 2*time.Second, "deadline of each call")
+	authority := fs.String("authority", "", "the :authority to send (grpc-go sends the target's path by default)")
 	fs.Parse(args)
 
 	builder, err := resolver.NewBuilder(client)
@@ -162,6 +163,9 @@ func call(client *clientv3.Client, target string, args []string) {
 			grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`))
 	default:
 		fail("unknown policy %q", *policy)
+	}
+	if *authority != "" {
+		options = append(options, grpc.WithAuthority(*authority))
 	}
 	conn, err := grpc.NewClient("etcd:///"+target, options...)
 	if err != nil {
