@@ -31,7 +31,8 @@
 //! (service: the target's last segment; id: the key's last segment, which is the address under
 //! the standard layout; address: `Addr`; metadata: from `Metadata`, see [`metadata_from_go`]),
 //! and [`GoTarget::instance_id`] names the instance a key (also a deleted one) stands for, so a
-//! discovery cache can apply watch events. [`list`] reads a whole target once.
+//! discovery cache can apply watch events; [`GoTarget::parse`] says why a value was skipped.
+//! [`list`] reads a whole target once.
 
 use registry_api::service::instance::{validate_instance_id, validate_service};
 use registry_api::service::{Metadata, Registration, RegistrationState, ServiceInstance};
@@ -68,6 +69,13 @@ pub struct GoEndpoint {
 impl GoEndpoint {
     /// The endpoint Go's `AddEndpoint` writes for `Endpoint{Addr: addr}`: `Op` 0, `Metadata`
     /// null.
+    ///
+    /// ```
+    /// use registry_examples::go_naming::GoEndpoint;
+    ///
+    /// let json = GoEndpoint::new("127.0.0.1:50051").to_json();
+    /// assert_eq!(json, br#"{"Op":0,"Addr":"127.0.0.1:50051","Metadata":null}"#);
+    /// ```
     pub fn new(addr: impl Into<String>) -> Self {
         GoEndpoint {
             op: GO_OP_ADD,
@@ -145,6 +153,21 @@ impl FromStr for GoMetadata {
 }
 
 /// A Go naming target, e.g. `hello` or `prod/hello`: endpoints live at `<target>/<addr>`.
+///
+/// ```
+/// use registry_examples::go_naming::GoTarget;
+///
+/// let target = GoTarget::new("hello")?;
+/// let value = br#"{"Op":0,"Addr":"10.0.0.1:80","Metadata":{"zone":"eu-1"}}"#;
+/// let instance = target.decode(b"hello/10.0.0.1:80", value).expect("an endpoint");
+/// assert_eq!((instance.service.as_str(), instance.id.as_str()), ("hello", "10.0.0.1:80"));
+/// assert_eq!(instance.address, "10.0.0.1:80");
+/// assert_eq!(instance.metadata.zone.as_deref(), Some("eu-1"));
+/// // A deleted key has no value; its id is enough to drop the instance.
+/// assert_eq!(target.instance_id(b"hello/10.0.0.1:80"), Some("10.0.0.1:80"));
+/// assert!(target.decode(b"hello/10.0.0.2:80", b"not json").is_none());
+/// # Ok::<(), registry_api::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct GoTarget {
     target: String,
@@ -203,17 +226,52 @@ impl GoTarget {
     /// this target or the value is not an endpoint (not JSON, not an object, `Addr` missing,
     /// empty or not a string). Go's readers skip such values too.
     pub fn decode(&self, key: &[u8], value: &[u8]) -> Option<ServiceInstance> {
-        let id = self.instance_id(key)?;
-        let endpoint: GoEndpoint = serde_json::from_slice(value).ok()?;
+        self.parse(key, value).ok()
+    }
+
+    /// [`decode`](Self::decode), saying why a key-value is not an instance, for a reader that
+    /// counts or logs what it skips.
+    pub fn parse(
+        &self,
+        key: &[u8],
+        value: &[u8],
+    ) -> std::result::Result<ServiceInstance, NotAnEndpoint> {
+        let id = self.instance_id(key).ok_or(NotAnEndpoint::Key)?;
+        let endpoint: GoEndpoint =
+            serde_json::from_slice(value).map_err(|e| NotAnEndpoint::Value(e.to_string()))?;
         if endpoint.addr.is_empty() {
-            return None;
+            return Err(NotAnEndpoint::EmptyAddr);
         }
-        Some(
+        Ok(
             ServiceInstance::new(self.service.clone(), id, endpoint.addr)
                 .with_metadata(metadata_from_go(&endpoint.metadata)),
         )
     }
 }
+
+/// Why a key-value under a Go naming target is not an instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NotAnEndpoint {
+    /// The key is not `<target>/<id>` with a valid id (deeper keys belong to other targets).
+    Key,
+    /// The value is not Go's endpoint JSON; the parser's message.
+    Value(String),
+    /// `Addr` is empty: nothing to dial.
+    EmptyAddr,
+}
+
+impl fmt::Display for NotAnEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotAnEndpoint::Key => f.write_str("the key is not <target>/<id>"),
+            NotAnEndpoint::Value(why) => write!(f, "the value is not a Go endpoint: {why}"),
+            NotAnEndpoint::EmptyAddr => f.write_str("the endpoint's Addr is empty"),
+        }
+    }
+}
+
+impl std::error::Error for NotAnEndpoint {}
 
 /// Instance metadata from a Go endpoint's `Metadata`:
 ///

@@ -37,7 +37,9 @@ const GO_BIN_ENV: &str = "REGISTRY_GO_NAMING_BIN";
 const TTL_SECS: u64 = 2;
 /// The longest a child may take to print an expected line.
 const LINE_TIMEOUT: Duration = Duration::from_secs(20);
-/// The longest a Go `call` run may take in all (its calls take about 10 s).
+/// How many calls each Go client makes, 40 ms apart.
+const CALLS: u32 = 300;
+/// The longest a Go `call` run may take in all (its calls take about 12 s).
 const RUN_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// The Go program, built once per test process.
@@ -362,9 +364,10 @@ async fn go_clients_on_pick_first_and_round_robin_follow_a_kill_and_a_join() {
         .collect();
     assert_eq!(initial, expected);
 
-    // 250 calls 40 ms apart: about 10 s, across the kill, the removal and the join.
-    let mut pick_first = setup.go_call("pick_first", 250);
-    let round_robin = collect(setup.go_call("round_robin", 250), Vec::new());
+    // 300 calls 40 ms apart: about 12 s, across the kill (after ~1 s), the removal (~3 s
+    // later) and the join.
+    let mut pick_first = setup.go_call("pick_first", CALLS);
+    let round_robin = collect(setup.go_call("round_robin", CALLS), Vec::new());
 
     // pick_first sticks to one node: crash that one.
     let (victim, read) = first_node(&mut pick_first).await;
@@ -417,7 +420,11 @@ async fn go_clients_on_pick_first_and_round_robin_follow_a_kill_and_a_join() {
             run.stderr
         );
         assert!(run.ok, "the Go {policy} client failed:\n{}", run.stderr);
-        assert_eq!(run.calls.len(), 250, "{policy}: every call reported");
+        assert_eq!(
+            run.calls.len(),
+            CALLS as usize,
+            "{policy}: every call reported"
+        );
         let after: Vec<&Call> = run.calls.iter().filter(|c| c.at_ms > removed_ms).collect();
         assert!(
             after.len() >= 20,
@@ -467,7 +474,7 @@ async fn object_metadata_crashes_a_go_pick_first_client_at_the_first_removal() {
         .iter()
         .all(|(_, _, md)| md.contains(r#""zone":"z1""#)));
 
-    let mut pick_first = setup.go_call("pick_first", 250);
+    let mut pick_first = setup.go_call("pick_first", CALLS);
     let (victim, read) = first_node(&mut pick_first).await;
     match victim.as_str() {
         "a" => a.kill().await,
