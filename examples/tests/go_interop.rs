@@ -459,7 +459,7 @@ async fn go_clients_on_pick_first_and_round_robin_follow_a_kill_and_a_join() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn object_metadata_crashes_a_go_pick_first_client_at_the_first_removal() {
+async fn object_metadata_crashes_a_go_pick_first_client_at_the_first_removal_not_round_robin() {
     // The old default, kept as an opt-in: this proves the trap exists in the grpc-go of this
     // test, and that the assertions above would catch it.
     let setup = Setup::new().await;
@@ -475,6 +475,7 @@ async fn object_metadata_crashes_a_go_pick_first_client_at_the_first_removal() {
         .all(|(_, _, md)| md.contains(r#""zone":"z1""#)));
 
     let mut pick_first = setup.go_call("pick_first", CALLS);
+    let round_robin = collect(setup.go_call("round_robin", CALLS), Vec::new());
     let (victim, read) = first_node(&mut pick_first).await;
     match victim.as_str() {
         "a" => a.kill().await,
@@ -490,6 +491,20 @@ async fn object_metadata_crashes_a_go_pick_first_client_at_the_first_removal() {
         run.stderr
     );
     assert!(run.summary.is_none(), "it died before the end of its calls");
+    let died_ms = run.calls.last().map_or(0, |c| c.at_ms);
+    eprintln!(
+        "object metadata: pick_first panicked after {} of {CALLS} calls",
+        run.calls.len()
+    );
+
+    // round_robin never compares metadata: it lives through the same removal.
+    let rr = round_robin.await.expect("the collector");
+    assert!(rr.ok && !rr.stderr.contains("panic"), "{}", rr.stderr);
+    assert_eq!(rr.calls.len(), CALLS as usize);
+    assert!(
+        rr.calls.iter().filter(|c| c.at_ms > died_ms + 1000).count() > 20,
+        "round_robin kept calling after pick_first died"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
