@@ -47,11 +47,18 @@ fetch() {
   rm -rf "$apt" "$debs" "$sysroot"
   mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$debs" "$sysroot"
   echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror trixie main" > "$apt/sources.list"
+  # Only the package index: no translations, no AppStream metadata the host may be set up for.
   local opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
-              -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o "Debug::NoLocking=1")
+              -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o "Debug::NoLocking=1"
+              -o "Acquire::Languages=none"
+              -o "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"
+              -o "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false"
+              -o "Acquire::IndexTargets::deb::DEP-11-icons-hidpi::DefaultEnabled=false")
   started=$SECONDS
   echo "install-go: fetching ${#packages[@]} packages from Debian trixie" >&2
-  apt-get "${opts[@]}" update -qq >/dev/null
+  local index
+  index=$(apt-get "${opts[@]}" update 2>&1 | awk '/^Fetched/{print $2, $3}')
+  echo "install-go: trixie's package index: ${index:-already current}" >&2
   (cd "$debs" && apt-get "${opts[@]}" download "${packages[@]}" >/dev/null 2>"$dir/download.log") || {
     cat "$dir/download.log" >&2
     return 1

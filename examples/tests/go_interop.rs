@@ -11,7 +11,7 @@
 //!   is answered by the Go server.
 //!
 //! Each test starts its own etcd on 127.0.0.1. The Go binary: `$REGISTRY_GO_NAMING_BIN` when set (`scripts/test.sh` builds it first), else
-//! this test runs `scripts/install-go.sh` itself (about 65 MB of packages and a minute, once).
+//! this test runs `scripts/install-go.sh` itself (about 75 MB and a minute or more, once).
 //! It never skips: if Go cannot be installed, the tests fail and say why.
 
 use registry_api::service::Metadata;
@@ -89,6 +89,10 @@ struct Setup {
 
 impl Setup {
     async fn new() -> Setup {
+        // Build the Go program first (once, maybe minutes), off the async workers.
+        tokio::task::spawn_blocking(go_bin)
+            .await
+            .expect("the Go build task");
         let etcd = tokio::task::spawn_blocking(EtcdServer::start)
             .await
             .expect("the etcd start task")
