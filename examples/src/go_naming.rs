@@ -32,7 +32,8 @@
 //! the standard layout; address: `Addr`; metadata: from `Metadata`, see [`metadata_from_go`]),
 //! and [`GoTarget::instance_id`] names the instance a key (also a deleted one) stands for, so a
 //! discovery cache can apply watch events; [`GoTarget::parse`] says why a value was skipped.
-//! [`list`] reads a whole target once.
+//! [`list`] reads a whole target once, and [`merge`] makes one list of a mixed fleet, where Rust
+//! nodes publishing in both layouts appear once.
 
 use registry_api::service::instance::{validate_instance_id, validate_service};
 use registry_api::service::{Metadata, Registration, RegistrationState, ServiceInstance};
@@ -332,6 +333,22 @@ pub async fn list(registry: &dyn Registry, target: &GoTarget) -> Result<Vec<Serv
         .collect())
 }
 
+/// One list of a mixed fleet: `ours` (our own layout) and `go` (read with a [`GoTarget`]), in
+/// that order, each Go instance dropped when an instance of ours has its address. A Rust node
+/// that publishes with [`publish`] is in both layouts; its own entry, with the full metadata and
+/// its real id, is the one kept.
+pub fn merge(ours: &[ServiceInstance], go: &[ServiceInstance]) -> Vec<ServiceInstance> {
+    let addresses: std::collections::HashSet<&str> =
+        ours.iter().map(|i| i.address.as_str()).collect();
+    ours.iter()
+        .chain(
+            go.iter()
+                .filter(|i| !addresses.contains(i.address.as_str())),
+        )
+        .cloned()
+        .collect()
+}
+
 /// The key Go's endpoints manager uses: `<target>/<addr>`. The target must be non-empty and
 /// must not end with `/`; the address must be non-empty.
 pub fn endpoint_key(target: &str, addr: &str) -> Result<String> {
@@ -559,6 +576,26 @@ mod tests {
             Some("10.0.0.1:80")
         );
         assert_eq!(target.instance_id(b"hello/a/b"), None);
+    }
+
+    #[test]
+    fn a_mixed_fleet_is_one_list_with_rust_nodes_once() {
+        let ours = [
+            ServiceInstance::new("hello", "a", "127.0.0.1:1")
+                .with_metadata(Metadata::default().with_zone("z")),
+            ServiceInstance::new("hello", "b", "127.0.0.1:2"),
+        ];
+        let go = [
+            // Rust node a, published in Go's layout too.
+            ServiceInstance::new("hello", "127.0.0.1:1", "127.0.0.1:1"),
+            ServiceInstance::new("hello", "127.0.0.1:9", "127.0.0.1:9"),
+        ];
+        let merged = merge(&ours, &go);
+        let ids: Vec<&str> = merged.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "127.0.0.1:9"]);
+        assert_eq!(merged[0], ours[0], "our entry, with its metadata, wins");
+        assert_eq!(merge(&[], &go), go);
+        assert_eq!(merge(&ours, &[]), ours);
     }
 
     #[tokio::test(start_paused = true)]

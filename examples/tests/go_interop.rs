@@ -14,8 +14,8 @@
 //! this test runs `scripts/install-go.sh` itself (about 75 MB and a minute or more, once).
 //! It never skips: if Go cannot be installed, the tests fail and say why.
 
-use registry_api::service::Metadata;
-use registry_api::Registry;
+use registry_api::service::{Metadata, ServiceInstance};
+use registry_api::{ListOptions, Registry};
 use registry_etcd::testing::EtcdServer;
 use registry_etcd::EtcdRegistry;
 use registry_examples::gateway::endpoint;
@@ -588,6 +588,24 @@ async fn rust_reads_go_registered_nodes_beside_its_own_and_calls_them() {
             .with_zone("go-zone")
             .with_version("1.4.0")
             .with_label("team", "payments")
+    );
+
+    // With our own layout, one list: the Rust node once, under its own id.
+    let ours = registry
+        .list(b"services/hello/", ListOptions::default())
+        .await
+        .expect("lists")
+        .kvs
+        .iter()
+        .map(|kv| ServiceInstance::from_json(&kv.value).expect("ours"))
+        .collect::<Vec<_>>();
+    let fleet: BTreeSet<String> = go_naming::merge(&ours, &instances)
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(
+        fleet,
+        BTreeSet::from([addr_go1.clone(), addr_go2.clone(), "r".to_owned()])
     );
 
     // A Rust gRPC client dialing each discovered address is answered by that node.
