@@ -9,6 +9,7 @@ cd "$root"
 etcd_dir="$(bash scripts/install-deps.sh)"
 export ETCD_BIN="$etcd_dir/etcd"
 export PATH="$etcd_dir:$PATH"
+REGISTRY_GO_NAMING_BIN="$(bash scripts/install-go.sh)"; export REGISTRY_GO_NAMING_BIN # the Go interop client: ~75 MB and a minute or more, once
 
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   rustup component add rustfmt clippy

@@ -10,7 +10,7 @@
 use clap::Parser;
 use registry_examples::backend::BackendArgs;
 use registry_examples::cli::{self, parse_meta_pair};
-use registry_examples::go_naming::{self, GoEndpoint};
+use registry_examples::go_naming::{self, GoEndpoint, GoMetadata};
 use registry_examples::hello::{self, HelloNode};
 use registry_examples::BoxError;
 use registry_service::{Registration, RegistrationOptions, ServiceInstance};
@@ -45,9 +45,16 @@ struct Args {
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta_pair)]
     meta: Vec<(String, String)>,
     /// Also publish this node in etcd's Go naming layout under this target (key
-    /// `<target>/<addr>`, value `{"Addr":..,"Metadata":..}`), for Go gRPC clients.
+    /// `<target>/<addr>`, value `{"Op":0,"Addr":..,"Metadata":null}`, what Go's
+    /// `endpoints.Manager` writes), for Go gRPC clients on the `etcd:///<target>` resolver.
     #[arg(long, value_name = "TARGET")]
     go_target: Option<String>,
+    /// What `Metadata` carries in the Go layout: `none` (null, safe with every grpc-go
+    /// balancer), `string` (this node's metadata as a JSON string, also safe) or `object` (as a
+    /// JSON object: crashes Go clients on grpc-go's default pick_first balancer at the first
+    /// resolver update; only for fleets whose Go clients all use round_robin).
+    #[arg(long, value_name = "MODE", default_value_t = GoMetadata::None, requires = "go_target")]
+    go_metadata: GoMetadata,
     /// How long to keep trying to register before giving up at start.
     #[arg(long, default_value_t = 30)]
     register_timeout: u64,
@@ -102,10 +109,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
     );
     let _go_naming = match &args.go_target {
         Some(target) => {
-            let endpoint = GoEndpoint {
-                addr: address.clone(),
-                metadata: serde_json::to_value(&metadata)?,
-            };
+            let endpoint =
+                GoEndpoint::new(address.clone()).with_metadata(&metadata, args.go_metadata);
             let (key, task) =
                 go_naming::publish(backend.registry.clone(), &registration, target, endpoint)
                     .await?;
