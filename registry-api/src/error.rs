@@ -110,7 +110,10 @@ pub enum InvalidArgument {
     /// Keys must not be empty.
     #[error("key is empty")]
     EmptyKey,
-    /// TTLs are whole seconds above zero.
+    /// A TTL that had to be above zero was not. No backend's
+    /// [`lease_grant`](crate::Registry::lease_grant) produces it (a grant of zero or below is
+    /// raised to the minimum, as etcd does); layers above the contract use it for TTLs they
+    /// require to be positive, such as a registration's lease TTL.
     #[error("TTL {0} is not positive")]
     TtlNotPositive(i64),
     /// The TTL exceeds the backend's maximum.

@@ -9,7 +9,7 @@ mod common;
 
 use common::{next_batch, registry, stays_quiet};
 use futures::future::join_all;
-use registry_api::limits::{DEFAULT_MAX_VALUE_BYTES, MAX_LEASE_TTL};
+use registry_api::limits::{DEFAULT_MAX_VALUE_BYTES, DEFAULT_MIN_LEASE_TTL, MAX_LEASE_TTL};
 use registry_api::{
     Error, EventKind, InvalidArgument, LeaseId, ListOptions, PutOptions, Registry, Revision,
     WatchOptions,
@@ -177,12 +177,6 @@ async fn bad_input_is_refused_before_anything_is_sent() {
     ));
     assert!(r.get(b"k").await.unwrap().kv.is_none());
 
-    for ttl in [0, -5] {
-        assert!(matches!(
-            r.lease_grant(ttl, None).await,
-            Err(Error::InvalidArgument(InvalidArgument::TtlNotPositive(t))) if t == ttl
-        ));
-    }
     assert!(matches!(
         r.lease_grant(MAX_LEASE_TTL + 1, None).await,
         Err(Error::InvalidArgument(InvalidArgument::TtlTooLarge { .. }))
@@ -531,4 +525,21 @@ async fn a_progress_request_is_answered_at_the_current_revision() {
     let batch = next_batch(&mut watch).await;
     assert_eq!(batch.revision, put.revision);
     assert_eq!(batch.events.len(), 1);
+}
+
+#[tokio::test]
+async fn ttls_of_zero_and_below_reach_etcd_and_are_granted_its_minimum() {
+    let r = registry("ttl-minimum").await;
+    for ttl in [0, -5, 1, i64::MIN] {
+        let grant = r.lease_grant(ttl, None).await.unwrap();
+        let left = r.lease_time_to_live(grant.id).await.unwrap();
+        println!(
+            "etcd grants TTL {ttl} as {} (time-to-live {} of {})",
+            grant.ttl, left.ttl, left.granted_ttl
+        );
+        assert_eq!(grant.ttl, DEFAULT_MIN_LEASE_TTL, "granted for {ttl}");
+        assert_eq!(left.granted_ttl, DEFAULT_MIN_LEASE_TTL);
+        assert!((0..=DEFAULT_MIN_LEASE_TTL).contains(&left.ttl), "{left:?}");
+        r.lease_revoke(grant.id).await.unwrap();
+    }
 }

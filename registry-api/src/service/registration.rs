@@ -19,7 +19,7 @@ mod worker;
 use super::backoff::Backoff;
 use super::instance::{KeyLayout, Metadata, ServiceInstance, DEFAULT_NAMESPACE};
 use super::rng::{seed_for, SplitMix64};
-use crate::limits::{check_put, check_ttl, DEFAULT_MAX_VALUE_BYTES, MAX_LEASE_TTL};
+use crate::limits::{check_put, check_ttl_max, DEFAULT_MAX_VALUE_BYTES, MAX_LEASE_TTL};
 use crate::{Error, InvalidArgument, LeaseId, Registry, Result, Revision};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -119,7 +119,11 @@ impl RegistrationOptions {
             secs = secs.saturating_add(1);
         }
         let secs = i64::try_from(secs).unwrap_or(i64::MAX);
-        check_ttl(secs, MAX_LEASE_TTL)?;
+        // The backend would raise a zero TTL to its minimum; a registration asks for one.
+        if secs == 0 {
+            return Err(crate::InvalidArgument::TtlNotPositive(0).into());
+        }
+        check_ttl_max(secs, MAX_LEASE_TTL)?;
         Ok(secs)
     }
 }
