@@ -29,7 +29,10 @@ pub fn check_put(key: &[u8], value: &[u8], limit: usize) -> Result<()> {
     check_key(key)?;
     let size = key.len().saturating_add(value.len());
     if size > limit {
-        return Err(Error::TooLarge { size, limit });
+        return Err(Error::TooLarge {
+            size: Some(size),
+            limit: Some(limit),
+        });
     }
     Ok(())
 }
@@ -106,8 +109,8 @@ mod tests {
         assert!(matches!(
             check_put(b"k", &[0; 10], 10),
             Err(Error::TooLarge {
-                size: 11,
-                limit: 10
+                size: Some(11),
+                limit: Some(10)
             })
         ));
         assert!(check_put(b"k", &[0; 9], 10).is_ok());

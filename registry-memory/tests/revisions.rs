@@ -302,8 +302,8 @@ async fn bad_input_fails_typed_and_writes_nothing() {
     assert!(matches!(
         r.put(b"k", &[0; 10], PutOptions::default()).await,
         Err(Error::TooLarge {
-            size: 11,
-            limit: 10
+            size: Some(11),
+            limit: Some(10)
         })
     ));
     assert!(r.put(b"k", &[0; 9], PutOptions::default()).await.is_ok());

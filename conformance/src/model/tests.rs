@@ -144,7 +144,10 @@ fn bad_input_is_rejected() {
     ));
     assert!(matches!(
         m.put(b"k", &[0; 100], None, false),
-        Err(Error::TooLarge { size: 101, .. })
+        Err(Error::TooLarge {
+            size: Some(101),
+            ..
+        })
     ));
     assert!(matches!(
         m.lease_grant(limits::MAX_LEASE_TTL + 1, LeaseId(1)),
