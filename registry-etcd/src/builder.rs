@@ -176,10 +176,21 @@ impl EtcdRegistryBuilder {
     /// [`Error::Unavailable`] when no endpoint answers within the connect timeout, and
     /// [`Error::Backend`] with an [`AuthError`](crate::AuthError) source when the credentials
     /// are refused.
+    ///
+    /// The backend needs real time: every timeout it sets sleeps on tokio's clock, and on a
+    /// paused clock (`#[tokio::test(start_paused = true)]`, `tokio::time::pause()`) they would
+    /// all fire at once. So `connect` on a paused clock fails at once with
+    /// [`Error::NotSupported`] naming tokio's paused clock (nothing is sent), and a call whose
+    /// timeout fired because the clock was paused after connecting fails with the same error
+    /// instead of `Unavailable` ("Timeout expired"). Tests on virtual time use
+    /// `registry-memory`.
     pub async fn connect(self) -> Result<EtcdRegistry> {
         let span = tracing::info_span!("etcd.connect", endpoints = ?self.endpoints);
         async move {
             self.validate()?;
+            if crate::clock::is_paused() {
+                return Err(crate::clock::paused());
+            }
             let options = self.connect_options();
             let wait = self.connect_timeout + self.request_timeout;
             let client =

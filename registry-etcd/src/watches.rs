@@ -166,7 +166,8 @@ struct ProgressRequester {
 impl ProgressRequester {
     async fn request(self) -> Result<()> {
         let span = tracing::debug_span!(parent: &self.span, "etcd.watch.request_progress");
-        async move {
+        let watch = crate::clock::Stopwatch::start();
+        let sent = async move {
             // The request channel is bounded (etcd-client's, 100 requests): a full one waits,
             // at most the request timeout.
             let send = async { self.sender.lock().await.request_progress().await };
@@ -183,7 +184,8 @@ impl ProgressRequester {
             }
         }
         .instrument(span)
-        .await
+        .await;
+        watch.check(sent)
     }
 }
 
@@ -231,6 +233,7 @@ impl WatchState {
             if self.done {
                 return None;
             }
+            let watch = crate::clock::Stopwatch::start();
             let message = self.stream.message().await;
             let _entered = self.span.clone().entered();
             match message {
@@ -243,10 +246,8 @@ impl WatchState {
                 Ok(None) => {
                     self.done = true;
                     tracing::debug!("watch stream ended");
-                    return Some((
-                        Err(Error::unavailable("etcd closed the watch stream")),
-                        self,
-                    ));
+                    let err = Error::unavailable("etcd closed the watch stream");
+                    return Some((Err(watch.explain(err)), self));
                 }
                 Err(e) => {
                     self.done = true;
@@ -255,6 +256,8 @@ impl WatchState {
                         Error::Backend { source } => Error::Unavailable { source },
                         other => other,
                     };
+                    // A ping that timed out on a paused clock.
+                    let err = watch.explain(err);
                     tracing::debug!(error = %err, "watch failed");
                     return Some((Err(err), self));
                 }
