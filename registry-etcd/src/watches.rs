@@ -275,21 +275,24 @@ impl WatchState {
         }
         let events = resp.events();
         if events.is_empty() {
-            // A progress notification, asked for with `progress_notify` or answering a progress
-            // request (then with watch id -1, as it is not addressed to one watch): everything up
-            // to the header revision was delivered.
-            let revision = Revision(resp.header().map(|h| h.revision()).unwrap_or_default());
-            if revision.0 > 0 && revision >= self.delivered {
-                self.pending.push_back(WatchBatch {
-                    revision,
-                    events: Vec::new(),
-                });
-            }
+            self.pending.extend(progress(&resp, self.delivered));
             return None;
         }
         self.pending.extend(batches(&self.namespace, events));
         None
     }
+}
+
+/// A response with no events, neither created nor cancelled, is a progress notification, asked
+/// for with `progress_notify` or answering a progress request (then with watch id -1 in etcd
+/// 3.5, as it is addressed to no one watch): everything up to the header revision was
+/// delivered. `None` when it says nothing new (no header, or below what was delivered).
+fn progress(resp: &WatchResponse, delivered: Revision) -> Option<WatchBatch> {
+    let revision = Revision(resp.header().map(|h| h.revision()).unwrap_or_default());
+    (revision.0 > 0 && revision >= delivered).then(|| WatchBatch {
+        revision,
+        events: Vec::new(),
+    })
 }
 
 /// Cuts one response's events into one batch per revision, in order. etcd puts all events of a
@@ -395,6 +398,32 @@ mod tests {
         assert_eq!(delete.kind, EventKind::Delete);
         assert!(delete.kv.value.is_empty());
         assert_eq!(delete.kv.mod_revision, Revision(7));
+    }
+
+    #[test]
+    fn a_progress_answer_of_watch_id_minus_one_is_an_empty_batch_at_its_header_revision() {
+        let answer = |revision: i64| {
+            WatchResponse(etcd_client::proto::PbWatchResponse {
+                header: Some(etcd_client::proto::PbResponseHeader {
+                    revision,
+                    ..Default::default()
+                }),
+                watch_id: -1,
+                ..Default::default()
+            })
+        };
+        assert_eq!(
+            progress(&answer(42), Revision(40)),
+            Some(WatchBatch {
+                revision: Revision(42),
+                events: Vec::new()
+            })
+        );
+        // Already reported: answered again, a request waits for an answer, not for news.
+        assert!(progress(&answer(42), Revision(42)).is_some());
+        // Never backwards, never at revision 0.
+        assert_eq!(progress(&answer(41), Revision(42)), None);
+        assert_eq!(progress(&answer(0), Revision(0)), None);
     }
 
     #[test]
