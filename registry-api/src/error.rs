@@ -40,13 +40,17 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(#[from] InvalidArgument),
 
-    /// The request exceeds the backend's size limit; nothing was written.
-    #[error("request too large: {size} bytes, limit {limit}")]
+    /// The request exceeds a size limit, the backend's own or the server's; nothing was written.
+    /// Each figure is `None` when the side that refused did not say it, never a made-up 0.
+    #[error("request too large: {} bytes, limit {}", Shown(size), Shown(limit))]
     TooLarge {
-        /// The size of the request, key and value.
-        size: usize,
-        /// The largest size accepted.
-        limit: usize,
+        /// The size of the request as the refusing side measured it: key plus value for the
+        /// contract's own check ([`limits::check_put`](crate::limits::check_put)) and for a
+        /// server that gives no figure, the whole encoded message for a gRPC message limit.
+        size: Option<usize>,
+        /// The largest size accepted, in the same measure as `size`; `None` when the server
+        /// refused without saying (etcd's `--max-request-bytes` check).
+        limit: Option<usize>,
     },
 
     /// The backend cannot be reached right now (connection refused, timed out, server down or
@@ -103,6 +107,18 @@ impl Error {
     }
 }
 
+/// Shows a figure that may be unknown.
+struct Shown<'a>(&'a Option<usize>);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n}"),
+            None => f.write_str("unknown"),
+        }
+    }
+}
+
 /// Why a request was rejected before it reached the store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -110,7 +126,10 @@ pub enum InvalidArgument {
     /// Keys must not be empty.
     #[error("key is empty")]
     EmptyKey,
-    /// TTLs are whole seconds above zero.
+    /// A TTL that had to be above zero was not. No backend's
+    /// [`lease_grant`](crate::Registry::lease_grant) produces it (a grant of zero or below is
+    /// raised to the minimum, as etcd does); layers above the contract use it for TTLs they
+    /// require to be positive, such as a registration's lease TTL.
     #[error("TTL {0} is not positive")]
     TtlNotPositive(i64),
     /// The TTL exceeds the backend's maximum.
@@ -133,4 +152,31 @@ pub enum InvalidArgument {
     /// Anything else the server rejected as malformed.
     #[error("{0}")]
     Other(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_large_says_unknown_rather_than_zero() {
+        let known = Error::TooLarge {
+            size: Some(11),
+            limit: Some(10),
+        };
+        assert_eq!(known.to_string(), "request too large: 11 bytes, limit 10");
+        let unknown = Error::TooLarge {
+            size: Some(11),
+            limit: None,
+        };
+        assert_eq!(
+            unknown.to_string(),
+            "request too large: 11 bytes, limit unknown"
+        );
+        let none = Error::TooLarge {
+            size: None,
+            limit: None,
+        };
+        assert!(!none.to_string().contains('0'), "{none}");
+    }
 }

@@ -29,16 +29,17 @@ pub fn check_put(key: &[u8], value: &[u8], limit: usize) -> Result<()> {
     check_key(key)?;
     let size = key.len().saturating_add(value.len());
     if size > limit {
-        return Err(Error::TooLarge { size, limit });
+        return Err(Error::TooLarge {
+            size: Some(size),
+            limit: Some(limit),
+        });
     }
     Ok(())
 }
 
-/// Rejects a TTL of zero or below, or above `max`.
-pub fn check_ttl(ttl: i64, max: i64) -> Result<()> {
-    if ttl <= 0 {
-        return Err(InvalidArgument::TtlNotPositive(ttl).into());
-    }
+/// Rejects a TTL above `max`, the only TTL a grant refuses: as in etcd 3.5, a TTL of zero or
+/// below is not an error, the backend raises it to its minimum like any TTL under the minimum.
+pub fn check_ttl_max(ttl: i64, max: i64) -> Result<()> {
     if ttl > max {
         return Err(InvalidArgument::TtlTooLarge { ttl, max }.into());
     }
@@ -93,20 +94,23 @@ mod tests {
             check_key(b""),
             Err(Error::InvalidArgument(InvalidArgument::EmptyKey))
         ));
+        // Raised to the minimum by the backend, not refused.
+        for ttl in [0, -5, i64::MIN] {
+            assert!(check_ttl_max(ttl, 10).is_ok(), "{ttl}");
+        }
         assert!(matches!(
-            check_ttl(0, 10),
-            Err(Error::InvalidArgument(InvalidArgument::TtlNotPositive(0)))
+            check_ttl_max(11, 10),
+            Err(Error::InvalidArgument(InvalidArgument::TtlTooLarge {
+                ttl: 11,
+                max: 10
+            }))
         ));
-        assert!(matches!(
-            check_ttl(11, 10),
-            Err(Error::InvalidArgument(InvalidArgument::TtlTooLarge { .. }))
-        ));
-        assert!(check_ttl(10, 10).is_ok());
+        assert!(check_ttl_max(10, 10).is_ok());
         assert!(matches!(
             check_put(b"k", &[0; 10], 10),
             Err(Error::TooLarge {
-                size: 11,
-                limit: 10
+                size: Some(11),
+                limit: Some(10)
             })
         ));
         assert!(check_put(b"k", &[0; 9], 10).is_ok());

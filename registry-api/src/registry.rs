@@ -15,14 +15,16 @@ use std::sync::Arc;
 /// - one store-wide [`Revision`]; a put always bumps it by one; deleting nothing, granting,
 ///   keeping alive and revoking a lease with no keys do not;
 /// - revoking or expiring a lease deletes all its keys in one revision, in key order;
-/// - bad input (empty key, oversized value, bad TTL, unknown lease) fails with a typed
+/// - bad input (empty key, oversized value, TTL above the maximum, unknown lease) fails with a typed
 ///   [`Error`](crate::Error) and writes nothing.
 #[async_trait]
 pub trait Registry: Debug + Send + Sync {
     /// Grants a lease of `ttl` seconds, with the id `id` if given (else the backend picks one).
-    /// Returns the TTL actually granted: at least `ttl`, raised to the backend's minimum.
-    /// A TTL of zero or below, or above the maximum, fails with
-    /// [`InvalidArgument`](crate::Error::InvalidArgument).
+    /// Returns the TTL actually granted: `ttl` raised to the backend's minimum
+    /// ([`DEFAULT_MIN_LEASE_TTL`](crate::limits::DEFAULT_MIN_LEASE_TTL), 2 s, on a default etcd),
+    /// so a TTL of zero or below, as any below the minimum, is granted the minimum, as etcd 3.5
+    /// does. A TTL above the maximum fails with
+    /// [`InvalidArgument::TtlTooLarge`](crate::InvalidArgument::TtlTooLarge).
     async fn lease_grant(&self, ttl: i64, id: Option<LeaseId>) -> Result<LeaseGrant>;
 
     /// Renews a lease for its whole granted TTL and returns that TTL in seconds. Fails with

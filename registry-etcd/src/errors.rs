@@ -18,8 +18,8 @@ pub(crate) struct Context {
     pub(crate) revision: Option<Revision>,
     /// The TTL the request asked for.
     pub(crate) ttl: Option<i64>,
-    /// The request's key plus value size and the limit it was checked against.
-    pub(crate) size: Option<(usize, usize)>,
+    /// The request's key plus value size.
+    pub(crate) size: Option<usize>,
 }
 
 impl Context {
@@ -95,9 +95,27 @@ pub(crate) fn from_status(status: tonic::Status, ctx: Context) -> Error {
     if msg.contains("key is not provided") {
         return InvalidArgument::EmptyKey.into();
     }
-    if msg.contains("request is too large") || status.code() == Code::ResourceExhausted {
-        let (size, limit) = ctx.size.unwrap_or_default();
+    if msg.contains("request is too large") {
+        // etcd's `--max-request-bytes` check names no figure: its limit is the server's flag,
+        // not ours, and it measures the whole raft request.
+        return Error::TooLarge {
+            size: ctx.size,
+            limit: None,
+        };
+    }
+    if let Some((size, limit)) = message_size_limit(msg) {
         return Error::TooLarge { size, limit };
+    }
+    if status.code() == Code::ResourceExhausted {
+        // etcd's other ResourceExhausted answers say nothing about the request's size.
+        if msg.contains("too many requests") {
+            // The apply loop is behind the commits: back off and try again.
+            return Error::unavailable(status);
+        }
+        // "mvcc: database space exceeded" (the NOSPACE alarm: nothing can be written until an
+        // operator compacts, defragments and disarms it) and anything else: not retryable,
+        // the message kept.
+        return Error::backend(status);
     }
     if is_auth_failure(&status) {
         return Error::backend(AuthError(status));
@@ -109,6 +127,38 @@ pub(crate) fn from_status(status: tonic::Status, ctx: Context) -> Error {
         return InvalidArgument::Other(msg.to_owned()).into();
     }
     Error::backend(status)
+}
+
+/// A gRPC message limit on the request, with the figures the message gives: grpc-go's
+/// "received message larger than max (N vs. M)" (the server's receive limit) and tonic's
+/// "encoded message length too large: found N bytes, the limit is: M bytes" (our send limit).
+/// Each figure is `None` when the text does not carry it. Not for a response over our receive
+/// limit ("decoded message length too large"): that request was not refused.
+fn message_size_limit(msg: &str) -> Option<(Option<usize>, Option<usize>)> {
+    if let Some(at) = msg.find("larger than max") {
+        let figures = msg[at..]
+            .split_once('(')
+            .and_then(|(_, rest)| rest.split_once(')'))
+            .and_then(|(inside, _)| inside.split_once(" vs. "));
+        return Some(match figures {
+            Some((size, limit)) => (number(size), number(limit)),
+            None => (None, None),
+        });
+    }
+    let rest = msg.split_once("encoded message length too large")?.1;
+    let size = rest
+        .split_once("found ")
+        .and_then(|(_, r)| r.split_once(" bytes"))
+        .and_then(|(n, _)| number(n));
+    let limit = rest
+        .split_once("the limit is: ")
+        .and_then(|(_, r)| r.split_once(" bytes"))
+        .and_then(|(n, _)| number(n));
+    Some((size, limit))
+}
+
+fn number(text: &str) -> Option<usize> {
+    text.trim().parse().ok()
 }
 
 fn is_auth_failure(status: &tonic::Status) -> bool {
@@ -195,21 +245,122 @@ mod tests {
     }
 
     #[test]
-    fn size_and_ttl_limits_are_typed() {
+    fn too_large_carries_only_true_figures() {
         let ctx = Context {
-            size: Some((10, 5)),
+            size: Some(10),
             ..Context::default()
         };
+        // etcd's own check: our size, its limit unknown (not ours).
         let err = from_etcd(
             status(Code::InvalidArgument, "etcdserver: request is too large"),
             ctx,
         );
-        assert!(matches!(err, Error::TooLarge { size: 10, limit: 5 }));
+        assert!(
+            matches!(
+                err,
+                Error::TooLarge {
+                    size: Some(10),
+                    limit: None
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "request too large: 10 bytes, limit unknown"
+        );
+        // gRPC's receive limit, as grpc-go words it: both figures from the message.
         let err = from_etcd(
-            status(Code::ResourceExhausted, "message larger than max"),
+            status(
+                Code::ResourceExhausted,
+                "grpc: received message larger than max (2500012 vs. 2097152)",
+            ),
             ctx,
         );
-        assert!(matches!(err, Error::TooLarge { .. }));
+        assert!(
+            matches!(
+                err,
+                Error::TooLarge {
+                    size: Some(2_500_012),
+                    limit: Some(2_097_152)
+                }
+            ),
+            "{err:?}"
+        );
+        // Worded without figures: unknown, not zero.
+        let err = from_etcd(
+            status(
+                Code::ResourceExhausted,
+                "grpc: received message after decompression larger than max",
+            ),
+            ctx,
+        );
+        assert!(
+            matches!(
+                err,
+                Error::TooLarge {
+                    size: None,
+                    limit: None
+                }
+            ),
+            "{err:?}"
+        );
+        // tonic's send limit.
+        let err = from_etcd(
+            status(
+                Code::OutOfRange,
+                "Error, encoded message length too large: found 300 bytes, the limit is: 200 bytes",
+            ),
+            ctx,
+        );
+        assert!(
+            matches!(
+                err,
+                Error::TooLarge {
+                    size: Some(300),
+                    limit: Some(200)
+                }
+            ),
+            "{err:?}"
+        );
+        // A response over our receive limit refused no request.
+        let err = from_etcd(
+            status(
+                Code::OutOfRange,
+                "Error, decoded message length too large: found 300 bytes, the limit is: 200 bytes",
+            ),
+            ctx,
+        );
+        assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn other_resource_exhaustion_is_not_too_large() {
+        let err = from_etcd(
+            status(Code::ResourceExhausted, "etcdserver: too many requests"),
+            Context::default(),
+        );
+        assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+        assert!(err.is_retryable());
+        let err = from_etcd(
+            status(
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+            ),
+            Context::default(),
+        );
+        assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("database space exceeded"), "{err}");
+        let err = from_etcd(
+            status(Code::ResourceExhausted, "something else ran out"),
+            Context::default(),
+        );
+        assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn ttl_limits_are_typed() {
         let ctx = Context {
             ttl: Some(MAX_LEASE_TTL + 1),
             ..Context::default()

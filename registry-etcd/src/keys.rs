@@ -60,7 +60,7 @@ impl Inner {
             }
             let ctx = Context {
                 lease: opts.lease,
-                size: Some((key.len() + value.len(), self.max_value_bytes)),
+                size: Some(key.len() + value.len()),
                 ..Context::default()
             };
             let mut resp = self

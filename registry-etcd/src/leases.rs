@@ -26,7 +26,8 @@ impl Inner {
     pub(crate) async fn lease_grant(&self, ttl: i64, id: Option<LeaseId>) -> Result<LeaseGrant> {
         let span = tracing::debug_span!("etcd.lease_grant", ttl, lease = ?id.map(|l| l.0));
         async move {
-            limits::check_ttl(ttl, MAX_LEASE_TTL)?;
+            // A TTL of zero or below goes to etcd as it is: etcd grants its minimum.
+            limits::check_ttl_max(ttl, MAX_LEASE_TTL)?;
             let mut options = LeaseGrantOptions::new();
             if let Some(id) = id {
                 limits::check_lease_id(id)?;

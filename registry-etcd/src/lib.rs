@@ -32,6 +32,7 @@
 //! With the `testing` feature, [`testing`] starts throwaway etcd servers and clusters.
 
 mod builder;
+mod clock;
 mod errors;
 mod keys;
 mod leases;
@@ -141,7 +142,8 @@ impl EtcdRegistry {
     /// The store's compaction point, or `None` if it was never compacted. etcd has no direct
     /// call for it; this opens a short watch that etcd cancels with the compact revision.
     pub async fn compact_revision(&self) -> Result<Option<Revision>> {
-        self.inner.compact_revision().await
+        let watch = clock::Stopwatch::start();
+        watch.check(self.inner.compact_revision().await)
     }
 }
 
@@ -201,11 +203,13 @@ impl Registry for EtcdRegistry {
 }
 
 impl EtcdRegistry {
-    /// Runs one call, sending it again on another endpoint where [`retry`] allows.
+    /// Runs one call, sending it again on another endpoint where [`retry`] allows. A timeout
+    /// that fired on a paused tokio clock is reported as such.
     async fn retry<T, Fut>(&self, kind: retry::Idempotence, call: impl FnMut() -> Fut) -> Result<T>
     where
         Fut: std::future::Future<Output = Result<T>>,
     {
-        retry::retry(self.inner.endpoints.len(), kind, call).await
+        let watch = clock::Stopwatch::start();
+        watch.check(retry::retry(self.inner.endpoints.len(), kind, call).await)
     }
 }

@@ -10,6 +10,7 @@ use registry_api::{
     WatchStream,
 };
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -47,6 +48,12 @@ impl Inner {
             };
             tracing::debug!(watch_id, "watch created");
             let (sender, responses) = (*stream).split();
+            let sender = Arc::new(tokio::sync::Mutex::new(sender));
+            let requester = ProgressRequester {
+                sender: sender.clone(),
+                timeout: self.request_timeout,
+                span: tracing::Span::current(),
+            };
             let state = WatchState {
                 namespace: self.namespace.clone(),
                 stream: responses,
@@ -59,10 +66,10 @@ impl Inner {
                 done: false,
                 span: tracing::Span::current(),
             };
-            Ok(WatchStream::new(futures::stream::unfold(
-                state,
-                WatchState::next,
-            )))
+            Ok(
+                WatchStream::new(futures::stream::unfold(state, WatchState::next))
+                    .with_progress_requests(move || Box::pin(requester.clone().request())),
+            )
         }
         .instrument(span)
         .await
@@ -141,16 +148,57 @@ fn cancel_error(resp: &WatchResponse) -> Error {
     }
 }
 
+/// The request half of a watch's gRPC stream, shared by the cancel on drop and the progress
+/// requests.
+type SharedSender = Arc<tokio::sync::Mutex<etcd_client::WatchRequestSender>>;
+
+/// Sends etcd's `RequestProgress` on the watch's own gRPC stream. etcd answers once every
+/// watcher on that stream has caught up, with a response that carries no events and the
+/// current revision in its header (watch id -1 in etcd 3.5): [`WatchState::absorb`] turns it
+/// into an empty batch.
+#[derive(Clone)]
+struct ProgressRequester {
+    sender: SharedSender,
+    timeout: Duration,
+    span: tracing::Span,
+}
+
+impl ProgressRequester {
+    async fn request(self) -> Result<()> {
+        let span = tracing::debug_span!(parent: &self.span, "etcd.watch.request_progress");
+        let watch = crate::clock::Stopwatch::start();
+        let sent = async move {
+            // The request channel is bounded (etcd-client's, 100 requests): a full one waits,
+            // at most the request timeout.
+            let send = async { self.sender.lock().await.request_progress().await };
+            match tokio::time::timeout(self.timeout, send).await {
+                Ok(Ok(())) => Ok(()),
+                // The only way a send fails: the gRPC stream is gone.
+                Ok(Err(e)) => Err(Error::unavailable(format!(
+                    "the watch stream is closed: {e}"
+                ))),
+                Err(_) => Err(Error::unavailable(format!(
+                    "the progress request could not be sent within {:?}",
+                    self.timeout
+                ))),
+            }
+        }
+        .instrument(span)
+        .await;
+        watch.check(sent)
+    }
+}
+
 /// Cancels the etcd watch when the caller drops the stream. Dropping the gRPC stream alone
 /// also ends it, but only once the transport notices; the cancel request is explicit.
 struct CancelGuard {
     watch_id: i64,
-    sender: Option<etcd_client::WatchRequestSender>,
+    sender: Option<SharedSender>,
 }
 
 impl Drop for CancelGuard {
     fn drop(&mut self) {
-        let (Some(mut sender), Ok(runtime)) =
+        let (Some(sender), Ok(runtime)) =
             (self.sender.take(), tokio::runtime::Handle::try_current())
         else {
             return;
@@ -158,7 +206,7 @@ impl Drop for CancelGuard {
         let watch_id = self.watch_id;
         runtime.spawn(async move {
             // The watch may be gone already (server down, stream ended): nothing to undo.
-            let _ = sender.cancel(watch_id).await;
+            let _ = sender.lock().await.cancel(watch_id).await;
         });
     }
 }
@@ -185,6 +233,7 @@ impl WatchState {
             if self.done {
                 return None;
             }
+            let watch = crate::clock::Stopwatch::start();
             let message = self.stream.message().await;
             let _entered = self.span.clone().entered();
             match message {
@@ -197,10 +246,8 @@ impl WatchState {
                 Ok(None) => {
                     self.done = true;
                     tracing::debug!("watch stream ended");
-                    return Some((
-                        Err(Error::unavailable("etcd closed the watch stream")),
-                        self,
-                    ));
+                    let err = Error::unavailable("etcd closed the watch stream");
+                    return Some((Err(watch.explain(err)), self));
                 }
                 Err(e) => {
                     self.done = true;
@@ -209,6 +256,8 @@ impl WatchState {
                         Error::Backend { source } => Error::Unavailable { source },
                         other => other,
                     };
+                    // A ping that timed out on a paused clock.
+                    let err = watch.explain(err);
                     tracing::debug!(error = %err, "watch failed");
                     return Some((Err(err), self));
                 }
@@ -226,19 +275,24 @@ impl WatchState {
         }
         let events = resp.events();
         if events.is_empty() {
-            // A progress notification: everything up to the header revision was delivered.
-            let revision = Revision(resp.header().map(|h| h.revision()).unwrap_or_default());
-            if revision.0 > 0 && revision >= self.delivered {
-                self.pending.push_back(WatchBatch {
-                    revision,
-                    events: Vec::new(),
-                });
-            }
+            self.pending.extend(progress(&resp, self.delivered));
             return None;
         }
         self.pending.extend(batches(&self.namespace, events));
         None
     }
+}
+
+/// A response with no events, neither created nor cancelled, is a progress notification, asked
+/// for with `progress_notify` or answering a progress request (then with watch id -1 in etcd
+/// 3.5, as it is addressed to no one watch): everything up to the header revision was
+/// delivered. `None` when it says nothing new (no header, or below what was delivered).
+fn progress(resp: &WatchResponse, delivered: Revision) -> Option<WatchBatch> {
+    let revision = Revision(resp.header().map(|h| h.revision()).unwrap_or_default());
+    (revision.0 > 0 && revision >= delivered).then(|| WatchBatch {
+        revision,
+        events: Vec::new(),
+    })
 }
 
 /// Cuts one response's events into one batch per revision, in order. etcd puts all events of a
@@ -344,6 +398,32 @@ mod tests {
         assert_eq!(delete.kind, EventKind::Delete);
         assert!(delete.kv.value.is_empty());
         assert_eq!(delete.kv.mod_revision, Revision(7));
+    }
+
+    #[test]
+    fn a_progress_answer_of_watch_id_minus_one_is_an_empty_batch_at_its_header_revision() {
+        let answer = |revision: i64| {
+            WatchResponse(etcd_client::proto::PbWatchResponse {
+                header: Some(etcd_client::proto::PbResponseHeader {
+                    revision,
+                    ..Default::default()
+                }),
+                watch_id: -1,
+                ..Default::default()
+            })
+        };
+        assert_eq!(
+            progress(&answer(42), Revision(40)),
+            Some(WatchBatch {
+                revision: Revision(42),
+                events: Vec::new()
+            })
+        );
+        // Already reported: answered again, a request waits for an answer, not for news.
+        assert!(progress(&answer(42), Revision(42)).is_some());
+        // Never backwards, never at revision 0.
+        assert_eq!(progress(&answer(41), Revision(42)), None);
+        assert_eq!(progress(&answer(0), Revision(0)), None);
     }
 
     #[test]

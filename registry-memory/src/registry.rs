@@ -15,7 +15,7 @@ impl MemoryRegistry {
     fn grant_now(&self, ttl: i64, id: Option<LeaseId>) -> Result<LeaseGrant> {
         let span = tracing::debug_span!("memory.lease_grant", ttl, id = ?id, lease = tracing::field::Empty);
         let _entered = span.enter();
-        limits::check_ttl(ttl, self.shared.config.max_ttl)?;
+        limits::check_ttl_max(ttl, self.shared.config.max_ttl)?;
         if let Some(id) = id {
             limits::check_lease_id(id)?;
         }

@@ -19,6 +19,19 @@ async fn a_grant_below_the_minimum_ttl_is_raised() {
     assert_eq!(r.lease_grant(2, None).await.unwrap().ttl, 2);
     assert_eq!(r.lease_grant(3, None).await.unwrap().ttl, 3);
     let r = MemoryRegistry::builder().manual_clock().min_ttl(5).build();
+    // Zero and below too, as etcd 3.5 grants them: not refused, raised, and they expire at
+    // the minimum like any other lease.
+    for ttl in [0, -5, i64::MIN] {
+        let lease = r.lease_grant(ttl, None).await.unwrap();
+        assert_eq!(lease.ttl, 5, "granted for {ttl}");
+        let left = r.lease_time_to_live(lease.id).await.unwrap();
+        assert_eq!((left.ttl, left.granted_ttl), (5, 5));
+        r.advance(std::time::Duration::from_secs(5));
+        assert!(matches!(
+            r.lease_time_to_live(lease.id).await,
+            Err(registry_api::Error::LeaseNotFound(_))
+        ));
+    }
     let lease = r.lease_grant(1, None).await.unwrap();
     assert_eq!(lease.ttl, 5);
     assert_eq!(r.lease_keep_alive(lease.id).await.unwrap(), 5);

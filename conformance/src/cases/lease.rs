@@ -12,11 +12,17 @@ const POLL_SLACK: Duration = Duration::from_millis(150);
 /// L1: the granted TTL is at least the one asked, raised to the declared minimum.
 pub(crate) async fn grant_respects_minimum(cx: &mut Ctx<'_>) -> Check {
     let min = cx.caps.min_ttl;
-    for ask in [1, min, min + 1, 10 * min, 3600] {
+    for ask in [i64::MIN, -60, -1, 0, 1, min, min + 1, 10 * min, 3600] {
         let got = cx.grant(ask).await?;
         ensure!(
             got.ttl >= ask && got.ttl >= min,
             "L1: asked {ask}, granted {}",
+            got.ttl
+        );
+        // As etcd 3.5: zero and below are no error, they get the minimum.
+        ensure!(
+            ask > 0 || got.ttl == min,
+            "L1: asked {ask}, granted {} instead of the minimum {min}",
             got.ttl
         );
         let ttl = cx.time_to_live(got.id).await?.map_err(|e| e.to_string())?;

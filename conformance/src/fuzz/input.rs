@@ -120,13 +120,14 @@ fn number(caps: &Capabilities) -> impl Strategy<Value = i64> {
     ]
 }
 
-/// A TTL. On real time, short valid ones are raised past a minute: one expiring mid-sequence
-/// would look like a failed call changing the store.
+/// A TTL. On real time, ones under a minute (zero and below too, which are granted the
+/// minimum) are raised past a minute: a lease expiring mid-sequence would look like a failed
+/// call changing the store.
 fn ttl(caps: &Capabilities) -> impl Strategy<Value = i64> {
     let real = caps.time == Time::Real;
     number(caps).prop_map(move |ttl| {
-        if real && (1..60).contains(&ttl) {
-            ttl + 60
+        if real && ttl < 60 {
+            60 + ttl.rem_euclid(60)
         } else {
             ttl
         }

@@ -155,7 +155,8 @@ impl Refusal {
     pub(super) fn owed(request: &Request, caps: &Capabilities) -> Option<Self> {
         let bad_lease = |id: &LeaseId| id.0 <= 0;
         match request {
-            Request::Grant { ttl, .. } if *ttl <= 0 || *ttl > caps.max_ttl => Some(Refusal::Ttl),
+            // Zero and below are granted the minimum, as etcd does: not bad input.
+            Request::Grant { ttl, .. } if *ttl > caps.max_ttl => Some(Refusal::Ttl),
             Request::Grant { id: Some(id), .. } if bad_lease(id) => Some(Refusal::LeaseId),
             Request::KeepAlive(id) | Request::Revoke(id) | Request::TimeToLive(id)
                 if bad_lease(id) =>
@@ -191,9 +192,7 @@ impl Refusal {
         match self {
             Refusal::Ttl => matches!(
                 err,
-                Error::InvalidArgument(
-                    InvalidArgument::TtlNotPositive(_) | InvalidArgument::TtlTooLarge { .. }
-                )
+                Error::InvalidArgument(InvalidArgument::TtlTooLarge { .. })
             ),
             Refusal::LeaseId => matches!(err, Error::InvalidArgument(InvalidArgument::LeaseId(_))),
             Refusal::EmptyKey => matches!(err, Error::InvalidArgument(InvalidArgument::EmptyKey)),

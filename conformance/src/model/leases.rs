@@ -20,7 +20,7 @@ impl Model {
     /// `lease_grant` of `ttl`, where the backend named the lease `id` (the model cannot know
     /// which id a backend picks, so it takes the backend's).
     pub fn lease_grant(&mut self, ttl: i64, id: LeaseId) -> Result<LeaseGrant> {
-        limits::check_ttl(ttl, self.limits.max_ttl)?;
+        limits::check_ttl_max(ttl, self.limits.max_ttl)?;
         if self.leases.contains_key(&id) {
             return Err(Error::LeaseExists(id));
         }

@@ -35,6 +35,21 @@ fn puts_bump_by_one_and_no_op_deletes_do_not() {
 }
 
 #[test]
+fn grants_of_zero_and_below_get_the_minimum_and_above_the_maximum_fail() {
+    let mut m = model();
+    for (i, ttl) in [0, -5, i64::MIN].into_iter().enumerate() {
+        let id = LeaseId(10 + i as i64);
+        assert_eq!(m.lease_grant(ttl, id).unwrap().ttl, 2, "{ttl}");
+    }
+    assert!(matches!(
+        m.lease_grant(limits::MAX_LEASE_TTL + 1, LeaseId(20)),
+        Err(Error::InvalidArgument(
+            registry_api::InvalidArgument::TtlTooLarge { .. }
+        ))
+    ));
+}
+
+#[test]
 fn revoke_and_expiry_delete_all_keys_in_one_revision() {
     let mut m = model();
     assert_eq!(m.lease_grant(1, LeaseId(7)).unwrap().ttl, 2);
@@ -129,11 +144,10 @@ fn bad_input_is_rejected() {
     ));
     assert!(matches!(
         m.put(b"k", &[0; 100], None, false),
-        Err(Error::TooLarge { size: 101, .. })
-    ));
-    assert!(matches!(
-        m.lease_grant(0, LeaseId(1)),
-        Err(Error::InvalidArgument(_))
+        Err(Error::TooLarge {
+            size: Some(101),
+            ..
+        })
     ));
     assert!(matches!(
         m.lease_grant(limits::MAX_LEASE_TTL + 1, LeaseId(1)),
