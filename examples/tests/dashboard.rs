@@ -358,6 +358,8 @@ async fn the_page_shows_instances_come_drain_and_expire_live() {
                     .iter()
                     .all(|id| shown.row("hello", id).is_some())
                 && shown.row("billing", "billing-1").is_some()
+                // Lease times are read once a second, so they may come one update later.
+                && shown.rows.iter().all(|row| row.lease.contains("s left"))
         })
         .await;
     eprintln!(
