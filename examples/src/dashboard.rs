@@ -170,6 +170,119 @@ async fn events(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use registry_api::PutOptions;
+    use registry_memory::MemoryRegistry;
+    use registry_service::{Registration, RegistrationOptions, ServiceInstance, Status};
+    use serde_json::Value;
+    use std::time::Duration;
+
+    /// Waits (on virtual time) until the dashboard's view satisfies `ready`.
+    async fn view_when(dashboard: &Dashboard, ready: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..600 {
+            let view = dashboard.snapshot_json();
+            if ready(&view) {
+                return view;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the view never got there: {:#}", dashboard.snapshot_json());
+    }
+
+    fn instance<'v>(view: &'v Value, service: &str, id: &str) -> Option<&'v Value> {
+        view["services"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == service)?["instances"]
+            .as_array()?
+            .iter()
+            .find(|i| i["id"] == id)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fleet_follows_services_leases_statuses_and_expiry() {
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+        let options = RegistrationOptions::default().ttl(Duration::from_secs(5));
+        let register = |service: &str, id: &str| {
+            Registration::start(
+                registry.clone(),
+                ServiceInstance::new(service, id, "127.0.0.1:1"),
+                options.clone(),
+            )
+        };
+        let a = register("hello", "a").await.unwrap();
+        let dashboard = Dashboard::start_labelled(registry.clone(), KeyLayout::default(), "mem");
+        let view = view_when(&dashboard, |v| {
+            instance(v, "hello", "a").is_some_and(|i| i["ttl_left"].is_i64())
+        })
+        .await;
+        assert_eq!(view["source"], "mem");
+        let shown = instance(&view, "hello", "a").unwrap();
+        assert_eq!(shown["status"], "serving");
+        assert_eq!(shown["granted_ttl"], 5);
+        assert_eq!(shown["lease"], a.lease().unwrap().to_string());
+
+        // A service that appears later is picked up by the namespace watch.
+        let _b = register("billing", "b").await.unwrap();
+        view_when(&dashboard, |v| instance(v, "billing", "b").is_some()).await;
+
+        // A draining value is shown as draining and counted.
+        let draining =
+            ServiceInstance::new("hello", "c", "127.0.0.1:3").with_status(Status::Draining);
+        registry
+            .put(
+                b"services/hello/c",
+                &draining.to_json(),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        let view = view_when(&dashboard, |v| instance(v, "hello", "c").is_some()).await;
+        assert_eq!(instance(&view, "hello", "c").unwrap()["status"], "draining");
+        let hello = &view["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "hello")
+            .unwrap();
+        assert_eq!(
+            (&hello["serving"], &hello["draining"]),
+            (&Value::from(1), &Value::from(1))
+        );
+        assert!(instance(&view, "hello", "c").unwrap()["lease"].is_null());
+
+        // A crash: the entry goes when the lease runs out, and the log says so.
+        a.abandon();
+        let view = view_when(&dashboard, |v| instance(v, "hello", "a").is_none()).await;
+        let latest = &view["changes"][0];
+        assert_eq!(
+            (&latest["event"], &latest["id"]),
+            (&Value::from("removed"), &Value::from("a"))
+        );
+
+        // The log keeps the last 50 changes only: 4 so far, and 60 more.
+        for round in 0..60 {
+            let value = draining.clone().with_metadata(
+                registry_service::Metadata::default().with_label("round", round.to_string()),
+            );
+            registry
+                .put(b"services/hello/c", &value.to_json(), PutOptions::default())
+                .await
+                .unwrap();
+        }
+        view_when(&dashboard, |v| {
+            instance(v, "hello", "c").is_some_and(|i| i["metadata"]["labels"]["round"] == "59")
+        })
+        .await;
+        // The cache can be ahead of the log: let every event reach the log.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let changes = dashboard.snapshot_json()["changes"].clone();
+        let changes = changes.as_array().unwrap();
+        assert_eq!(changes.len(), 50);
+        assert!(
+            changes.iter().all(|c| c["event"] == "updated"),
+            "{changes:#?}"
+        );
+    }
 
     #[test]
     fn keys_name_their_service_only_when_directly_under_one() {
