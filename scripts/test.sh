@@ -19,6 +19,7 @@ echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings" >&2
 cargo clippy --workspace --all-targets -- -D warnings
+bash scripts/install-chromium.sh
 echo "== cargo test --workspace" >&2
 cargo test --workspace "$@"
 echo "== cargo doc -D warnings" >&2

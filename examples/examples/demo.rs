@@ -8,12 +8,15 @@
 //! discovers them and forwards requests, one node is killed without deregistering and
 //! disappears when its lease runs out, and a new node is picked up without restarting
 //! anything. Every step prints what the gateway sees and which node answered each request.
-//! `RUST_LOG=info cargo run --example demo` also shows the gateway's own log.
+//! `RUST_LOG=info cargo run --example demo` also shows the gateway's own log, and
+//! `cargo run --example demo -- --ui 127.0.0.1:8080` serves the live dashboard of the demo's
+//! registry there, and keeps serving it after the story until Ctrl-C.
 //!
 //! Each node runs its gRPC server on a tokio runtime of its own, so killing the node is
 //! dropping that runtime: its connections close at once, as when a process dies.
 
 use registry_api::Registry;
+use registry_examples::dashboard::Dashboard;
 use registry_examples::gateway::{Gateway, GatewayOptions, RETRIED_FROM};
 use registry_examples::hello::{self, HelloNode};
 use registry_examples::proto::greeter_client::GreeterClient;
@@ -21,7 +24,7 @@ use registry_examples::proto::HelloRequest;
 use registry_examples::{cli, BoxError};
 use registry_memory::MemoryRegistry;
 use registry_service::{
-    Discovery, DiscoveryEvent, DiscoveryEvents, DiscoveryOptions, Registration,
+    Discovery, DiscoveryEvent, DiscoveryEvents, DiscoveryOptions, KeyLayout, Registration,
     RegistrationOptions, ServiceInstance,
 };
 use std::process::ExitCode;
@@ -189,6 +192,21 @@ async fn run() -> Result<(), BoxError> {
     println!("simulated etcd) in one process. Every node registers with a {TTL:?} lease.");
 
     let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+    let ui = match std::env::args().skip_while(|arg| arg != "--ui").nth(1) {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(&address).await?;
+            let url = format!("http://{}/", listener.local_addr()?);
+            let dashboard = Dashboard::start_labelled(
+                registry.clone(),
+                KeyLayout::default(),
+                "the demo's in-memory registry",
+            );
+            tokio::spawn(dashboard.serve(listener, cli::shutdown_signal()));
+            println!("The dashboard of this registry: {url}");
+            Some(url)
+        }
+        None => None,
+    };
 
     story.step("1. The gateway starts first and discovers service `hello`: nothing yet");
     let discovery = Discovery::start(registry.clone(), "hello", DiscoveryOptions::default())?;
@@ -296,5 +314,9 @@ async fn run() -> Result<(), BoxError> {
         "Done: {} requests, none failed; the crashed node left within its {TTL:?} TTL.",
         client.sent
     );
+    if let Some(url) = ui {
+        println!("The dashboard stays at {url} until Ctrl-C.");
+        cli::shutdown_signal().await;
+    }
     Ok(())
 }

@@ -13,6 +13,7 @@ use registry_examples::backend::BackendArgs;
 use registry_examples::cli;
 use registry_examples::gateway::{Gateway, GatewayOptions};
 use registry_examples::hello;
+use registry_examples::metrics;
 use registry_examples::BoxError;
 use registry_service::{Discovery, DiscoveryEvent, DiscoveryOptions, Strategy};
 use std::net::SocketAddr;
@@ -41,6 +42,9 @@ struct Args {
     /// How long one forwarded call may take, in milliseconds.
     #[arg(long, default_value_t = 2_000)]
     call_timeout_ms: u64,
+    /// Serve the discovery cache's metrics in Prometheus text format on `http://ADDR/metrics`.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 /// The picking strategies.
@@ -88,6 +92,15 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 args.service, backend.kind
             )
         })?;
+    let _metrics = match args.metrics {
+        Some(metrics_address) => {
+            let (bound, mut tasks) = metrics::serve(metrics_address).await?;
+            tasks.extend(metrics::observe_discovery(&discovery));
+            println!("metrics on http://{bound}/metrics");
+            Some(tasks)
+        }
+        None => None,
+    };
     let mut options = GatewayOptions::default();
     options.picker = options
         .picker

@@ -5,13 +5,15 @@
 //! hello-service --etcd http://127.0.0.1:2379 --listen 127.0.0.1:0 --id a --ttl 5 --meta zone=eu-1
 //! ```
 //!
-//! It prints `listening on <addr>` and then `registered <key>` on stdout once it is visible.
+//! It prints `listening on <addr>` and then `registered <key>` on stdout once it is visible (and
+//! `metrics on <url>` with `--metrics ADDR`).
 
 use clap::Parser;
 use registry_examples::backend::BackendArgs;
 use registry_examples::cli::{self, parse_meta_pair};
 use registry_examples::go_naming::{self, GoEndpoint, GoMetadata};
 use registry_examples::hello::{self, HelloNode};
+use registry_examples::metrics;
 use registry_examples::BoxError;
 use registry_service::{Registration, RegistrationOptions, ServiceInstance};
 use std::net::SocketAddr;
@@ -58,6 +60,9 @@ struct Args {
     /// How long to keep trying to register before giving up at start.
     #[arg(long, default_value_t = 30)]
     register_timeout: u64,
+    /// Serve the registration's metrics in Prometheus text format on `http://ADDR/metrics`.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -107,6 +112,19 @@ async fn run(args: Args) -> Result<(), BoxError> {
         registration.key(),
         backend.kind
     );
+    let _metrics = match args.metrics {
+        Some(metrics_address) => {
+            let (bound, mut tasks) = metrics::serve(metrics_address).await?;
+            tasks.extend(metrics::observe_registration(
+                &registration,
+                &args.service,
+                &id,
+            ));
+            println!("metrics on http://{bound}/metrics");
+            Some(tasks)
+        }
+        None => None,
+    };
     let _go_naming = match &args.go_target {
         Some(target) => {
             let endpoint =

@@ -5,25 +5,37 @@
 //! registry --etcd http://127.0.0.1:2379 --json watch hello
 //! registry --etcd http://127.0.0.1:2379 register hello 127.0.0.1:9000 --id manual --ttl 10 --meta zone=eu-1
 //! registry --etcd http://127.0.0.1:2379 deregister hello manual
+//! registry status --etcd http://127.0.0.1:2379 --json
+//! registry ui --etcd http://127.0.0.1:2379 --listen 127.0.0.1:8080
 //! ```
+//!
+//! Global options (`--etcd`, `--namespace`, `--json`...) go before or after the subcommand, as
+//! etcdctl's flags do.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use registry_api::ListOptions;
 use registry_examples::backend::{Backend, BackendArgs};
 use registry_examples::cli::{self, parse_meta_pair};
+use registry_examples::dashboard::{self, Dashboard};
 use registry_examples::BoxError;
 use registry_service::instance::{validate_instance_id, validate_service};
 use registry_service::{
-    Discovery, DiscoveryEvent, DiscoveryOptions, Registration, RegistrationOptions, ServiceInstance,
+    Discovery, DiscoveryEvent, DiscoveryOptions, Registration, RegistrationOptions,
+    ServiceInstance, Status,
 };
 use serde_json::json;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Lists, watches, registers and deregisters service instances in etcd.
+/// Lists, watches, registers and deregisters service instances in etcd, sums them up by status,
+/// and serves a live dashboard of them.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
+    /// Made global in `parse_args`: the shared `BackendArgs` cannot say so itself, since the
+    /// other binaries have no subcommands.
     #[command(flatten)]
     backend: BackendArgs,
     /// Print JSON (one document, or one per line for `watch`) instead of text.
@@ -68,6 +80,29 @@ enum Command {
         /// The instance id.
         id: String,
     },
+    /// Every service of the namespace with its instance counts by status.
+    Status,
+    /// Serves a live dashboard of the namespace's services and instances until Ctrl-C.
+    Ui {
+        /// The address to serve the page on (`http://ADDR/`).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+/// Parses the command line, with the backend options accepted after the subcommand too.
+fn parse_args() -> Args {
+    let command = Args::command().mut_args(|arg| {
+        // Help and version stay where clap puts them; every other top-level option is global.
+        match arg.get_id().as_str() {
+            "help" | "version" => arg,
+            _ => arg.global(true),
+        }
+    });
+    let mut matches = command.clone().get_matches();
+    Args::from_arg_matches_mut(&mut matches).unwrap_or_else(|error| {
+        error.format(&mut command.clone()).exit();
+    })
 }
 
 /// How long to wait for etcd before giving up on a command.
@@ -76,7 +111,7 @@ const WAIT: Duration = Duration::from_secs(10);
 #[tokio::main]
 async fn main() -> ExitCode {
     cli::init_tracing("warn");
-    cli::exit_code(run(Args::parse()).await)
+    cli::exit_code(run(parse_args()).await)
 }
 
 async fn run(args: Args) -> Result<(), BoxError> {
@@ -106,6 +141,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
             register(&backend, instance, Duration::from_secs(ttl), args.json).await
         }
         Command::Deregister { service, id } => deregister(&backend, &service, &id, args.json).await,
+        Command::Status => status(&backend, args.json).await,
+        Command::Ui { listen } => ui(backend, listen, args.json).await,
     }
 }
 
@@ -272,6 +309,116 @@ async fn deregister(
     }
 }
 
+/// One service's instance counts, by status.
+#[derive(Debug, Default, serde::Serialize)]
+struct ServiceCounts {
+    service: String,
+    instances: usize,
+    serving: usize,
+    draining: usize,
+    /// A status a newer writer set that this version does not know.
+    unknown: usize,
+    /// Values under the service's prefix that are not instances of it.
+    malformed: usize,
+}
+
+async fn status(backend: &Backend, json: bool) -> Result<(), BoxError> {
+    let namespace = format!("{}/", backend.layout.namespace());
+    let listed = tokio::time::timeout(
+        WAIT,
+        backend
+            .registry
+            .list(namespace.as_bytes(), ListOptions::default()),
+    )
+    .await
+    .map_err(|_| format!("could not list {namespace} within {WAIT:?}"))??;
+    let mut services: BTreeMap<String, ServiceCounts> = BTreeMap::new();
+    for kv in &listed.kvs {
+        let Some(service) = dashboard::service_of(&backend.layout, &kv.key) else {
+            continue;
+        };
+        let counts = services
+            .entry(service.to_owned())
+            .or_insert_with(|| ServiceCounts {
+                service: service.to_owned(),
+                ..ServiceCounts::default()
+            });
+        let id = backend.layout.instance_id(service, &kv.key);
+        match ServiceInstance::from_json(&kv.value) {
+            Ok(instance) if instance.service == service && Some(instance.id.as_str()) == id => {
+                counts.instances += 1;
+                match instance.status {
+                    Status::Serving => counts.serving += 1,
+                    Status::Draining => counts.draining += 1,
+                    Status::Unknown => counts.unknown += 1,
+                }
+            }
+            _ => counts.malformed += 1,
+        }
+    }
+    let services: Vec<ServiceCounts> = services.into_values().collect();
+    if json {
+        let document = json!({
+            "namespace": backend.layout.namespace(),
+            "revision": listed.revision.0,
+            "services": services,
+        });
+        println!("{}", serde_json::to_string_pretty(&document)?);
+        return Ok(());
+    }
+    println!(
+        "{} service(s) under {namespace} at revision {}",
+        services.len(),
+        listed.revision.0
+    );
+    if services.is_empty() {
+        return Ok(());
+    }
+    let width = services
+        .iter()
+        .map(|counts| counts.service.len())
+        .max()
+        .unwrap_or(0)
+        .max("SERVICE".len());
+    println!(
+        "{:<width$}  INSTANCES  SERVING  DRAINING  UNKNOWN  MALFORMED",
+        "SERVICE"
+    );
+    for counts in &services {
+        println!(
+            "{:<width$}  {:>9}  {:>7}  {:>8}  {:>7}  {:>9}",
+            counts.service,
+            counts.instances,
+            counts.serving,
+            counts.draining,
+            counts.unknown,
+            counts.malformed
+        );
+    }
+    Ok(())
+}
+
+async fn ui(backend: Backend, listen: SocketAddr, json: bool) -> Result<(), BoxError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let address = listener.local_addr()?;
+    let dashboard = Dashboard::start_labelled(
+        backend.registry.clone(),
+        backend.layout.clone(),
+        backend.kind.to_string(),
+    );
+    if json {
+        println!(
+            "{}",
+            json!({"listening": address.to_string(), "url": format!("http://{address}/")})
+        );
+    } else {
+        println!("dashboard listening on http://{address}/ (Ctrl-C to stop)");
+    }
+    dashboard.serve(listener, cli::shutdown_signal()).await
+}
+
 /// One line for an instance: id, address, then the metadata that is set.
 fn describe(instance: &ServiceInstance) -> String {
     let metadata = &instance.metadata;
@@ -287,6 +434,9 @@ fn describe(instance: &ServiceInstance) -> String {
     }
     for (key, value) in &metadata.labels {
         line.push_str(&format!(" {key}={value}"));
+    }
+    if !instance.status.is_serving() {
+        line.push_str(&format!(" status={:?}", instance.status).to_lowercase());
     }
     line
 }

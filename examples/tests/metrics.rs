@@ -1,0 +1,340 @@
+//! `--metrics ADDR` of a running `hello-service` and `gateway` on a real etcd: the documented
+//! series are there, with plausible values after a registration, a lease loss (the test revokes
+//! the node's lease behind its back) and a resync (the gateway reaches etcd through a proxy that
+//! the test makes reset every connection for a while).
+
+use registry_api::Registry;
+use registry_etcd::testing::{shared_endpoints, unique_namespace, ProxyMode, TcpProxy};
+use registry_etcd::EtcdRegistry;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::time::{timeout, Instant};
+
+/// The longest a child may take to print a line, or a series to reach a value.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A running child and the lines of its stdout.
+struct Proc {
+    name: String,
+    _child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+fn spawn(binary: &str, args: &[&str]) -> Proc {
+    let mut child = Command::new(binary)
+        .args(args)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    Proc {
+        name: format!("{binary} {}", args.join(" ")),
+        _child: child,
+        lines: BufReader::new(stdout).lines(),
+    }
+}
+
+impl Proc {
+    /// Reads stdout until a line starting with `prefix`; returns the rest of that line.
+    async fn wait_line(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("{}: no line {prefix:?} in time", self.name))
+                .expect("stdout reads")
+                .unwrap_or_else(|| panic!("{}: exited before printing {prefix:?}", self.name));
+            eprintln!("[{}] {line}", self.name);
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.trim().to_owned();
+            }
+        }
+    }
+}
+
+/// One scrape: the body of `GET <url>` (a `http://127.0.0.1:PORT/metrics` URL).
+async fn scrape(url: &str) -> String {
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (address, path) = rest.split_once('/').expect("a path");
+    let mut stream = timeout(WAIT, tokio::net::TcpStream::connect(address))
+        .await
+        .expect("connects in time")
+        .expect("connects");
+    let request = format!("GET /{path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("sends");
+    let mut response = String::new();
+    timeout(WAIT, stream.read_to_string(&mut response))
+        .await
+        .expect("answers in time")
+        .expect("reads");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// The value of the series `name` whose labels include every `key="value"` of `labels`.
+fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let (label_text, value) = match rest.strip_prefix('{') {
+            Some(rest) => rest.split_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
+        labels
+            .iter()
+            .all(|(key, expected)| label_text.contains(&format!("{key}=\"{expected}\"")))
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
+/// Scrapes `url` until the series satisfies `ready`; returns the last scrape.
+async fn wait_for(url: &str, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = scrape(url).await;
+        if ready(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} not seen within {WAIT:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_service_and_gateway_export_registration_and_discovery_series() {
+    let endpoints = shared_endpoints().expect("an etcd server for the tests");
+    let prefix = unique_namespace("metrics");
+    let proxy = TcpProxy::for_endpoint(&endpoints[0]).expect("a proxy to etcd");
+    let registry = EtcdRegistry::builder(endpoints.clone())
+        .namespace(prefix.clone())
+        .connect()
+        .await
+        .expect("the test connects to etcd");
+
+    let direct = endpoints.join(",");
+    let mut node = spawn(
+        env!("CARGO_BIN_EXE_hello-service"),
+        &[
+            "--etcd",
+            &direct,
+            "--etcd-prefix",
+            &prefix,
+            "--listen",
+            "127.0.0.1:0",
+            "--id",
+            "m1",
+            "--ttl",
+            "2",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    node.wait_line("registered").await;
+    let node_metrics = node.wait_line("metrics on").await;
+    let through_proxy = proxy.endpoint();
+    let mut gateway = spawn(
+        env!("CARGO_BIN_EXE_gateway"),
+        &[
+            "--etcd",
+            &through_proxy,
+            "--etcd-prefix",
+            &prefix,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    let gateway_metrics = gateway.wait_line("metrics on").await;
+    gateway.wait_line("listening on").await;
+
+    // After the registration.
+    let node_labels = [("service", "hello"), ("instance", "m1")];
+    let text = scrape(&node_metrics).await;
+    assert!(
+        text.contains("# TYPE registry_registration_state gauge"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE registry_registration_lease_losses_total counter"),
+        "{text}"
+    );
+    let mut registered = node_labels.to_vec();
+    registered.push(("state", "registered"));
+    assert_eq!(
+        value(&text, "registry_registration_state", &registered),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "registry_registration_lease_losses_total",
+            &node_labels
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "registry_registration_reregistrations_total",
+            &node_labels
+        ),
+        Some(0.0)
+    );
+    let changed = value(
+        &text,
+        "registry_registration_state_changed_timestamp_seconds",
+        &node_labels,
+    )
+    .expect("a state change time");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (now - 60.0..=now + 1.0).contains(&changed),
+        "{changed} is not about now ({now})"
+    );
+
+    let service = [("service", "hello")];
+    let text = wait_for(
+        &gateway_metrics,
+        "the gateway's cache with the node",
+        |text| {
+            value(
+                text,
+                "registry_discovery_instances",
+                &[("service", "hello"), ("status", "serving")],
+            ) == Some(1.0)
+        },
+    )
+    .await;
+    assert_eq!(
+        value(&text, "registry_discovery_synced", &service),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "registry_discovery_staleness_seconds", &service),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&text, "registry_discovery_resyncs_total", &service),
+        Some(0.0)
+    );
+    assert!(
+        value(
+            &text,
+            "registry_discovery_events_total",
+            &[("service", "hello"), ("event", "added")]
+        )
+        .is_some_and(|added| added >= 1.0),
+        "{text}"
+    );
+    let revision = value(&text, "registry_discovery_revision", &service).expect("a revision");
+    assert!(revision > 1.0, "{text}");
+
+    // A lease loss: the node's lease is revoked behind its back; it registers again.
+    let lease = registry
+        .get(b"services/hello/m1")
+        .await
+        .expect("reads the node's key")
+        .kv
+        .and_then(|kv| kv.lease)
+        .expect("the node's key has a lease");
+    registry
+        .lease_revoke(lease)
+        .await
+        .expect("revokes the lease");
+    let text = wait_for(
+        &node_metrics,
+        "a lease loss and a re-registration",
+        |text| {
+            value(
+                text,
+                "registry_registration_lease_losses_total",
+                &node_labels,
+            ) == Some(1.0)
+                && value(
+                    text,
+                    "registry_registration_reregistrations_total",
+                    &node_labels,
+                ) == Some(1.0)
+                && value(text, "registry_registration_state", &registered) == Some(1.0)
+        },
+    )
+    .await;
+    let changed_again = value(
+        &text,
+        "registry_registration_state_changed_timestamp_seconds",
+        &node_labels,
+    )
+    .expect("a state change time");
+    assert!(changed_again > changed, "{changed_again} after {changed}");
+    let mut lost = node_labels.to_vec();
+    lost.push(("state", "lease_lost"));
+    assert_eq!(
+        value(&text, "registry_registration_state", &lost),
+        Some(0.0),
+        "{text}"
+    );
+
+    // A resync: every connection from the gateway to etcd is reset for a while.
+    proxy.set_mode(ProxyMode::Reset);
+    let text = wait_for(&gateway_metrics, "the cache out of sync", |text| {
+        value(text, "registry_discovery_synced", &service) == Some(0.0)
+            && value(text, "registry_discovery_staleness_seconds", &service)
+                .is_some_and(|stale| stale > 0.0)
+    })
+    .await;
+    eprintln!("out of sync:\n{text}");
+    proxy.set_mode(ProxyMode::Pass);
+    let text = wait_for(&gateway_metrics, "the cache synced again", |text| {
+        value(text, "registry_discovery_synced", &service) == Some(1.0)
+            && value(text, "registry_discovery_resyncs_total", &service)
+                .is_some_and(|resyncs| resyncs >= 1.0)
+    })
+    .await;
+    assert_eq!(
+        value(&text, "registry_discovery_staleness_seconds", &service),
+        Some(0.0)
+    );
+    assert!(
+        value(&text, "registry_discovery_revision", &service).is_some_and(|r| r >= revision),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "registry_discovery_instances",
+            &[("service", "hello"), ("status", "serving")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+#[test]
+fn series_values_are_found_by_name_and_labels() {
+    let text = "# TYPE a counter\na_total{service=\"x\",event=\"added\"} 3\na_total{service=\"y\"} 4\nb 1.5\n";
+    assert_eq!(value(text, "a_total", &[("service", "y")]), Some(4.0));
+    assert_eq!(value(text, "a_total", &[("event", "added")]), Some(3.0));
+    assert_eq!(value(text, "a_total", &[("service", "z")]), None);
+    assert_eq!(value(text, "b", &[]), Some(1.5));
+    assert_eq!(value(text, "c", &[]), None);
+}
