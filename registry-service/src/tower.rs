@@ -3,8 +3,7 @@
 //! [`discover`] is the balancer's feed: a tower `Discover` of [`Endpoint`]s for
 //! `tower::balance::p2c::Balance`, backed by a task that keeps draining discovery while no
 //! request flows and inserts again an endpoint the balancer evicted after a failed
-//! `poll_ready`, while discovery still lists it (see [`discover`]'s docs and the
-//! `discover` module's notes). The rest of this page is about [`changes`], the plain stream
+//! `poll_ready`, while discovery still lists it (see [`discover`]'s docs). The rest of this page is about [`changes`], the plain stream
 //! without a task.
 //!
 //! [`changes`] turns a [`Discovery`]'s events into a stream of [`tower::discover::Change`]s

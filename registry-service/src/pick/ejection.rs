@@ -1,22 +1,23 @@
-//! Outlier ejection that stays bounded, after Envoy's outlier detection.
-//!
-//! - A node failing `consecutive_failures` calls in a row is ejected (picked no more) for
-//!   `base_ejection_time` × the number of times it has been ejected, capped at
-//!   `max_ejection_time`. Each `base_ejection_time` it then spends healthy takes one off that
-//!   count, as Envoy decrements its multiplier while a host stays healthy.
-//! - At most `max_ejection_percent` of the nodes are out at once (at least one, unless the
-//!   percentage is 0); a node that reaches the threshold when the cap is full stays in.
-//! - When its ejection time is over, the next pick sends it one trial call (a probe) and no
-//!   other call until that one ends: a success brings it back to full traffic, a failure
-//!   ejects it again for longer, a probe dropped without an outcome is tried again.
-//! - When fewer than `panic_threshold_percent` of the nodes are healthy, ejection is ignored
-//!   and every node is a candidate (Envoy's panic threshold, Nacos's protection threshold):
-//!   spreading the load over all nodes beats overloading the few left.
+//! Outlier ejection that stays bounded, after Envoy's outlier detection: the rules are on
+//! [`EjectionOptions`].
 
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// When nodes are ejected and for how long; see the [module docs](self).
+/// Outlier ejection that stays bounded, after Envoy's outlier detection.
+///
+/// - A node failing `consecutive_failures` calls in a row is ejected (picked no more) for
+///   `base_ejection_time` × the number of times it has been ejected, capped at
+///   `max_ejection_time`. Each `base_ejection_time` it then spends healthy takes one off that
+///   count, as Envoy decrements its multiplier while a host stays healthy.
+/// - At most `max_ejection_percent` of the nodes are out at once (at least one, unless the
+///   percentage is 0); a node that reaches the threshold when the cap is full stays in.
+/// - When its ejection time is over, the next pick sends it one trial call (a probe) and no
+///   other call until that one ends: a success brings it back to full traffic, a failure
+///   ejects it again for longer, a probe dropped without an outcome is tried again.
+/// - When fewer than `panic_threshold_percent` of the nodes are healthy, ejection is ignored
+///   and every node is a candidate (Envoy's panic threshold, Nacos's protection threshold):
+///   spreading the load over all nodes beats overloading the few left.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct EjectionOptions {
     /// Failures in a row that eject a node; 0 never ejects.

@@ -1,18 +1,5 @@
-//! A tower `Discover` over a [`Discovery`], fed by a task that never stops draining it.
-//!
-//! tower's balancer reads its discover stream only while it is polled for a request: with rare
-//! requests, changes wait (tonic #1581, linkerd2 #2550), and a feeder blocked on a full channel
-//! stops reading discovery altogether. Here a spawned task owns the discovery subscription and
-//! reads every event as it comes, whether the balancer polls or not (linkerd2-proxy's
-//! `discover/buffer.rs` does the same). What the balancer has not taken yet is kept as one
-//! pending change per instance id (the latest wins), so memory stays bounded by the number of
-//! instances; the balancer takes the latest of each when it next polls, never a stale change
-//! queued before it.
-//!
-//! tower's p2c drops a service whose `poll_ready` fails, for good (tonic #1147, #2839). Each
-//! service is wrapped in an [`Endpoint`] that tells the task when that happens; while discovery
-//! still lists the instance, the task inserts a fresh service for it after a backoff, growing
-//! with each eviction in a row.
+//! A tower `Discover` over a [`Discovery`], fed by a task that never stops draining it; the
+//! why is on [`discover`].
 
 use crate::backoff::Backoff;
 use crate::discovery::{Discovery, DiscoveryEvent, DiscoveryEvents};
@@ -204,7 +191,24 @@ impl<F> fmt::Debug for Discover<F> {
 
 /// A `Discover` over `discovery` with default [`DiscoverOptions`], each instance made into a
 /// service by `make_service` (wrapped in an [`Endpoint`]). Spawns its task on the current
-/// tokio runtime; fails outside one.
+/// tokio runtime; fails outside one. The task ends when the stream is dropped, when
+/// [`DiscoverHandle::stop`] is called, or when the discovery's cache is gone.
+///
+/// A tower `Discover` over a [`Discovery`], fed by a task that never stops draining it.
+///
+/// tower's balancer reads its discover stream only while it is polled for a request: with rare
+/// requests, changes wait (tonic #1581, linkerd2 #2550), and a feeder blocked on a full channel
+/// stops reading discovery altogether. Here a spawned task owns the discovery subscription and
+/// reads every event as it comes, whether the balancer polls or not (linkerd2-proxy's
+/// `discover/buffer.rs` does the same). What the balancer has not taken yet is kept as one
+/// pending change per instance id (the latest wins), so memory stays bounded by the number of
+/// instances; the balancer takes the latest of each when it next polls, never a stale change
+/// queued before it.
+///
+/// tower's p2c drops a service whose `poll_ready` fails, for good (tonic #1147, #2839). Each
+/// service is wrapped in an [`Endpoint`] that tells the task when that happens; while discovery
+/// still lists the instance, the task inserts a fresh service for it after a backoff, growing
+/// with each eviction in a row.
 ///
 /// ```
 /// use registry_service::tower::discover;
