@@ -5,7 +5,7 @@
 //! bash scripts/bench.sh                 # everything; also writes target/bench-results.md
 //! bash scripts/bench.sh --quick         # a smoke run, scaled down
 //! cargo run --release -p registry-benches -- memory   # one part: overhead, memory, sim,
-//!                                                     # discovery or fanout (or a..e)
+//!                                                     # discovery, fanout or balance (a..f)
 //! ```
 //!
 //! `all` starts one etcd on 127.0.0.1 (unless `--endpoint` names one) and runs each part in a
@@ -13,6 +13,7 @@
 //! sides alternate in blocks, so machine noise falls on both. Benchmarks print figures; they
 //! never fail on a slow machine (the exit code is non-zero only when a part could not run).
 
+mod balance;
 mod baseline;
 mod crash;
 mod etcd_discovery;
@@ -55,6 +56,9 @@ enum Part {
     /// (e) 1,000 discovery handles of one service: watches opened, change -> all.
     #[value(alias = "e")]
     Fanout,
+    /// (f) Pick cost vs tower's p2c at 10/100/1,000 nodes; gateway p99 with a slow node.
+    #[value(alias = "f")]
+    Balance,
 }
 
 impl Part {
@@ -70,6 +74,7 @@ impl Part {
             Part::Sim => "sim",
             Part::Discovery => "discovery",
             Part::Fanout => "fanout",
+            Part::Balance => "balance",
         }
     }
 }
@@ -153,6 +158,7 @@ fn run_part(part: Part, endpoint: Option<&str>, quick: bool, seed: u64) -> Repor
             report
         }
         Part::Fanout => on_etcd(endpoint, |e| etcd_fanout::run(e, quick)),
+        Part::Balance => balance::run(quick),
     }
 }
 
@@ -214,6 +220,7 @@ fn run_all(args: &Args) -> ExitCode {
         Part::Overhead,
         Part::Discovery,
         Part::Fanout,
+        Part::Balance,
     ] {
         let part_started = Instant::now();
         eprintln!("== {} ", part.name());

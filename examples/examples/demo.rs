@@ -242,7 +242,7 @@ async fn run() -> Result<(), BoxError> {
     }
     story.say(format!("  gateway sees: {}", ids(&gateway)));
 
-    story.step("3. Six requests through the gateway (round-robin over the nodes)");
+    story.step("3. Six requests through the gateway (the faster of two random nodes wins)");
     let channel = registry_examples::gateway::endpoint(&gateway_address.to_string())?
         .timeout(Duration::from_secs(5))
         .connect_lazy();
@@ -264,8 +264,8 @@ async fn run() -> Result<(), BoxError> {
     if served.iter().any(|node| node == "b") {
         return Err("a request was answered by the dead node b".into());
     }
-    story.say("  the gateway's one call to b was refused: it retried that request on another");
-    story.say("  node and now leaves b out for a while, so no request failed");
+    story.say("  a call to b is refused: the gateway retries that request on another node and");
+    story.say("  counts the failure against b, so b gets almost no calls and no request failed");
 
     story.step("5. Node b's lease expires: the registry deletes its entry, the gateway drops it");
     loop {

@@ -1,5 +1,6 @@
 //! tonic's own load balancer fed by the registry: `Channel::balance_channel` over the
-//! discovered `hello` nodes, through `registry_service::tower::changes`.
+//! discovered `hello` nodes, through `registry_service::tower::discover`, whose task keeps
+//! reading discovery even while tonic's balancer, idle between requests, takes no change.
 //!
 //! ```text
 //! cargo run --example tonic_balance
@@ -17,7 +18,7 @@ use registry_examples::proto::greeter_client::GreeterClient;
 use registry_examples::proto::HelloRequest;
 use registry_examples::{cli, BoxError};
 use registry_memory::MemoryRegistry;
-use registry_service::tower::changes;
+use registry_service::tower::discover;
 use registry_service::{
     Discovery, DiscoveryOptions, Registration, RegistrationOptions, ServiceInstance,
 };
@@ -91,19 +92,22 @@ async fn run() -> Result<(), BoxError> {
     // stream gives `Change<instance id, ServiceInstance>`s: map each instance to its endpoint.
     let (channel, balancer) = Channel::balance_channel::<String>(16);
     let (fed, mut fed_rx) = mpsc::unbounded_channel();
-    let mut endpoints = changes(&discovery).map_instances(|instance| endpoint(&instance.address));
+    let mut endpoints = discover(&discovery, |instance| endpoint(&instance.address))?;
     tokio::spawn(async move {
         while let Some(Ok(change)) = endpoints.next().await {
-            // tonic 0.14 has its own copy of tower's `Change` for this channel.
+            // tonic 0.14 has its own copy of tower's `Change` for this channel, and its own
+            // reconnecting channels: it takes the plain endpoint.
             let (change, line) = match change {
-                Change::Insert(id, Ok(endpoint)) => {
-                    let line = format!("balancer: insert {id} ({})", endpoint.uri());
-                    (channel::Change::Insert(id, endpoint), line)
-                }
-                Change::Insert(id, Err(why)) => {
-                    eprintln!("skipping {id}: {why}");
-                    continue;
-                }
+                Change::Insert(id, node) => match node.into_inner() {
+                    Ok(endpoint) => {
+                        let line = format!("balancer: insert {id} ({})", endpoint.uri());
+                        (channel::Change::Insert(id, endpoint), line)
+                    }
+                    Err(why) => {
+                        eprintln!("skipping {id}: {why}");
+                        continue;
+                    }
+                },
                 Change::Remove(id) => {
                     let line = format!("balancer: remove {id}");
                     (channel::Change::Remove(id), line)

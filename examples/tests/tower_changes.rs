@@ -154,3 +154,168 @@ async fn p2c_balance_spreads_over_discovered_instances_and_follows_removals() {
     );
     assert_eq!(second.values().sum::<usize>(), 60);
 }
+
+/// A service answering with its instance's id; its `poll_ready` fails while `down` holds the id
+/// (a node that cannot be reached when the balancer checks it).
+#[derive(Clone)]
+struct Node {
+    id: String,
+    down: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+}
+
+impl tower::Service<()> for Node {
+    type Response = String;
+    type Error = tower::BoxError;
+    type Future = std::future::Ready<Result<String, tower::BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        let down = self.down.lock().unwrap().contains(&self.id);
+        std::task::Poll::Ready(if down {
+            Err(format!("{} is unreachable", self.id).into())
+        } else {
+            Ok(())
+        })
+    }
+
+    fn call(&mut self, (): ()) -> Self::Future {
+        std::future::ready(Ok(self.id.clone()))
+    }
+}
+
+type Down = Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>;
+
+fn nodes(
+    discovery: &Discovery,
+    options: registry_service::tower::DiscoverOptions,
+    down: &Down,
+) -> registry_service::tower::Discover<
+    impl FnMut(&ServiceInstance) -> tower::load::Constant<Node, u32>,
+> {
+    let down = down.clone();
+    registry_service::tower::discover_with(discovery, options, move |instance| {
+        tower::load::Constant::new(
+            Node {
+                id: instance.id.clone(),
+                down: down.clone(),
+            },
+            0,
+        )
+    })
+    .expect("in a runtime")
+}
+
+#[tokio::test(start_paused = true)]
+async fn discover_drains_discovery_while_no_request_flows() {
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+    let mut kept = Vec::new();
+    for id in ["a", "b"] {
+        kept.push(register(&registry, id, &format!("{id}.example:80")).await);
+    }
+    let discovery = Discovery::start(registry.clone(), "hello", DiscoveryOptions::default())
+        .expect("discovery starts");
+    discovery.wait_synced().await;
+    let down = Down::default();
+    let discover = nodes(&discovery, Default::default(), &down);
+    let handle = discover.handle();
+    let mut balance = tower::balance::p2c::Balance::new(discover);
+    assert_eq!(spread(&mut balance, 20).await.len(), 2);
+
+    // No request for a while: c comes, d comes and goes 50 times, a leaves.
+    let c = register(&registry, "c", "c.example:80").await;
+    for _ in 0..50 {
+        register(&registry, "d", "d.example:80")
+            .await
+            .deregister()
+            .await
+            .expect("deregisters");
+    }
+    kept.remove(0).deregister().await.expect("deregisters");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stats = handle.stats();
+    // Every event was read (2 inserts at the start, then 1 + 100 + 1), none left waiting in
+    // discovery; what the balancer has not taken is the latest change per instance: insert c,
+    // remove d, remove a.
+    assert_eq!(stats.events, 2 + 1 + 100 + 1, "{stats:?}");
+    assert_eq!(stats.pending, 3, "{stats:?}");
+    assert_eq!(
+        stats.forwarded, 2,
+        "the balancer took nothing meanwhile: {stats:?}"
+    );
+
+    // The first request after the lull sees the current set: b and c, never a or d.
+    let after = spread(&mut balance, 60).await;
+    assert_eq!(
+        after.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["b", "c"]
+    );
+    drop(c);
+
+    // The task is owned: stop it and wait for it.
+    handle.stop();
+    handle.stopped().await;
+    assert!(!handle.is_running());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_the_balancer_evicted_comes_back_while_listed() {
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+    let mut registrations = Vec::new();
+    for id in ["a", "b", "c"] {
+        registrations.push(register(&registry, id, &format!("{id}.example:80")).await);
+    }
+    let discovery = Discovery::start(registry.clone(), "hello", DiscoveryOptions::default())
+        .expect("discovery starts");
+    discovery.wait_synced().await;
+    let down = Down::default();
+    let options = registry_service::tower::DiscoverOptions::default().reinsert(
+        registry_service::Backoff::new(Duration::from_secs(1), Duration::from_secs(8)).jitter(0.0),
+    );
+    let discover = nodes(&discovery, options, &down);
+    let handle = discover.handle();
+    let mut balance = tower::balance::p2c::Balance::new(discover);
+    assert_eq!(spread(&mut balance, 30).await.len(), 3);
+
+    // b's readiness check fails once: tower's p2c drops b.
+    down.lock().unwrap().insert("b".to_owned());
+    let without_b = spread(&mut balance, 30).await;
+    assert_eq!(
+        without_b.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["a", "c"]
+    );
+    tokio::task::yield_now().await;
+    assert_eq!(handle.stats().evicted, 1);
+    down.lock().unwrap().clear();
+
+    // Still listed, b is inserted again after the backoff (1 s), with no request in between.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(handle.stats().reinserted, 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(handle.stats().reinserted, 1);
+    let back = spread(&mut balance, 60).await;
+    assert_eq!(
+        back.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
+
+    // Evicted again, then deregistered during the backoff: it does not come back.
+    down.lock().unwrap().insert("b".to_owned());
+    spread(&mut balance, 30).await;
+    tokio::task::yield_now().await;
+    assert_eq!(handle.stats().evicted, 2);
+    registrations
+        .remove(1)
+        .deregister()
+        .await
+        .expect("deregisters");
+    down.lock().unwrap().clear();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(handle.stats().reinserted, 1);
+    let gone = spread(&mut balance, 30).await;
+    assert_eq!(
+        gone.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["a", "c"]
+    );
+}

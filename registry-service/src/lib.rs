@@ -31,7 +31,9 @@ pub use backoff::Backoff;
 pub use discovery::{Discovery, DiscoveryEvent, DiscoveryEvents, DiscoveryHub, DiscoveryOptions};
 pub use error::{Error, Result};
 pub use instance::{KeyLayout, Metadata, ServiceInstance, Status, DEFAULT_NAMESPACE};
-pub use pick::{InstanceSource, Picker, PickerOptions, Strategy};
+pub use pick::{
+    EjectionOptions, EwmaOptions, Health, InstanceSource, Pick, Picker, PickerOptions, Strategy,
+};
 pub use registration::{Registration, RegistrationOptions, RegistrationState};
 
 /// The README's examples, compiled and run as doctests so they stay true.

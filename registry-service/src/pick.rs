@@ -1,31 +1,95 @@
 //! Choosing a node per request from a live instance list.
 //!
 //! A [`Picker`] reads the current snapshot of its [`InstanceSource`] (a [`Discovery`], or a
-//! fixed list) on every pick, so it follows the service as instances come and go. Strategies:
-//! round-robin in id order, uniform random, random weighted by [`Metadata::weight`], and
-//! power-of-two-choices (two random candidates, the less loaded wins: fewer calls in flight,
-//! then fewer recent failures).
+//! fixed list) on every pick, so it follows the service as instances come and go; what it
+//! records per node (latency, calls in flight, failures) is keyed by instance id and forgotten
+//! when the node leaves the source, so its memory is bounded by the number of instances.
+//! Instances that are not serving ([`Status::Draining`](crate::Status::Draining) or unknown)
+//! are not picked unless [`PickerOptions::include_draining`] says so.
 //!
-//! Report each call's outcome with [`report_success`](Picker::report_success) or
-//! [`report_failure`](Picker::report_failure): that ends the call's in-flight count, and a node
-//! failing `failure_threshold` times in a row is left out for `down_for` (Curator's
-//! down-instance policy), unless every node is down, when all are candidates again.
+//! # The guard
 //!
-//! [`Metadata::weight`]: super::Metadata::weight
+//! [`pick`](Picker::pick) returns a [`Pick`]: the chosen instance (it derefs to
+//! [`ServiceInstance`]) and the call's place in that node's in-flight count. Mark it with
+//! [`success`](Pick::success) or [`failure`](Pick::failure) when the call ends; dropping it in
+//! any other way (a cancelled future, a panic, an early return) still ends the in-flight count,
+//! so no count can leak. The call's latency is measured from the pick on tokio's clock.
+//!
+//! # Strategies
+//!
+//! Round-robin in source order, uniform random, random weighted by [`Metadata::weight`], and
+//! power-of-two-choices on peak EWMA latency × (calls in flight + 1) ([`ewma`](EwmaOptions)).
+//!
+//! # Ejection
+//!
+//! Failing nodes are ejected by bounded rules after Envoy's outlier detection: growing
+//! ejection times, a cap on the share of nodes out, one trial call before a returning node
+//! takes full traffic, and a panic threshold under which every node is a candidate
+//! ([`EjectionOptions`]).
+//!
+//! # Retrying on another node
+//!
+//! [`pick_excluding`](Picker::pick_excluding) leaves out the nodes already tried, so a retry
+//! never lands on the node that just failed, whatever the failure threshold:
+//!
+//! ```
+//! use registry_service::{Picker, PickerOptions, ServiceInstance, Strategy};
+//! use std::sync::Arc;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let nodes: Arc<[ServiceInstance]> = ["a", "b", "c"]
+//!     .iter()
+//!     .map(|id| ServiceInstance::new("hello", *id, format!("{id}.local:80")))
+//!     .collect();
+//! let picker = Picker::new(nodes, PickerOptions::new(Strategy::Random).seed(7));
+//! # let call = |node: &ServiceInstance| -> Result<(), ()> { if node.id == "a" { Err(()) } else { Ok(()) } };
+//! let first = picker.pick().expect("a node");
+//! let tried = first.id.clone();
+//! match call(&first) {
+//!     Ok(()) => first.success(),
+//!     Err(_) => {
+//!         first.failure();
+//!         // One retry, on any node but the one that failed.
+//!         if let Some(second) = picker.pick_excluding(&[tried.as_str()]) {
+//!             assert_ne!(second.id, tried);
+//!             match call(&second) {
+//!                 Ok(()) => second.success(),
+//!                 Err(_) => second.failure(),
+//!             }
+//!         }
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! [`Metadata::weight`]: crate::Metadata::weight
 
-use crate::backoff::deadline_after;
+mod ejection;
+mod ewma;
+mod guard;
+mod strategy;
+
+pub use ejection::{EjectionOptions, Health};
+pub use ewma::EwmaOptions;
+pub use guard::Pick;
+pub use strategy::Strategy;
+
 use crate::discovery::Discovery;
 use crate::instance::ServiceInstance;
 use crate::rng::SplitMix64;
+use ejection::Outlier;
+use ewma::PeakEwma;
 use std::collections::HashMap;
 use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 use tokio::time::Instant;
 
 /// Where a picker reads the current instances from.
 pub trait InstanceSource: Debug + Send + Sync {
-    /// The instances now, in a stable order (id order for a [`Discovery`]).
+    /// The instances now, in a stable order (id order for a [`Discovery`]). Returning the same
+    /// `Arc` while nothing changed lets the picker skip re-indexing.
     fn instances(&self) -> Arc<[ServiceInstance]>;
 }
 
@@ -42,45 +106,20 @@ impl InstanceSource for Arc<[ServiceInstance]> {
     }
 }
 
-/// How a [`Picker`] chooses.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Strategy {
-    /// Each node in turn, in the source's order.
-    #[default]
-    RoundRobin,
-    /// Uniformly at random.
-    Random,
-    /// At random, in proportion to each node's weight (all uniform if every weight is 0).
-    Weighted,
-    /// Two distinct random nodes; the one with fewer calls in flight wins, then the one with
-    /// fewer recent failures.
-    PowerOfTwoChoices,
-}
-
 /// How a [`Picker`] behaves.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PickerOptions {
     /// The strategy.
     pub strategy: Strategy,
     /// Seeds the random strategies: the same seed and the same calls give the same picks.
     pub seed: u64,
-    /// Consecutive failures after which a node is left out (0 counts as 1).
-    pub failure_threshold: u32,
-    /// How long a failing node is left out; after that it is a candidate again, with a clean
-    /// record.
-    pub down_for: Duration,
-}
-
-impl Default for PickerOptions {
-    /// Round-robin; a node is left out for 30 s after 3 failures in a row.
-    fn default() -> Self {
-        PickerOptions {
-            strategy: Strategy::RoundRobin,
-            seed: 0,
-            failure_threshold: 3,
-            down_for: Duration::from_secs(30),
-        }
-    }
+    /// When failing nodes are left out, and for how long.
+    pub ejection: EjectionOptions,
+    /// The latency estimate behind [`Strategy::PowerOfTwoChoices`].
+    pub ewma: EwmaOptions,
+    /// Also pick instances that are not serving (draining, or a status this version does not
+    /// know). Off by default: a draining instance finishes its work and takes no more.
+    pub include_draining: bool,
 }
 
 impl PickerOptions {
@@ -98,288 +137,415 @@ impl PickerOptions {
         self
     }
 
-    /// Sets the consecutive failures that take a node out.
-    pub fn failure_threshold(mut self, failures: u32) -> Self {
-        self.failure_threshold = failures;
+    /// Sets the ejection rules.
+    pub fn ejection(mut self, ejection: EjectionOptions) -> Self {
+        self.ejection = ejection;
         self
     }
 
-    /// Sets how long a failing node stays out.
-    pub fn down_for(mut self, down_for: Duration) -> Self {
-        self.down_for = down_for;
+    /// Sets the latency estimate's options.
+    pub fn ewma(mut self, ewma: EwmaOptions) -> Self {
+        self.ewma = ewma;
+        self
+    }
+
+    /// Whether instances that are not serving may be picked.
+    pub fn include_draining(mut self, include: bool) -> Self {
+        self.include_draining = include;
         self
     }
 }
 
-/// What the picker knows about one node.
-#[derive(Clone, Debug, Default)]
-struct NodeStats {
-    in_flight: u64,
-    consecutive_failures: u32,
-    down_until: Option<Instant>,
+/// What the picker knows about one node; shared with the guards of its calls.
+#[derive(Debug)]
+struct Node {
+    id: String,
+    in_flight: AtomicU64,
+    /// True while ejected, awaiting a probe or probing. Written under the picker's lock.
+    out: AtomicBool,
+    /// When it was last picked, in nanoseconds after the picker's epoch plus one; 0: never.
+    last_pick: AtomicU64,
+    record: Mutex<Record>,
+}
+
+#[derive(Debug, Default)]
+struct Record {
+    ewma: PeakEwma,
+    outlier: Outlier,
+}
+
+impl Node {
+    fn new(id: String) -> Self {
+        Node {
+            id,
+            in_flight: AtomicU64::new(0),
+            out: AtomicBool::new(false),
+            last_pick: AtomicU64::new(0),
+            record: Mutex::new(Record::default()),
+        }
+    }
+
+    fn record(&self) -> MutexGuard<'_, Record> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cost(&self, now: Instant, options: &EwmaOptions) -> f64 {
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        self.record().ewma.estimate(now, options) * (in_flight as f64 + 1.0)
+    }
 }
 
 #[derive(Debug)]
 struct PickState {
+    /// The snapshot the fields below index.
+    snapshot: Arc<[ServiceInstance]>,
+    /// One per instance of the snapshot, in its order.
+    nodes: Vec<Arc<Node>>,
+    by_id: HashMap<String, usize>,
+    /// Indices of the instances that may be picked (serving, unless draining ones are
+    /// included).
+    eligible: Vec<usize>,
+    is_eligible: Vec<bool>,
+    /// Nodes not at full traffic (ejected, awaiting a probe, probing), with their index. At
+    /// most the ejection cap's share of the nodes, plus nodes whose probe failed.
+    out: Vec<(Arc<Node>, usize)>,
     rng: SplitMix64,
     turn: u64,
-    nodes: HashMap<String, NodeStats>,
 }
 
 impl PickState {
-    /// Whether `id` is left out now; a down period that has run out is forgotten.
-    fn is_down(&mut self, id: &str, now: Instant) -> bool {
-        let Some(stats) = self.nodes.get_mut(id) else {
-            return false;
-        };
-        match stats.down_until {
-            Some(until) if until > now => true,
-            Some(_) => {
-                stats.down_until = None;
-                stats.consecutive_failures = 0;
-                false
+    /// Re-indexes for a new snapshot; nodes gone from it are forgotten.
+    fn rebuild(&mut self, snapshot: Arc<[ServiceInstance]>, include_draining: bool) {
+        let mut nodes = Vec::with_capacity(snapshot.len());
+        let mut by_id = HashMap::with_capacity(snapshot.len());
+        let mut eligible = Vec::with_capacity(snapshot.len());
+        let mut is_eligible = Vec::with_capacity(snapshot.len());
+        for (i, instance) in snapshot.iter().enumerate() {
+            let node = match self.by_id.get(&instance.id) {
+                Some(&j) => self.nodes[j].clone(),
+                None => Arc::new(Node::new(instance.id.clone())),
+            };
+            nodes.push(node);
+            by_id.insert(instance.id.clone(), i);
+            let ok = include_draining || instance.status.is_serving();
+            if ok {
+                eligible.push(i);
             }
-            None => false,
+            is_eligible.push(ok);
         }
-    }
-
-    fn load(&self, id: &str) -> (u64, u32) {
-        self.nodes
-            .get(id)
-            .map_or((0, 0), |s| (s.in_flight, s.consecutive_failures))
+        let mut out = std::mem::take(&mut self.out);
+        out.retain_mut(|(node, index)| match by_id.get(&node.id) {
+            Some(&i) if Arc::ptr_eq(&nodes[i], node) => {
+                *index = i;
+                true
+            }
+            _ => false,
+        });
+        *self = PickState {
+            snapshot,
+            nodes,
+            by_id,
+            eligible,
+            is_eligible,
+            out,
+            rng: self.rng.clone(),
+            turn: self.turn,
+        };
     }
 }
 
-/// Picks a node per request; safe to share between tasks.
+/// The picker's state, shared with the guards it hands out.
 #[derive(Debug)]
-pub struct Picker {
+struct Shared {
     source: Box<dyn InstanceSource>,
+    /// The origin of `Node::last_pick`.
+    epoch: Instant,
     options: PickerOptions,
     state: Mutex<PickState>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, PickState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state indexed for the source's current snapshot.
+    fn current(&self) -> MutexGuard<'_, PickState> {
+        let snapshot = self.source.instances();
+        let mut state = self.lock();
+        if !Arc::ptr_eq(&state.snapshot, &snapshot) {
+            state.rebuild(snapshot, self.options.include_draining);
+        }
+        state
+    }
+}
+
+/// Picks a node per request; a cheap handle (clones share the same records), safe to share
+/// between tasks.
+#[derive(Clone, Debug)]
+pub struct Picker {
+    shared: Arc<Shared>,
 }
 
 impl Picker {
     /// A picker over `source` (typically a [`Discovery`]).
     pub fn new(source: impl InstanceSource + 'static, options: PickerOptions) -> Self {
+        let empty: Arc<[ServiceInstance]> = Arc::new([]);
         Picker {
-            source: Box::new(source),
-            state: Mutex::new(PickState {
-                rng: SplitMix64::new(options.seed),
-                turn: 0,
-                nodes: HashMap::new(),
+            shared: Arc::new(Shared {
+                source: Box::new(source),
+                epoch: Instant::now(),
+                state: Mutex::new(PickState {
+                    snapshot: empty,
+                    nodes: Vec::new(),
+                    by_id: HashMap::new(),
+                    eligible: Vec::new(),
+                    is_eligible: Vec::new(),
+                    out: Vec::new(),
+                    rng: SplitMix64::new(options.seed),
+                    turn: 0,
+                }),
+                options,
             }),
-            options,
         }
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &PickerOptions {
+        &self.shared.options
     }
 
     /// The strategy in use.
     pub fn strategy(&self) -> Strategy {
-        self.options.strategy
+        self.shared.options.strategy
     }
 
-    fn lock(&self) -> MutexGuard<'_, PickState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// A node for the next call, or `None` when no instance may be picked. The call counts as
+    /// in flight on that node until the returned guard is marked or dropped.
+    pub fn pick(&self) -> Option<Pick> {
+        self.pick_where(|_| false)
     }
 
-    /// A node for the next call, or `None` when there is none. The call counts as in flight on
-    /// that node until reported.
-    pub fn pick(&self) -> Option<ServiceInstance> {
-        let all = self.source.instances();
-        if all.is_empty() {
+    /// Like [`pick`](Self::pick), but never one of the instances whose ids are in `exclude`:
+    /// for a retry on another node. `None` when every other node is excluded too.
+    pub fn pick_excluding<S: AsRef<str>>(&self, exclude: &[S]) -> Option<Pick> {
+        self.pick_where(|id| exclude.iter().any(|x| x.as_ref() == id))
+    }
+
+    fn pick_where(&self, excluded: impl Fn(&str) -> bool) -> Option<Pick> {
+        let options = &self.shared.options;
+        let now = Instant::now();
+        let mut state = self.shared.current();
+        if state.eligible.is_empty() {
             return None;
         }
-        let now = Instant::now();
-        let mut state = self.lock();
-        let mut candidates: Vec<&ServiceInstance> = Vec::with_capacity(all.len());
-        for instance in all.iter() {
-            if !state.is_down(&instance.id, now) {
-                candidates.push(instance);
+        // A node whose ejection is over gets the next call as its trial, before anything else.
+        let mut out_eligible = 0;
+        let mut probe = None;
+        for (node, index) in &state.out {
+            if !state.is_eligible[*index] {
+                continue;
+            }
+            out_eligible += 1;
+            let mut record = node.record();
+            if let Health::Ejected { until } = record.outlier.health {
+                if until <= now {
+                    record.outlier.health = Health::AwaitingProbe;
+                }
+            }
+            if probe.is_none()
+                && record.outlier.health == Health::AwaitingProbe
+                && !excluded(&node.id)
+            {
+                record.outlier.health = Health::Probing;
+                probe = Some(*index);
             }
         }
-        if candidates.is_empty() {
-            // Every node is failing: better to try one than to refuse every call.
-            candidates = all.iter().collect();
+        if let Some(index) = probe {
+            tracing::debug!(id = %state.snapshot[index].id, "probing a node back from ejection");
+            return Some(self.guard(&state, index, now, true));
         }
-        let chosen = choose(self.options.strategy, &candidates, &mut state)?;
-        state.nodes.entry(chosen.id.clone()).or_default().in_flight += 1;
-        if state.nodes.len() > 2 * all.len() + 16 {
-            state
-                .nodes
-                .retain(|id, stats| stats.in_flight > 0 || all.iter().any(|i| &i.id == id));
+        let total = state.eligible.len();
+        let panic = options.ejection.panics(total - out_eligible, total);
+        let PickState {
+            snapshot,
+            nodes,
+            eligible,
+            rng,
+            turn,
+            ..
+        } = &mut *state;
+        // Set when every node left is out: better to try one than to refuse the call.
+        let take_out = std::cell::Cell::new(panic);
+        let now_nanos = self.nanos(now);
+        let candidates = strategy::Candidates {
+            nodes: eligible,
+            ok: |i: usize| {
+                !excluded(&snapshot[i].id)
+                    && (take_out.get() || !nodes[i].out.load(Ordering::Relaxed))
+            },
+            cost: |i: usize| nodes[i].cost(now, &options.ewma),
+            weight: |i: usize| snapshot[i].metadata.weight,
+            stale: |i: usize| {
+                let force = options.ewma.force_pick_after;
+                let last = nodes[i].last_pick.load(Ordering::Relaxed);
+                !force.is_zero()
+                    && (last == 0 || now_nanos.saturating_sub(last - 1) >= force.as_nanos() as u64)
+            },
+        };
+        let chosen = candidates.choose(options.strategy, rng, turn).or_else(|| {
+            if take_out.replace(true) {
+                return None;
+            }
+            candidates.choose(options.strategy, rng, turn)
+        })?;
+        Some(self.guard(&state, chosen, now, false))
+    }
+
+    fn nanos(&self, now: Instant) -> u64 {
+        let since = now.saturating_duration_since(self.shared.epoch).as_nanos();
+        u64::try_from(since).unwrap_or(u64::MAX - 1)
+    }
+
+    fn guard(&self, state: &PickState, index: usize, now: Instant, probe: bool) -> Pick {
+        let node = state.nodes[index].clone();
+        node.in_flight.fetch_add(1, Ordering::Relaxed);
+        node.last_pick
+            .store(self.nanos(now).saturating_add(1), Ordering::Relaxed);
+        Pick::new(
+            self.shared.clone(),
+            node,
+            state.snapshot.clone(),
+            index,
+            now,
+            probe,
+        )
+    }
+
+    /// Where `id` stands with the ejection rules; `None` when the source does not list it.
+    pub fn health(&self, id: &str) -> Option<Health> {
+        let state = self.shared.current();
+        let node = &state.nodes[*state.by_id.get(id)?];
+        let mut health = node.record().outlier.health;
+        if let Health::Ejected { until } = health {
+            if until <= Instant::now() {
+                health = Health::AwaitingProbe;
+            }
         }
-        Some(chosen.clone())
+        Some(health)
     }
 
-    /// Reports a successful call to `id`: ends its in-flight count and clears its failures.
-    pub fn report_success(&self, id: &str) {
-        let mut state = self.lock();
-        let stats = state.nodes.entry(id.to_owned()).or_default();
-        stats.in_flight = stats.in_flight.saturating_sub(1);
-        stats.consecutive_failures = 0;
-        stats.down_until = None;
+    /// True when `id` is not at full traffic: ejected, awaiting its probe or probing.
+    pub fn is_ejected(&self, id: &str) -> bool {
+        !matches!(self.health(id), Some(Health::Healthy) | None)
     }
 
-    /// Reports a failed call to `id`: ends its in-flight count, and after `failure_threshold`
-    /// failures in a row leaves it out for `down_for`.
-    pub fn report_failure(&self, id: &str) {
-        let now = Instant::now();
-        let threshold = self.options.failure_threshold.max(1);
-        let down_for = self.options.down_for;
-        let mut state = self.lock();
-        state.is_down(id, now);
-        let stats = state.nodes.entry(id.to_owned()).or_default();
-        stats.in_flight = stats.in_flight.saturating_sub(1);
-        stats.consecutive_failures = stats.consecutive_failures.saturating_add(1);
-        if stats.consecutive_failures >= threshold && stats.down_until.is_none() {
-            stats.down_until = Some(deadline_after(down_for));
-            tracing::warn!(
-                id,
-                failures = stats.consecutive_failures,
-                ?down_for,
-                "node left out"
-            );
-        }
+    /// How many times `id` has been ejected (minus what time spent healthy took off).
+    pub fn times_ejected(&self, id: &str) -> u32 {
+        let state = self.shared.current();
+        state
+            .by_id
+            .get(id)
+            .map_or(0, |&i| state.nodes[i].record().outlier.times_ejected)
     }
 
-    /// Whether `id` is being left out now.
-    pub fn is_down(&self, id: &str) -> bool {
-        self.lock().is_down(id, Instant::now())
+    /// `id`'s peak EWMA latency estimate now (the default for a node not measured yet).
+    pub fn latency(&self, id: &str) -> Option<std::time::Duration> {
+        let state = self.shared.current();
+        let node = &state.nodes[*state.by_id.get(id)?];
+        let nanos = node
+            .record()
+            .ewma
+            .estimate(Instant::now(), &self.shared.options.ewma);
+        Some(std::time::Duration::from_nanos(nanos as u64))
     }
 
-    /// Calls picked on `id` and not yet reported.
+    /// Calls picked on `id` whose guards are still alive.
     pub fn in_flight(&self, id: &str) -> u64 {
-        self.lock().load(id).0
+        let state = self.shared.current();
+        state
+            .by_id
+            .get(id)
+            .map_or(0, |&i| state.nodes[i].in_flight.load(Ordering::Relaxed))
+    }
+
+    /// How many nodes the picker keeps records for: the source's instances, no more.
+    pub fn tracked(&self) -> usize {
+        self.shared.current().nodes.len()
     }
 }
 
-fn choose<'a>(
-    strategy: Strategy,
-    candidates: &[&'a ServiceInstance],
-    state: &mut PickState,
-) -> Option<&'a ServiceInstance> {
-    let len = candidates.len() as u64;
-    let index = match strategy {
-        Strategy::RoundRobin => {
-            let turn = state.turn;
-            state.turn = state.turn.wrapping_add(1);
-            turn % len.max(1)
+impl Shared {
+    /// Records the end of a call; see [`Pick`]'s `Drop`.
+    fn finish(&self, node: &Arc<Node>, probe: bool, outcome: Option<bool>, started: Instant) {
+        let now = Instant::now();
+        let rtt = now.saturating_duration_since(started);
+        let options = &self.options;
+        if outcome == Some(true) && !probe {
+            // The common path touches only this node's record.
+            let mut record = node.record();
+            record.ewma.observe(rtt, now, &options.ewma);
+            record.outlier.consecutive_failures = 0;
+            return;
         }
-        Strategy::Random => state.rng.below(len),
-        Strategy::Weighted => {
-            let total: u64 = candidates
-                .iter()
-                .map(|i| u64::from(i.metadata.weight))
-                .sum();
-            if total == 0 {
-                state.rng.below(len)
-            } else {
-                let mut ticket = state.rng.below(total);
-                let mut index = 0;
-                for (i, instance) in candidates.iter().enumerate() {
-                    let weight = u64::from(instance.metadata.weight);
-                    if ticket < weight {
-                        index = i as u64;
-                        break;
-                    }
-                    ticket -= weight;
-                }
-                index
-            }
-        }
-        Strategy::PowerOfTwoChoices => {
-            if len < 2 {
-                0
-            } else {
-                let a = state.rng.below(len);
-                let mut b = state.rng.below(len - 1);
-                if b >= a {
-                    b += 1;
-                }
-                let load_a = state.load(&candidates[a as usize].id);
-                let load_b = state.load(&candidates[b as usize].id);
-                if load_b < load_a {
-                    b
-                } else {
-                    a
+        let mut state = self.lock();
+        let mut record = node.record();
+        match outcome {
+            None => {
+                // Cancelled or panicked: no sample; a trial call is owed again.
+                if probe && record.outlier.health == Health::Probing {
+                    record.outlier.health = Health::AwaitingProbe;
                 }
             }
-        }
-    };
-    candidates.get(usize::try_from(index).ok()?).copied()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn nodes(weights: &[u32]) -> Arc<[ServiceInstance]> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                ServiceInstance::new("s", format!("n{i}"), format!("10.0.0.{i}:80"))
-                    .with_metadata(crate::Metadata::default().with_weight(w))
-            })
-            .collect()
-    }
-
-    fn counts(picker: &Picker, picks: usize, report: bool) -> HashMap<String, usize> {
-        let mut counts = HashMap::new();
-        for _ in 0..picks {
-            let node = picker.pick().expect("a node");
-            if report {
-                picker.report_success(&node.id);
+            Some(true) => {
+                record.ewma.observe(rtt, now, &options.ewma);
+                record.outlier.restore(now);
+                node.out.store(false, Ordering::Relaxed);
+                state.out.retain(|(n, _)| !Arc::ptr_eq(n, node));
+                tracing::info!(id = %node.id, "probe succeeded; node back to full traffic");
             }
-            *counts.entry(node.id).or_default() += 1;
-        }
-        counts
-    }
-
-    #[test]
-    fn empty_source_picks_nothing() {
-        for strategy in [
-            Strategy::RoundRobin,
-            Strategy::Random,
-            Strategy::Weighted,
-            Strategy::PowerOfTwoChoices,
-        ] {
-            let picker = Picker::new(nodes(&[]), PickerOptions::new(strategy));
-            assert_eq!(picker.pick(), None);
-        }
-    }
-
-    #[test]
-    fn round_robin_is_exact() {
-        let picker = Picker::new(nodes(&[1, 1, 1, 1]), PickerOptions::default());
-        let order: Vec<String> = (0..8).map(|_| picker.pick().unwrap().id).collect();
-        assert_eq!(order, ["n0", "n1", "n2", "n3", "n0", "n1", "n2", "n3"]);
-    }
-
-    #[test]
-    fn weighted_zero_weights_fall_back_to_uniform() {
-        let picker = Picker::new(nodes(&[0, 0]), PickerOptions::new(Strategy::Weighted));
-        let counts = counts(&picker, 1_000, true);
-        assert_eq!(counts.len(), 2);
-        let drained = Picker::new(nodes(&[0, 5]), PickerOptions::new(Strategy::Weighted));
-        assert_eq!(counts_of(&drained, 500).get("n0"), None);
-    }
-
-    fn counts_of(picker: &Picker, picks: usize) -> HashMap<String, usize> {
-        counts(picker, picks, true)
-    }
-
-    #[test]
-    fn same_seed_same_picks() {
-        let a = Picker::new(
-            nodes(&[1, 2, 3]),
-            PickerOptions::new(Strategy::Random).seed(9),
-        );
-        let b = Picker::new(
-            nodes(&[1, 2, 3]),
-            PickerOptions::new(Strategy::Random).seed(9),
-        );
-        for _ in 0..100 {
-            assert_eq!(a.pick(), b.pick());
+            Some(false) => {
+                record
+                    .ewma
+                    .observe(rtt.max(options.ewma.failure_penalty), now, &options.ewma);
+                record.outlier.consecutive_failures =
+                    record.outlier.consecutive_failures.saturating_add(1);
+                if probe {
+                    let until = record.outlier.eject(now, &options.ejection);
+                    tracing::warn!(id = %node.id, ejected_for = ?until - now,
+                        "probe failed; node ejected again");
+                    return;
+                }
+                let threshold = options.ejection.consecutive_failures;
+                if threshold == 0
+                    || record.outlier.consecutive_failures < threshold
+                    || record.outlier.health != Health::Healthy
+                {
+                    return;
+                }
+                // Only a node the picker still indexes can be ejected (a stale guard of a node
+                // that left and came back must not eject its successor).
+                let Some(&index) = state.by_id.get(&node.id) else {
+                    return;
+                };
+                if !Arc::ptr_eq(&state.nodes[index], node) {
+                    return;
+                }
+                let out_now = state
+                    .out
+                    .iter()
+                    .filter(|(_, i)| state.is_eligible[*i])
+                    .count();
+                if out_now >= options.ejection.max_out(state.eligible.len()) {
+                    tracing::debug!(id = %node.id, "ejection cap reached; node stays in");
+                    return;
+                }
+                let until = record.outlier.eject(now, &options.ejection);
+                node.out.store(true, Ordering::Relaxed);
+                state.out.push((node.clone(), index));
+                tracing::warn!(id = %node.id, ejected_for = ?until - now,
+                    times = record.outlier.times_ejected, "node ejected");
+            }
         }
     }
 }

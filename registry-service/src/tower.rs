@@ -1,5 +1,11 @@
 //! Discovered instances in tower's vocabulary (feature `tower`).
 //!
+//! [`discover`] is the balancer's feed: a tower `Discover` of [`Endpoint`]s for
+//! `tower::balance::p2c::Balance`, backed by a task that keeps draining discovery while no
+//! request flows and inserts again an endpoint the balancer evicted after a failed
+//! `poll_ready`, while discovery still lists it (see [`discover`]'s docs). The rest of this page is about [`changes`], the plain stream
+//! without a task.
+//!
 //! [`changes`] turns a [`Discovery`]'s events into a stream of [`tower::discover::Change`]s
 //! keyed by instance id: first an `Insert` for every instance held at the time of the call,
 //! then an `Insert` for each instance added or updated (balancers replace the service under an
@@ -11,15 +17,20 @@
 //!
 //! ```text
 //! let (channel, sender) = tonic::transport::Channel::balance_channel(16);
-//! let mut endpoints = registry_service::tower::changes(&discovery)
-//!     .map_instances(|instance| Endpoint::from_shared(format!("http://{}", instance.address)));
+//! // `discover` rather than `changes`: its task keeps reading discovery while this loop waits
+//! // on a full channel (tonic's balancer takes changes only when polled for a request).
+//! let mut endpoints = registry_service::tower::discover(&discovery, |instance| {
+//!     Endpoint::from_shared(format!("http://{}", instance.address))
+//! })?;
 //! tokio::spawn(async move {
 //!     while let Some(Ok(change)) = endpoints.next().await {
 //!         // tonic 0.14's channel takes its own copy of `Change`; addresses that are not
 //!         // URIs are skipped rather than stopping the feed.
 //!         let change = match change {
-//!             Change::Insert(id, Ok(endpoint)) => channel::Change::Insert(id, endpoint),
-//!             Change::Insert(..) => continue,
+//!             Change::Insert(id, node) => match node.into_inner() {
+//!                 Ok(endpoint) => channel::Change::Insert(id, endpoint),
+//!                 Err(_) => continue,
+//!             },
 //!             Change::Remove(id) => channel::Change::Remove(id),
 //!         };
 //!         if sender.send(change).await.is_err() { break; }
@@ -29,6 +40,12 @@
 //!
 //! The stream never fails (its error type is [`Infallible`]) and ends when the discovery's
 //! cache is gone. `examples/examples/tonic_balance.rs` runs the whole thing.
+
+mod discover;
+
+pub use discover::{
+    discover, discover_with, Discover, DiscoverHandle, DiscoverOptions, DiscoverStats, Endpoint,
+};
 
 use crate::discovery::{Discovery, DiscoveryEvent, DiscoveryEvents};
 use crate::instance::ServiceInstance;

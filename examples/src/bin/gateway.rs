@@ -34,9 +34,10 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:50050")]
     listen: SocketAddr,
     /// How to pick a node per call.
-    #[arg(long, value_enum, default_value_t = Pick::RoundRobin)]
+    #[arg(long, value_enum, default_value_t = Pick::P2c)]
     pick: Pick,
-    /// How long a node that failed a call is left out, in milliseconds.
+    /// How long a node that keeps failing is ejected the first time, in milliseconds; each
+    /// further ejection adds as much, up to twelve times this.
     #[arg(long, default_value_t = 5_000)]
     down_for_ms: u64,
     /// How long one forwarded call may take, in milliseconds.
@@ -56,7 +57,7 @@ enum Pick {
     Random,
     /// At random, in proportion to each node's `weight`.
     Weighted,
-    /// The less busy of two random nodes.
+    /// Of two random nodes, the one with the lower peak EWMA latency × calls in flight.
     P2c,
 }
 
@@ -102,10 +103,11 @@ async fn run(args: Args) -> Result<(), BoxError> {
         None => None,
     };
     let mut options = GatewayOptions::default();
-    options.picker = options
+    let base = Duration::from_millis(args.down_for_ms);
+    options.picker.ejection = options
         .picker
-        .clone()
-        .down_for(Duration::from_millis(args.down_for_ms));
+        .ejection
+        .ejection_time(base, base.saturating_mul(12));
     options.picker.strategy = args.pick.into();
     options.call_timeout = Duration::from_millis(args.call_timeout_ms);
     let gateway = Gateway::new(discovery, options);
