@@ -34,6 +34,15 @@ pub enum Error {
     #[error("the {0} has stopped")]
     Stopped(&'static str),
 
+    /// A watch delivered nothing for its idle period, then did not answer a progress request
+    /// in time: it is treated as dead (a member cut off from its cluster keeps such watches
+    /// open), and the watcher lists again.
+    #[error("the watch was silent for {silent_for:?} and did not answer a progress request")]
+    WatchStalled {
+        /// How long nothing was heard on it.
+        silent_for: Duration,
+    },
+
     /// A wait did not end in time.
     #[error("{what} did not happen within {after:?}")]
     Timeout {
@@ -50,7 +59,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Registry(e) => e.is_retryable(),
-            Error::Timeout { .. } => true,
+            Error::Timeout { .. } | Error::WatchStalled { .. } => true,
             _ => false,
         }
     }
