@@ -91,6 +91,7 @@ macro_rules! __conformance_cases {
             watch_is_reliable,
             watch_is_resumable,
             watch_progress_is_a_bookmark,
+            watch_progress_request_answers,
             watch_is_filtered,
             watch_prev_kv_and_create_flag,
             concurrent_watchers_agree,

@@ -28,6 +28,8 @@ enum Bug {
     BumpsOnNoOpDelete,
     /// A put with an unknown lease is written without the lease.
     AcceptsUnknownLease,
+    /// Progress requests are accepted and never answered.
+    IgnoresProgressRequests,
 }
 
 #[derive(Debug)]
@@ -172,6 +174,11 @@ impl Registry for Mutant {
     }
     async fn watch(&self, prefix: &[u8], opts: WatchOptions) -> Result<WatchStream> {
         let stream = self.inner.watch(prefix, opts).await?;
+        if self.is(Bug::IgnoresProgressRequests) {
+            // The events as they are, behind a requester that only says yes.
+            return Ok(WatchStream::new(stream)
+                .with_progress_requests(|| Box::pin(futures::future::ready(Ok(())))));
+        }
         Ok(self.mutate(stream))
     }
 }
@@ -278,4 +285,18 @@ fn catches_a_revision_bump_on_a_no_op_delete() {
 #[test]
 fn catches_a_put_with_an_unknown_lease() {
     assert_caught(Bug::AcceptsUnknownLease, "unknown_lease_ops_fail");
+}
+
+#[test]
+fn catches_an_unanswered_progress_request() {
+    // Only the named case asks for progress; model_check never does.
+    let rt = runtime();
+    let backend = MutantBackend::new(Some(Bug::IgnoresProgressRequests));
+    let failure = run_case("watch_progress_request_answers", &backend, &rt, None)
+        .expect_err("an unanswered progress request passed");
+    assert!(
+        failure.message.contains("no progress answer"),
+        "{}",
+        failure.message
+    );
 }

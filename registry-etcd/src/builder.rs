@@ -49,6 +49,7 @@ pub struct EtcdRegistryBuilder {
     keep_alive: Option<(Duration, Duration)>,
     user: Option<(String, String)>,
     max_value_bytes: usize,
+    require_leader: bool,
     #[cfg(feature = "tls")]
     tls: Option<etcd_client::TlsOptions>,
 }
@@ -64,6 +65,7 @@ impl fmt::Debug for EtcdRegistryBuilder {
             .field("keep_alive", &self.keep_alive)
             .field("user", &self.user.as_ref().map(|(name, _)| name))
             .field("max_value_bytes", &self.max_value_bytes)
+            .field("require_leader", &self.require_leader)
             .finish_non_exhaustive()
     }
 }
@@ -86,6 +88,9 @@ impl EtcdRegistryBuilder {
             keep_alive: Some((DEFAULT_KEEP_ALIVE_INTERVAL, DEFAULT_KEEP_ALIVE_TIMEOUT)),
             user: None,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            // On by default: a member cut off from its peers otherwise keeps its watches open
+            // and silent for as long as the partition lasts.
+            require_leader: true,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -140,6 +145,20 @@ impl EtcdRegistryBuilder {
     /// under etcd's request limit). Raise it only with the server's `--max-request-bytes`.
     pub fn max_value_bytes(mut self, limit: usize) -> Self {
         self.max_value_bytes = limit;
+        self
+    }
+
+    /// Whether every request asks the member it reaches to have a leader (etcd's `hasleader`
+    /// metadata; default `true`).
+    ///
+    /// With it, a member that has lost its cluster (a partition, its peers down) ends the
+    /// watches open on it with [`Error::Unavailable`] ("etcdserver: no leader") once it has had
+    /// no leader for three election timeouts, and refuses new calls at once with the same
+    /// error, so the caller re-watches through another member. Without it, such a member keeps
+    /// its watches open and silent for as long as the partition lasts: the events committed by
+    /// the rest of the cluster never reach them (etcd #8980).
+    pub fn require_leader(mut self, require: bool) -> Self {
+        self.require_leader = require;
         self
     }
 
@@ -231,7 +250,8 @@ impl EtcdRegistryBuilder {
     fn connect_options(&self) -> ConnectOptions {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(self.connect_timeout)
-            .with_timeout(self.request_timeout);
+            .with_timeout(self.request_timeout)
+            .with_require_leader(self.require_leader);
         if let Some((interval, timeout)) = self.keep_alive {
             options = options.with_keep_alive(interval, timeout);
         }

@@ -10,6 +10,7 @@ use registry_api::{
     WatchStream,
 };
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -47,6 +48,12 @@ impl Inner {
             };
             tracing::debug!(watch_id, "watch created");
             let (sender, responses) = (*stream).split();
+            let sender = Arc::new(tokio::sync::Mutex::new(sender));
+            let requester = ProgressRequester {
+                sender: sender.clone(),
+                timeout: self.request_timeout,
+                span: tracing::Span::current(),
+            };
             let state = WatchState {
                 namespace: self.namespace.clone(),
                 stream: responses,
@@ -59,10 +66,10 @@ impl Inner {
                 done: false,
                 span: tracing::Span::current(),
             };
-            Ok(WatchStream::new(futures::stream::unfold(
-                state,
-                WatchState::next,
-            )))
+            Ok(
+                WatchStream::new(futures::stream::unfold(state, WatchState::next))
+                    .with_progress_requests(move || Box::pin(requester.clone().request())),
+            )
         }
         .instrument(span)
         .await
@@ -141,16 +148,55 @@ fn cancel_error(resp: &WatchResponse) -> Error {
     }
 }
 
+/// The request half of a watch's gRPC stream, shared by the cancel on drop and the progress
+/// requests.
+type SharedSender = Arc<tokio::sync::Mutex<etcd_client::WatchRequestSender>>;
+
+/// Sends etcd's `RequestProgress` on the watch's own gRPC stream. etcd answers once every
+/// watcher on that stream has caught up, with a response that carries no events and the
+/// current revision in its header (watch id -1 in etcd 3.5): [`WatchState::absorb`] turns it
+/// into an empty batch.
+#[derive(Clone)]
+struct ProgressRequester {
+    sender: SharedSender,
+    timeout: Duration,
+    span: tracing::Span,
+}
+
+impl ProgressRequester {
+    async fn request(self) -> Result<()> {
+        let span = tracing::debug_span!(parent: &self.span, "etcd.watch.request_progress");
+        async move {
+            // The request channel is bounded (etcd-client's, 100 requests): a full one waits,
+            // at most the request timeout.
+            let send = async { self.sender.lock().await.request_progress().await };
+            match tokio::time::timeout(self.timeout, send).await {
+                Ok(Ok(())) => Ok(()),
+                // The only way a send fails: the gRPC stream is gone.
+                Ok(Err(e)) => Err(Error::unavailable(format!(
+                    "the watch stream is closed: {e}"
+                ))),
+                Err(_) => Err(Error::unavailable(format!(
+                    "the progress request could not be sent within {:?}",
+                    self.timeout
+                ))),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
 /// Cancels the etcd watch when the caller drops the stream. Dropping the gRPC stream alone
 /// also ends it, but only once the transport notices; the cancel request is explicit.
 struct CancelGuard {
     watch_id: i64,
-    sender: Option<etcd_client::WatchRequestSender>,
+    sender: Option<SharedSender>,
 }
 
 impl Drop for CancelGuard {
     fn drop(&mut self) {
-        let (Some(mut sender), Ok(runtime)) =
+        let (Some(sender), Ok(runtime)) =
             (self.sender.take(), tokio::runtime::Handle::try_current())
         else {
             return;
@@ -158,7 +204,7 @@ impl Drop for CancelGuard {
         let watch_id = self.watch_id;
         runtime.spawn(async move {
             // The watch may be gone already (server down, stream ended): nothing to undo.
-            let _ = sender.cancel(watch_id).await;
+            let _ = sender.lock().await.cancel(watch_id).await;
         });
     }
 }
@@ -226,7 +272,9 @@ impl WatchState {
         }
         let events = resp.events();
         if events.is_empty() {
-            // A progress notification: everything up to the header revision was delivered.
+            // A progress notification, asked for with `progress_notify` or answering a progress
+            // request (then with watch id -1, as it is not addressed to one watch): everything up
+            // to the header revision was delivered.
             let revision = Revision(resp.header().map(|h| h.revision()).unwrap_or_default());
             if revision.0 > 0 && revision >= self.delivered {
                 self.pending.push_back(WatchBatch {

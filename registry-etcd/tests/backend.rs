@@ -491,3 +491,44 @@ async fn lists_and_catch_ups_above_grpc_default_message_size_work() {
     }
     r.delete_prefix(b"big/").await.unwrap();
 }
+
+#[tokio::test]
+async fn a_progress_request_is_answered_at_the_current_revision() {
+    let r = registry("progress-request").await;
+    let mut watch = r.watch(b"quiet/", WatchOptions::default()).await.unwrap();
+    assert!(watch.supports_progress_requests());
+    assert!(stays_quiet(&mut watch, Duration::from_millis(200)).await);
+    for round in 0..2 {
+        // The second round first writes outside the prefix: the answer must cover it.
+        let before = if round == 0 {
+            r.get(b"quiet/none").await.unwrap().revision
+        } else {
+            r.put(b"elsewhere/k", b"v", PutOptions::default())
+                .await
+                .unwrap()
+                .revision
+        };
+        let asked = std::time::Instant::now();
+        watch.request_progress().await.unwrap();
+        let answer = match common::next_item(&mut watch, Duration::from_secs(1)).await {
+            Some(Ok(batch)) => batch,
+            other => panic!("expected a progress answer, got {other:?}"),
+        };
+        println!("progress answer {round} in {:?}", asked.elapsed());
+        let after = r.get(b"quiet/none").await.unwrap().revision;
+        assert!(answer.is_progress(), "{answer:?}");
+        assert!(
+            before <= answer.revision && answer.revision <= after,
+            "answer at {} outside [{before}, {after}]",
+            answer.revision
+        );
+    }
+    // Events still come after the answers, above them.
+    let put = r
+        .put(b"quiet/k", b"v", PutOptions::default())
+        .await
+        .unwrap();
+    let batch = next_batch(&mut watch).await;
+    assert_eq!(batch.revision, put.revision);
+    assert_eq!(batch.events.len(), 1);
+}

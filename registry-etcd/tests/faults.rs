@@ -477,3 +477,62 @@ async fn with_a_follower_down_every_call_succeeds_on_the_others() {
         list.revision.next()
     );
 }
+
+#[tokio::test]
+async fn a_member_cut_off_from_its_cluster_ends_its_watches() {
+    // The bound on how long a leaderless member may keep a watch open: etcd cancels
+    // require-leader streams after three election timeouts without a leader (0.5 s each here),
+    // once the survivor has noticed it lost its peers (one or two election timeouts).
+    const BOUND: Duration = Duration::from_secs(8);
+    let mut cluster = EtcdCluster::start(3).expect("cluster");
+    let survivor = cluster.endpoint(0).unwrap();
+    let strict = EtcdRegistry::builder([survivor.clone()])
+        .request_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap();
+    let lax = EtcdRegistry::builder([survivor])
+        .request_timeout(Duration::from_secs(2))
+        .require_leader(false)
+        .connect()
+        .await
+        .unwrap();
+    let mut strict_watch = strict
+        .watch(b"svc/", WatchOptions::default())
+        .await
+        .unwrap();
+    let mut lax_watch = lax.watch(b"svc/", WatchOptions::default()).await.unwrap();
+    strict
+        .put(b"svc/a", b"v", PutOptions::default())
+        .await
+        .unwrap();
+    next_batch(&mut strict_watch).await;
+    next_batch(&mut lax_watch).await;
+
+    cluster.kill(1);
+    cluster.kill(2);
+    let cut = Instant::now();
+    let item = next_item(&mut strict_watch, BOUND).await;
+    let ended_after = cut.elapsed();
+    println!("the watch through the leaderless member ended {ended_after:?} after its peers died (bound {BOUND:?}): {item:?}");
+    assert!(
+        matches!(item, Some(Err(Error::Unavailable { .. }))),
+        "{item:?}"
+    );
+    // New calls are refused at once rather than waiting for the request timeout.
+    let asked = Instant::now();
+    let refused = strict.get(b"svc/a").await;
+    println!(
+        "a read through the leaderless member failed in {:?}: {refused:?}",
+        asked.elapsed()
+    );
+    assert!(
+        matches!(refused, Err(Error::Unavailable { .. })),
+        "{refused:?}"
+    );
+    // The control: without require-leader the same member keeps its watch open and silent.
+    assert!(
+        stays_quiet(&mut lax_watch, Duration::from_secs(1)).await,
+        "the watch without require-leader ended too"
+    );
+}

@@ -50,6 +50,11 @@
 //! caught up with the store and `R` is above everything it was sent so far: once when it is
 //! opened (and has replayed its history), then after each write that concerns none of its keys.
 //! After a notification at `R` it never gets an event at or below `R`.
+//!
+//! Any watch answers [`WatchStream::request_progress`](registry_api::WatchStream::request_progress)
+//! as etcd answers `RequestProgress`: once it has delivered every change up to the store's
+//! current revision `R`, it yields an empty batch at `R`, even when it already reported `R`. A
+//! request during an outage, or on a watch an outage cut, fails with `Unavailable`.
 
 mod builder;
 mod clock;

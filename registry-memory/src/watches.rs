@@ -27,6 +27,8 @@ struct Slot {
     wakes_on_any: bool,
     /// Set while the watcher is parked; then its id is in `Watchers::parked`.
     waker: Option<Waker>,
+    /// A progress request waits for the watcher to catch up.
+    progress_requested: bool,
 }
 
 /// The table of open watches.
@@ -48,6 +50,7 @@ impl Watchers {
                 prefix,
                 wakes_on_any,
                 waker: None,
+                progress_requested: false,
             },
         );
         id
@@ -68,6 +71,27 @@ impl Watchers {
             }
             slot.waker = Some(waker.clone());
         }
+    }
+
+    /// Marks the watch as asked for progress and wakes it if parked. False when the watch is
+    /// gone.
+    fn request_progress(&mut self, id: u64, to_wake: &mut Vec<Waker>) -> bool {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return false;
+        };
+        slot.progress_requested = true;
+        if let Some(waker) = slot.waker.take() {
+            self.parked.retain(|parked| *parked != id);
+            to_wake.push(waker);
+        }
+        true
+    }
+
+    /// Clears and returns the watch's pending progress request.
+    fn take_progress_request(&mut self, id: u64) -> bool {
+        self.slots
+            .get_mut(&id)
+            .is_some_and(|slot| std::mem::take(&mut slot.progress_requested))
     }
 
     /// Open watches.
@@ -139,6 +163,11 @@ pub(crate) fn open(
     let id = state
         .watchers
         .add(cursor, spec.prefix.clone(), spec.progress_notify);
+    let requester = ProgressRequester {
+        shared: shared.clone(),
+        id,
+        outage: state.outages,
+    };
     WatchStream::new(MemoryWatch {
         shared,
         id,
@@ -156,6 +185,38 @@ pub(crate) fn open(
         reported: 0,
         finished: false,
     })
+    .with_progress_requests(move || Box::pin(futures::future::ready(requester.request())))
+}
+
+/// What a watch's [`WatchStream::request_progress`] calls: marks the watch's slot, which its
+/// next poll that finds it caught up answers with an empty batch at the current revision.
+#[derive(Debug)]
+struct ProgressRequester {
+    shared: Arc<Shared>,
+    id: u64,
+    /// The outage count when the watch was opened: a later outage has cut it.
+    outage: u64,
+}
+
+impl ProgressRequester {
+    fn request(&self) -> Result<()> {
+        let _span =
+            tracing::debug_span!("memory.watch.request_progress", watch = self.id).entered();
+        self.shared.call(|state, _| {
+            if state.outages != self.outage {
+                return Err(Error::unavailable(
+                    "memory registry made unavailable by fault injection: watch cut",
+                ));
+            }
+            if state.watchers.request_progress(self.id, &mut state.to_wake) {
+                Ok(())
+            } else {
+                Err(Error::WatchCancelled {
+                    reason: "the watch has ended".to_owned(),
+                })
+            }
+        })
+    }
 }
 
 /// An open watch's stream.
@@ -229,8 +290,17 @@ impl Stream for MemoryWatch {
             }
             let mut outcome = None;
             if this.buffer.is_empty() {
-                let caught_up_to = (cursor - 1).min(state.mvcc.revision());
-                if this.progress_notify && this.reported < caught_up_to {
+                let current = state.mvcc.revision();
+                let caught_up_to = (cursor - 1).min(current);
+                if state.watchers.take_progress_request(this.id) {
+                    // Answered even when this revision was reported already: the caller waits
+                    // for an answer, not for news.
+                    this.reported = this.reported.max(current);
+                    outcome = Some(Poll::Ready(Some(Ok(WatchBatch {
+                        revision: Revision(current),
+                        events: Vec::new(),
+                    }))));
+                } else if this.progress_notify && this.reported < caught_up_to {
                     this.reported = caught_up_to;
                     outcome = Some(Poll::Ready(Some(Ok(WatchBatch {
                         revision: Revision(caught_up_to),

@@ -23,8 +23,17 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// `shared/data/etcd-traces` in the nearest folder above this crate that has it: two levels up
+/// from a checkout, three from a git worktree kept one folder deeper. The first candidate when
+/// none has it, so the failure names the expected place.
 fn trace_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/etcd-traces")
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .skip(2)
+        .map(|dir| dir.join("shared/data/etcd-traces"))
+        .find(|dir| dir.is_dir())
+        .unwrap_or_else(|| manifest.join("../../shared/data/etcd-traces"))
 }
 
 fn trace_files() -> Vec<PathBuf> {

@@ -387,3 +387,123 @@ async fn an_expiry_reaches_a_parked_watcher() {
         Err(Error::LeaseNotFound(LeaseId(1)))
     ));
 }
+
+#[tokio::test]
+async fn a_progress_request_is_answered_at_the_current_revision_once_caught_up() {
+    let r = registry();
+    put(&r, "a/1", "x").await; // 2
+    put(&r, "a/2", "x").await; // 3
+    let mut watch = r
+        .watch(b"a/", WatchOptions::from_revision(Revision(2)))
+        .await
+        .unwrap();
+    assert!(watch.supports_progress_requests());
+    // Asked before the replay is read: the answer comes after every event up to the current
+    // revision, never before.
+    watch.request_progress().await.unwrap();
+    put(&r, "b/1", "x").await; // 4, outside the prefix
+    let got = drain(&mut watch);
+    assert_eq!(
+        summary(&got),
+        vec![
+            (2, vec![(EventKind::Put, "a/1".into())]),
+            (3, vec![(EventKind::Put, "a/2".into())]),
+            (4, vec![]),
+        ]
+    );
+    // One request, one answer.
+    assert!(drain(&mut watch).is_empty());
+}
+
+/// Counts wake-ups, to see a parked watch being woken.
+#[derive(Default)]
+struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+impl futures::task::ArcWake for CountingWaker {
+    fn wake_by_ref(arc_self: &std::sync::Arc<Self>) {
+        arc_self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_parked_watch_is_woken_by_a_progress_request_even_at_a_revision_it_reported() {
+    use std::sync::atomic::Ordering;
+    use std::task::{Context, Poll};
+    let r = registry();
+    let rev = put(&r, "a/1", "x").await;
+    let mut watch = r
+        .watch(
+            b"a/",
+            WatchOptions::from_revision(rev).with_progress_notify(),
+        )
+        .await
+        .unwrap();
+    let first = drain(&mut watch);
+    // The event reported `rev`: progress notifications alone would say nothing more.
+    assert_eq!(
+        first
+            .iter()
+            .map(|b| (b.revision, b.is_progress()))
+            .collect::<Vec<_>>(),
+        vec![(rev, false)]
+    );
+    let counter = std::sync::Arc::new(CountingWaker::default());
+    let waker = futures::task::waker(counter.clone());
+    let mut cx = Context::from_waker(&waker);
+    assert!(watch.poll_next_unpin(&mut cx).is_pending());
+    watch.request_progress().await.unwrap();
+    assert_eq!(
+        counter.0.load(Ordering::SeqCst),
+        1,
+        "the request wakes the parked watch"
+    );
+    match watch.poll_next_unpin(&mut cx) {
+        Poll::Ready(Some(Ok(batch))) => {
+            assert_eq!((batch.revision, batch.is_progress()), (rev, true));
+        }
+        other => panic!("expected the progress answer, got {other:?}"),
+    }
+    assert!(watch.poll_next_unpin(&mut cx).is_pending());
+}
+
+#[tokio::test]
+async fn an_outage_fails_progress_requests_with_unavailable() {
+    let r = registry();
+    let mut watch = r.watch(b"a/", WatchOptions::default()).await.unwrap();
+    r.set_unavailable(true);
+    assert!(matches!(
+        watch.request_progress().await,
+        Err(Error::Unavailable { .. })
+    ));
+    // Still refused once the server is back: the outage cut this watch.
+    r.set_unavailable(false);
+    assert!(matches!(
+        watch.request_progress().await,
+        Err(Error::Unavailable { .. })
+    ));
+    assert!(matches!(
+        drain_errors(&mut watch),
+        Some(Error::Unavailable { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_progress_request_on_an_ended_watch_fails() {
+    let r = registry();
+    let mut watch = r.watch(b"a/", WatchOptions::default()).await.unwrap();
+    r.set_unavailable(true);
+    r.set_unavailable(false);
+    assert!(matches!(
+        drain_errors(&mut watch),
+        Some(Error::Unavailable { .. })
+    ));
+    assert!(watch.request_progress().await.is_err());
+}
+
+/// The error item the watch yields now, if any.
+fn drain_errors(watch: &mut WatchStream) -> Option<Error> {
+    match watch.next().now_or_never() {
+        Some(Some(Err(e))) => Some(e),
+        _ => None,
+    }
+}

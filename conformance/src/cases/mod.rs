@@ -37,6 +37,7 @@ case_table! {
     watch_is_reliable => watch::reliable,
     watch_is_resumable => watch::resumable,
     watch_progress_is_a_bookmark => watch::bookmark,
+    watch_progress_request_answers => watch::progress_request_answers,
     watch_is_filtered => watch::filtered,
     watch_prev_kv_and_create_flag => watch::prev_kv_and_create_flag,
     concurrent_watchers_agree => watch::concurrent_watchers_agree,

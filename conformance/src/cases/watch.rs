@@ -2,6 +2,7 @@
 
 use super::Ctx;
 use crate::failure::{ensure, ensure_eq, Check};
+use crate::watch_read::{check_properties, read_until, Received};
 use registry_api::{Error, EventKind, Revision, WatchOptions};
 
 /// A mixed history: creates, updates, a delete, a prefix delete, keys inside and outside `a/`.
@@ -142,6 +143,83 @@ pub(crate) async fn bookmark(cx: &mut Ctx<'_>) -> Check {
     // expect_watch checks W6 over every batch it reads, progress notifications included.
     cx.expect_watch(&mut w, "", start, false, None).await?;
     Ok(())
+}
+
+/// W6, asked for: a progress request is answered, once the watch has delivered every change up to the
+/// store's current revision `R`, by an empty batch at `R`; so writes outside the prefix are
+/// covered, and nothing at or below `R` comes after it.
+pub(crate) async fn progress_request_answers(cx: &mut Ctx<'_>) -> Check {
+    let start = cx.revision().await?.next();
+    let mut w = cx.watch("a/", from(start)).await?;
+    mixed_writes(cx).await?;
+    // The last write is outside the prefix: the answer must still cover it.
+    let before = cx.revision().await?;
+    w.request_progress()
+        .await
+        .map_err(|e| format!("W6 progress request: the progress request failed: {e}"))?;
+    let got = read_until_progress(&mut w, cx.caps.watch_timeout()).await;
+    if let Some(e) = &got.error {
+        return Err(format!(
+            "W6 progress request: the watch failed before answering: {e}"
+        ));
+    }
+    let Some(answer) = got.batches.last().filter(|b| b.is_progress()).cloned() else {
+        return Err(format!(
+            "W6 progress request: no progress answer{} after {} batches",
+            if got.timed_out { " in time" } else { "" },
+            got.batches.len()
+        ));
+    };
+    let after = cx.revision().await?;
+    ensure!(
+        before <= answer.revision && answer.revision <= after,
+        "W6 progress request: progress answer at {} while the store was at {before} before the request and {after} after it",
+        answer.revision
+    );
+    // Every change up to the answer came before it, exactly as the history has them.
+    let prefix = cx.key("a/");
+    let want = cx.model.changes_since(&prefix, start, false, None);
+    let events = got.event_batches();
+    let (g, m) = (
+        events.iter().map(|b| cx.norm.batch(b)).collect::<Vec<_>>(),
+        want.iter().map(|b| cx.norm.batch(b)).collect::<Vec<_>>(),
+    );
+    ensure!(
+        g == m,
+        "W6 progress request: the progress answer came before every change up to it\n  expected: {m:?}\n    actual: {g:?}"
+    );
+    // A later write inside the prefix comes above the answer.
+    let later = cx.put("a/9", "after", None).await?;
+    let got_later = read_until(&mut w, Some(later), cx.caps.watch_timeout()).await;
+    let mut all = got.batches.clone();
+    all.extend(got_later.batches.iter().cloned());
+    check_properties(&all, &prefix, start)?;
+    ensure!(
+        got_later.event_batches().last().map(|b| b.revision) == Some(later),
+        "W6 progress request: the write at {later} after the progress answer was not delivered"
+    );
+    Ok(())
+}
+
+/// Reads until a progress notification (kept as the last batch), an error, the end, or
+/// `timeout` without an item.
+async fn read_until_progress(
+    stream: &mut registry_api::WatchStream,
+    timeout: std::time::Duration,
+) -> Received {
+    let mut got = Received::default();
+    loop {
+        let item = read_until(stream, None, timeout).await;
+        let done = item.error.is_some() || item.ended || item.timed_out;
+        let progress = item.batches.iter().any(|b| b.is_progress());
+        got.batches.extend(item.batches);
+        got.error = item.error;
+        got.ended = item.ended;
+        got.timed_out = item.timed_out;
+        if done || progress {
+            return got;
+        }
+    }
 }
 
 /// W7: nothing outside the prefix, including keys that share its bytes but not its range.
