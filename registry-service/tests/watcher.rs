@@ -290,3 +290,18 @@ async fn re_lists_of_one_prefix_go_one_at_a_time_per_registry() {
         "q/ listed alongside p/ on one registry"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_watch_on_the_simulator_answers_progress_and_stays_up() {
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+    let mut stream = watcher(registry.clone(), "p/", config());
+    until_synced(&mut stream, Duration::from_secs(1)).await;
+    // The simulator answers progress requests itself: ten idle periods pass with no failure,
+    // no re-list and no re-watch (either would be an item).
+    let quiet = tokio::time::timeout(IDLE * 10, stream.next()).await;
+    assert!(quiet.is_err(), "nothing to say: {quiet:?}");
+    put(&registry, "p/a", "1").await;
+    let WatcherEvent::Changed { resync: false, .. } = next(&mut stream, IDLE).await else {
+        panic!("the same watch delivers")
+    };
+}

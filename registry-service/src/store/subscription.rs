@@ -64,7 +64,8 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> Subscription<T> {
             receiver: BroadcastStream::new(receiver),
             store,
             at,
-            first: Some(first),
+            // Nothing held: nothing to say before the first change.
+            first: (!first.events.is_empty()).then_some(first),
             pending: VecDeque::new(),
             lagged: 0,
         }
