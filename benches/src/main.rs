@@ -5,7 +5,7 @@
 //! bash scripts/bench.sh                 # everything; also writes target/bench-results.md
 //! bash scripts/bench.sh --quick         # a smoke run, scaled down
 //! cargo run --release -p registry-benches -- memory   # one part: overhead, memory, sim,
-//!                                                     # discovery or fanout (or a..e)
+//!                                                     # discovery, fanout or slow (or a..f)
 //! ```
 //!
 //! `all` starts one etcd on 127.0.0.1 (unless `--endpoint` names one) and runs each part in a
@@ -26,6 +26,7 @@ mod recording;
 mod report;
 mod sim_floors;
 mod sim_scale;
+mod slow_subscribers;
 mod stats;
 
 use clap::{Parser, ValueEnum};
@@ -55,6 +56,9 @@ enum Part {
     /// (e) 1,000 discovery handles of one service: watches opened, change -> all.
     #[value(alias = "e")]
     Fanout,
+    /// (f) 1,000 discovery subscribers that never read while 10,000 changes flow: memory.
+    #[value(alias = "f")]
+    Slow,
 }
 
 impl Part {
@@ -70,6 +74,7 @@ impl Part {
             Part::Sim => "sim",
             Part::Discovery => "discovery",
             Part::Fanout => "fanout",
+            Part::Slow => "slow",
         }
     }
 }
@@ -153,6 +158,7 @@ fn run_part(part: Part, endpoint: Option<&str>, quick: bool, seed: u64) -> Repor
             report
         }
         Part::Fanout => on_etcd(endpoint, |e| etcd_fanout::run(e, quick)),
+        Part::Slow => slow_subscribers::run(quick),
     }
 }
 
@@ -214,6 +220,7 @@ fn run_all(args: &Args) -> ExitCode {
         Part::Overhead,
         Part::Discovery,
         Part::Fanout,
+        Part::Slow,
     ] {
         let part_started = Instant::now();
         eprintln!("== {} ", part.name());

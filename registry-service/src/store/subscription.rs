@@ -39,8 +39,9 @@ pub struct Subscription<T> {
     store: Store<T>,
     /// The state this subscriber has reached.
     at: Arc<Snapshot<T>>,
-    /// The `Added`s of the entries held at subscription, not yet handed out.
-    first: Option<Update<T>>,
+    /// The `Added`s of the entries held at subscription are still to be handed out. Made on
+    /// the first read, not at subscription: a subscriber that never reads costs no copies.
+    first: bool,
     pending: VecDeque<StoreEvent<T>>,
     lagged: u64,
 }
@@ -51,21 +52,11 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> Subscription<T> {
         store: Store<T>,
         at: Arc<Snapshot<T>>,
     ) -> Self {
-        let first = Update {
-            events: at
-                .entries
-                .values()
-                .map(|value| StoreEvent::Added((**value).clone()))
-                .collect(),
-            snapshot: at.clone(),
-            lagged: false,
-        };
         Subscription {
             receiver: BroadcastStream::new(receiver),
             store,
             at,
-            // Nothing held: nothing to say before the first change.
-            first: (!first.events.is_empty()).then_some(first),
+            first: true,
             pending: VecDeque::new(),
             lagged: 0,
         }
@@ -83,8 +74,22 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> Subscription<T> {
 
     /// The next step; `None` once the store's writer is gone and everything was handed out.
     pub fn poll_update(&mut self, cx: &mut Context<'_>) -> Poll<Option<Update<T>>> {
-        if let Some(first) = self.first.take() {
-            return Poll::Ready(Some(first));
+        if std::mem::take(&mut self.first) {
+            // Before anything from the channel, so a lag (which diffs from `at`) can only
+            // follow these.
+            let events: Vec<_> = self
+                .at
+                .entries
+                .values()
+                .map(|value| StoreEvent::Added((**value).clone()))
+                .collect();
+            if !events.is_empty() {
+                return Poll::Ready(Some(Update {
+                    events,
+                    snapshot: self.at.clone(),
+                    lagged: false,
+                }));
+            }
         }
         loop {
             match self.receiver.poll_next_unpin(cx) {
