@@ -156,39 +156,39 @@ async fn with_bounded_subscribers(scale: &Scale, subscribers: usize) -> Outcome 
     }
 }
 
-/// The design before bounded subscriptions: every subscriber had its own unbounded queue of
-/// shared (`Arc`) events. Modelled with a `Vec` per subscriber fed each event, which holds
-/// exactly what such a queue holds for a reader that never reads.
+/// The design before bounded subscriptions: every subscriber had its own unbounded queue, fed
+/// one shared (`Arc`) copy of each event. Modelled with a `Vec` per subscriber, fed the same
+/// events the discovery publishes (an `Updated` per change), which holds exactly what such a
+/// queue holds for a reader that never reads. The events are made here rather than read from a
+/// discovery subscription, which (being bounded) would itself lag and drop them.
 async fn with_unbounded_queues(scale: &Scale) -> Outcome {
-    let (memory, registry, discovery) = setup().await;
+    let (_memory, _registry, discovery) = setup().await;
     procfs::reset_peak();
     let start_rss = procfs::rss();
     let started = Instant::now();
-    let mut source = discovery.subscribe();
-    let subscribers = scale.subscribers;
-    let fan_out = tokio::spawn(async move {
-        let mut queues: Vec<Vec<Arc<DiscoveryEvent>>> = vec![Vec::new(); subscribers];
-        let mut received = 0usize;
-        while let Some(event) = source.recv().await {
-            let event = Arc::new(event);
-            for queue in &mut queues {
-                queue.push(event.clone());
-            }
-            received += 1;
+    let mut queues: Vec<Vec<Arc<DiscoveryEvent>>> = vec![Vec::new(); scale.subscribers];
+    let mut weights = vec![1u32; INSTANCES];
+    for change in 0..scale.changes {
+        let index = change % INSTANCES;
+        let weight = 2 + change as u32;
+        let event = Arc::new(DiscoveryEvent::Updated {
+            old: instance(index, weights[index]),
+            new: instance(index, weight),
+        });
+        weights[index] = weight;
+        for queue in &mut queues {
+            queue.push(event.clone());
         }
-        (queues.iter().map(Vec::len).sum::<usize>(), received)
-    });
-    churn(&memory, &registry, &discovery, scale.changes).await;
-    // Give the fan-out time to take everything before measuring.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let growth = procfs::peak_rss().saturating_sub(start_rss);
     let took = started.elapsed();
+    let queued: usize = queues.iter().map(Vec::len).sum();
+    drop(queues);
     discovery.shutdown().await;
-    let (queued, received) = fan_out.await.unwrap_or_default();
     Outcome {
         growth,
         took,
-        exact: queued == received * subscribers,
+        exact: queued == scale.changes * scale.subscribers,
         lagged: 0,
     }
 }
@@ -343,8 +343,12 @@ pub(crate) fn run(quick: bool) -> Report {
             if unbounded.exact { "yes" } else { "NO" }
         ),
         format!("{saved:.1}x less with bounded subscriptions"),
-        "less than unbounded",
-        Verdict::from_bool(bounded.growth < unbounded.growth),
+        "less than unbounded (full run; --quick is too small to tell from noise)",
+        if quick {
+            Verdict::Info
+        } else {
+            Verdict::from_bool(bounded.growth < unbounded.growth)
+        },
     );
     report
 }
