@@ -1,7 +1,7 @@
 //! Layer 3: a live, typed view of one service's instances.
 //!
-//! A [`Discovery`] is a [`watcher`](crate::watcher) of the service's prefix feeding a
-//! [`store`](crate::store), decoded into [`ServiceInstance`]s by an [`InstanceLayout`]
+//! A [`Discovery`] is a [`watcher`](mod@crate::watcher) of the service's prefix feeding a
+//! [`store`](mod@crate::store), decoded into [`ServiceInstance`]s by an [`InstanceLayout`]
 //! ([`JsonLayout`] by default), run by one task that the handles own. It lists the prefix at
 //! revision R, watches from R+1 and applies each batch, so [`snapshot`](Discovery::snapshot)
 //! answers at once from memory. When the watch fails (server unreachable, history compacted,

@@ -11,10 +11,10 @@
 //! - [`registration`]: register with a lease, keep it alive, heal when the lease or key is
 //!   lost ([`Registration`]).
 //! - Discovery, in three layers:
-//!   - [`watcher`]: a self-healing list + watch of any prefix, as a stream the caller owns
+//!   - [`watcher`](mod@watcher): a self-healing list + watch of any prefix, as a stream the caller owns
 //!     ([`watcher()`]): errors and resyncs are items, silent watches are detected, re-lists are
 //!     jittered and one at a time per prefix.
-//!   - [`store`]: the latest state behind a cheap reader ([`Store`]), written by one
+//!   - [`store`](mod@store): the latest state behind a cheap reader ([`Store`]), written by one
 //!     [`Writer`](store::Writer), with bounded subscriptions that recover exactly from lag.
 //!   - [`discovery`]: the two for a service's instances, decoded, filtered and subsetted
 //!     ([`Discovery`], [`View`], shared through a [`DiscoveryHub`]).

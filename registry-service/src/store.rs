@@ -2,7 +2,7 @@
 //!
 //! [`store`] splits a [`Writer`] from a cheap, cloneable [`Store`] reader, in the manner of
 //! kube-runtime's reflector store. The writer applies changes (from a
-//! [`watcher`](crate::watcher)) and publishes each new state as an immutable [`Snapshot`];
+//! [`watcher`](mod@crate::watcher)) and publishes each new state as an immutable [`Snapshot`];
 //! readers get the latest one without locks or waiting, and can see whether it is synced,
 //! stale and why ([`StoreStatus`]). [`Store::subscribe`] gives a bounded [`Subscription`] to
 //! the changes: a slow subscriber never makes memory grow, and when it falls behind it gets
