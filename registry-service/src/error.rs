@@ -43,6 +43,20 @@ pub enum Error {
         silent_for: Duration,
     },
 
+    /// A watch answers progress requests but stays behind the cluster: a read made an idle
+    /// period earlier saw revision `cluster`, and the watch has still only reached `watched`
+    /// (a member cut off from its peers answers from its own stale store). It is treated as
+    /// dead, and the watcher lists again.
+    #[error(
+        "the watch is at revision {watched} while the cluster was at {cluster} an idle period ago"
+    )]
+    WatchBehind {
+        /// The revision the watch has reached.
+        watched: registry_api::Revision,
+        /// The revision a read saw an idle period earlier.
+        cluster: registry_api::Revision,
+    },
+
     /// A wait did not end in time.
     #[error("{what} did not happen within {after:?}")]
     Timeout {
@@ -59,7 +73,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Registry(e) => e.is_retryable(),
-            Error::Timeout { .. } | Error::WatchStalled { .. } => true,
+            Error::Timeout { .. } | Error::WatchStalled { .. } | Error::WatchBehind { .. } => true,
             _ => false,
         }
     }

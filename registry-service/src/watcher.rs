@@ -12,13 +12,16 @@
 //! - **Failures are items.** Every failure comes out as [`WatcherEvent::Failed`] with the
 //!   error and the wait before the next list; the stream itself never ends.
 //! - **Silent watches.** A watch that delivers nothing for
-//!   [`idle_timeout`](WatcherConfig::idle_timeout) is asked for progress
-//!   ([`WatchStream::request_progress`](registry_api::WatchStream::request_progress)); no answer
+//!   [`idle_timeout`](WatcherConfig::idle_timeout) is checked: the watcher reads the store's
+//!   revision afresh and asks the watch for progress
+//!   ([`WatchStream::request_progress`](registry_api::WatchStream::request_progress)). No answer
 //!   within [`progress_timeout`](WatcherConfig::progress_timeout) fails it with
-//!   [`Error::WatchStalled`](crate::Error::WatchStalled) and the prefix is listed again. A
-//!   member cut off from its cluster keeps watches open and silent (etcd #8980); this catches
-//!   it. On a backend that cannot be asked (`Error::NotSupported`), the watcher instead opens a
-//!   fresh watch from the last revision + 1 after each idle period: it costs no list, and a
+//!   [`Error::WatchStalled`](crate::Error::WatchStalled); an answer that leaves the watch below
+//!   the revision read at the previous check fails it with
+//!   [`Error::WatchBehind`](crate::Error::WatchBehind) (a member cut off from its cluster keeps
+//!   watches open and answers from its stale store, etcd #8980). Either way the prefix is listed
+//!   again. On a backend that cannot be asked (`Error::NotSupported`), the watcher instead opens
+//!   a fresh watch from the last revision + 1 after each idle period: it costs no list, and a
 //!   connection that is really dead fails to open one.
 //! - **Herds.** One list of a prefix at a time per registry and process; the others wait their
 //!   turn. Backoff jitter comes from [`WatcherConfig::seed`], or by default from a seed of the

@@ -193,6 +193,38 @@ async fn a_silent_watch_is_detected_and_healed_within_the_idle_bound() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_watch_that_answers_but_stays_behind_is_re_listed() {
+    let memory = MemoryRegistry::new();
+    let server: Arc<dyn Registry> = Arc::new(memory.clone());
+    let link = Stalling::new(server.clone(), true);
+    let mut stream = watcher(link.clone(), "p/", config());
+    until_synced(&mut stream, Duration::from_secs(1)).await;
+
+    // The member stops following its cluster but still answers, from its stale revision.
+    link.lag_open_watches();
+    let lagged_at = tokio::time::Instant::now();
+    put(&server, "p/a", "1").await;
+
+    // One idle period to read where the store is, one more to see the watch has not got there.
+    let bound = IDLE * 2 + ANSWER + config().backoff.max;
+    let failed = next(&mut stream, bound).await;
+    let WatcherEvent::Failed { error, .. } = &failed else {
+        panic!("the lag is an item: {failed:?}")
+    };
+    assert!(
+        matches!(**error, Error::WatchBehind { .. }),
+        "the failure says why: {error}"
+    );
+    assert!(lagged_at.elapsed() <= IDLE * 2 + ANSWER);
+    let items = until_synced(&mut stream, bound).await;
+    assert!(items.iter().any(|item| matches!(
+        item,
+        WatcherEvent::Changed { changes, resync: true, .. } if puts_and_deletes(changes) == ["put p/a=1"]
+    )));
+    assert_eq!(link.lists(), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_quiet_live_watch_answers_progress_and_is_kept() {
     let memory = MemoryRegistry::new();
     let server: Arc<dyn Registry> = Arc::new(memory.clone());

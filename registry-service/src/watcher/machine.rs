@@ -36,6 +36,9 @@ struct Watching {
     started: Instant,
     delivered: bool,
     stall: Stall,
+    /// The store revision a read saw at the last idle check: by the next one, the watch must
+    /// have reached it.
+    must_reach: Option<Revision>,
 }
 
 pub(super) struct Machine {
@@ -200,6 +203,7 @@ impl Machine {
                     started: Instant::now(),
                     delivered: false,
                     stall: Stall::new(self.config.idle_timeout, self.config.progress_timeout),
+                    must_reach: None,
                 }));
             }
             Err(e) => {
@@ -219,6 +223,32 @@ impl Machine {
             let Some(item) = item else {
                 match watching.stall.expired() {
                     Verdict::Ask => {
+                        if let Some(cluster) = watching.must_reach.take() {
+                            if self.revision < cluster {
+                                tracing::warn!(watched = %self.revision, %cluster, "watch answers but stays behind; re-listing");
+                                let healthy = self.healthy(&watching);
+                                let error = Error::WatchBehind {
+                                    watched: self.revision,
+                                    cluster,
+                                };
+                                return self.fail(error, healthy);
+                            }
+                        }
+                        // Where the store is now, read afresh (through any member): a watch
+                        // that answers progress requests from a member that has stopped
+                        // following its cluster is still behind this by the next check. A
+                        // failed read proves nothing either way.
+                        let probe = call(
+                            self.config.request_timeout,
+                            "revision probe",
+                            self.registry.get(&self.prefix),
+                        )
+                        .await;
+                        if let Ok(read) = probe {
+                            if read.revision > self.revision {
+                                watching.must_reach = Some(read.revision);
+                            }
+                        }
                         let request = watching.stream.request_progress();
                         match call(self.config.request_timeout, "progress request", request).await {
                             Ok(()) => continue,

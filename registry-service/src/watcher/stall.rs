@@ -3,7 +3,9 @@
 //! A watch on a member cut off from its cluster stays open and delivers nothing, forever
 //! (etcd #8980, #12142). After `idle_timeout` with nothing heard, the watcher asks the server
 //! for progress; a live watch answers with a progress notification, a dead one does not, and
-//! after `progress_timeout` more the watch is given up and the prefix listed again.
+//! after `progress_timeout` more the watch is given up and the prefix listed again. (A watch
+//! that answers but stays behind the store is the machine's to catch: it compares what it
+//! reached with a fresh read at each idle check.)
 
 use std::time::Duration;
 use tokio::time::Instant;

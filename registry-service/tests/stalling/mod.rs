@@ -22,6 +22,9 @@ pub struct Stalling {
     inner: Arc<dyn Registry>,
     /// Bumped by `freeze_open_watches`: a watch opened under an older generation is frozen.
     generation: watch::Sender<u64>,
+    /// Bumped by `lag_open_watches`: a watch opened under an older one delivers no more
+    /// events but still answers progress requests, at the last revision it delivered.
+    lag_generation: watch::Sender<u64>,
     /// Whether progress requests are answered at all (`false`: as a backend that cannot).
     answers: bool,
     /// How long each list takes.
@@ -39,6 +42,7 @@ impl Stalling {
         Arc::new(Stalling {
             inner,
             generation: watch::channel(0).0,
+            lag_generation: watch::channel(0).0,
             answers,
             list_delay: Mutex::new(Duration::ZERO),
             lists: AtomicUsize::new(0),
@@ -53,6 +57,13 @@ impl Stalling {
     /// request; watches opened after this work.
     pub fn freeze_open_watches(&self) {
         self.generation.send_modify(|generation| *generation += 1);
+    }
+
+    /// Every watch open now stops delivering events but keeps answering progress requests,
+    /// from the revision it had reached: a member that stopped following its cluster.
+    pub fn lag_open_watches(&self) {
+        self.lag_generation
+            .send_modify(|generation| *generation += 1);
     }
 
     /// Makes every list take `delay`.
@@ -127,6 +138,11 @@ impl Registry for Stalling {
         self.watches.fetch_add(1, Ordering::SeqCst);
         let inner = self.inner.watch(prefix, opts).await?;
         let born = *self.generation.borrow();
+        let lag_born = *self.lag_generation.borrow();
+        let mut lag_generation = self.lag_generation.subscribe();
+        let lagging = async move {
+            lag_generation.wait_for(|now| *now != lag_born).await.ok();
+        };
         let mut generation = self.generation.subscribe();
         let frozen = async move {
             generation.wait_for(|now| *now != born).await.ok();
@@ -143,6 +159,8 @@ impl Registry for Stalling {
                 }
                 Some(item)
             })
+            .take_until(lagging)
+            .chain(futures::stream::pending())
             .boxed();
         let answered = tokio_stream::wrappers::ReceiverStream::new(answers)
             .map(move |()| {
