@@ -5,7 +5,8 @@
 //! bash scripts/bench.sh                 # everything; also writes target/bench-results.md
 //! bash scripts/bench.sh --quick         # a smoke run, scaled down
 //! cargo run --release -p registry-benches -- memory   # one part: overhead, memory, sim,
-//!                                                     # discovery, fanout or balance (a..f)
+//!                                                     # discovery, fanout, balance or slow
+//!                                                     # (or a..g)
 //! ```
 //!
 //! `all` starts one etcd on 127.0.0.1 (unless `--endpoint` names one) and runs each part in a
@@ -27,6 +28,7 @@ mod recording;
 mod report;
 mod sim_floors;
 mod sim_scale;
+mod slow_subscribers;
 mod stats;
 
 use clap::{Parser, ValueEnum};
@@ -59,6 +61,9 @@ enum Part {
     /// (f) Pick cost vs tower's p2c at 10/100/1,000 nodes; gateway p99 with a slow node.
     #[value(alias = "f")]
     Balance,
+    /// (g) 1,000 discovery subscribers that never read while 10,000 changes flow: memory.
+    #[value(alias = "g")]
+    Slow,
 }
 
 impl Part {
@@ -75,6 +80,7 @@ impl Part {
             Part::Discovery => "discovery",
             Part::Fanout => "fanout",
             Part::Balance => "balance",
+            Part::Slow => "slow",
         }
     }
 }
@@ -159,6 +165,7 @@ fn run_part(part: Part, endpoint: Option<&str>, quick: bool, seed: u64) -> Repor
         }
         Part::Fanout => on_etcd(endpoint, |e| etcd_fanout::run(e, quick)),
         Part::Balance => balance::run(quick),
+        Part::Slow => slow_subscribers::run(quick),
     }
 }
 
@@ -221,6 +228,7 @@ fn run_all(args: &Args) -> ExitCode {
         Part::Discovery,
         Part::Fanout,
         Part::Balance,
+        Part::Slow,
     ] {
         let part_started = Instant::now();
         eprintln!("== {} ", part.name());

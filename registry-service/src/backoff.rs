@@ -96,10 +96,14 @@ impl Backoff {
 /// `now + after`, or a point decades away when that overflows: durations come from options,
 /// and an absurd one must mean "never", not a panic.
 pub(crate) fn deadline_after(after: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(after)
-        .or_else(|| now.checked_add(Duration::from_secs(86_400 * 365 * 30)))
-        .unwrap_or(now)
+    deadline_after_from(Instant::now(), after)
+}
+
+/// `from + after`, saturating like [`deadline_after`].
+pub(crate) fn deadline_after_from(from: Instant, after: Duration) -> Instant {
+    from.checked_add(after)
+        .or_else(|| from.checked_add(Duration::from_secs(86_400 * 365 * 30)))
+        .unwrap_or(from)
 }
 
 #[cfg(test)]

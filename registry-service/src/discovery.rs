@@ -1,58 +1,76 @@
-//! A live, local view of one service's instances.
+//! Layer 3: a live, typed view of one service's instances.
 //!
-//! A [`Discovery`] lists the service's prefix at revision R, watches from R+1 and applies each
-//! batch, so [`snapshot`](Discovery::snapshot) answers at once from memory. When the watch
-//! fails (server unreachable, history compacted, watch cancelled, stream ended) the cache is
-//! marked stale, re-lists with jittered backoff, diffs the fresh list against what it held,
-//! emits exactly the differences (no duplicate add, no missed removal) and watches on from the
-//! new list's revision + 1. A removed instance comes back only through a later put.
+//! A [`Discovery`] is a [`watcher`](mod@crate::watcher) of the service's prefix feeding a
+//! [`store`](mod@crate::store), decoded into [`ServiceInstance`]s by an [`InstanceLayout`]
+//! ([`JsonLayout`] by default), run by one task that the handles own. It lists the prefix at
+//! revision R, watches from R+1 and applies each batch, so [`snapshot`](Discovery::snapshot)
+//! answers at once from memory. When the watch fails (server unreachable, history compacted,
+//! watch cancelled, stream ended, or silent past the idle bound) the view is flagged stale,
+//! re-lists with jittered backoff and emits exactly the differences (no duplicate add, no
+//! missed removal), then watches on. A removed instance comes back only through a later put.
 //!
-//! # Stale is not empty
+//! # Empty is truth only when a read says so
 //!
-//! The cache tells the truth as last read: when every instance's lease expired during an
-//! outage, the snapshot empties. Whether to keep routing to the last non-empty list during a
-//! blip (kratos refuses to publish zero endpoints, Eureka has self-preservation) is the
-//! balancer's call; [`is_synced`](Discovery::is_synced) and [`revision`](Discovery::revision)
-//! tell it how fresh the view is.
+//! A failure never changes the instances: the view stays as last read, flagged stale
+//! ([`is_stale`](Discovery::is_stale), [`last_error`](Discovery::last_error)). It empties only
+//! when a successful list or watch says the instances are gone (every lease expired, or the
+//! service scaled to zero), which is the truth a balancer must see (nacos #4470 shows the
+//! outage an error-emptied list causes; nacos-sdk-nodejs #94 the one a never-empty list hides).
 //!
-//! # Sharing one watch
+//! # Views: filters and subsets
 //!
-//! [`Discovery`] is a cheap handle: clones share one cache and one watch. A [`DiscoveryHub`]
+//! [`Discovery::view`] narrows the snapshot and the change stream to the instances passing a
+//! [`Filter`] (version, zone, labels, status, or any predicate), optionally to a stable
+//! [`Subset`] of them per client (rendezvous hashing, as kratos and go-zero subset).
+//! [`Discovery::serving`] is the view pickers read: it leaves draining instances out.
+//!
+//! # Sharing one watch, owning the task
+//!
+//! [`Discovery`] is a cheap handle: clones share one store and one watch. A [`DiscoveryHub`]
 //! hands out handles keyed by service, so a process with a thousand consumers of one service
-//! holds one watch on it; the watch stops when the last handle is dropped.
+//! holds one watch on it. [`shutdown`](Discovery::shutdown) stops the task and waits for it;
+//! dropping the last handle stops it too. [`status`](Discovery::status) shows its state and
+//! last error.
 //!
 //! # Values that are not instances
 //!
-//! A key directly under the prefix whose value does not parse as a [`ServiceInstance`] (or
-//! whose `service` / `id` disagree with the key) is skipped with a `tracing` warning and counted
-//! in [`malformed`](Discovery::malformed); if it replaced an instance, that instance is removed.
+//! A key directly under the prefix whose value does not decode (for the JSON layout: does not
+//! parse as a [`ServiceInstance`], or its `service` / `id` disagree with the key) is skipped
+//! with a `tracing` warning and counted in [`malformed`](Discovery::malformed); if it replaced
+//! an instance, that instance is removed.
 
-mod cache;
+mod decode;
+mod events;
+mod filter;
 mod hub;
-mod source;
+mod subset;
+mod task;
+mod view;
 
+pub use decode::{InstanceLayout, JsonLayout};
+pub use events::DiscoveryEvents;
+pub use filter::Filter;
 pub use hub::DiscoveryHub;
+pub use subset::Subset;
+pub use view::{DiscoveryView, View};
 
 use crate::backoff::Backoff;
 use crate::instance::{validate_service, KeyLayout, ServiceInstance, DEFAULT_NAMESPACE};
-use crate::rng::{seed_for, SplitMix64};
+use crate::store::{self, Snapshot, Store, StoreEvent, StoreStatus};
+use crate::watcher::{watcher, WatcherConfig};
 use crate::{Error, Result};
-use cache::Cache;
-use futures::Stream;
 use registry_api::{Registry, Revision};
-use source::Source;
-use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::watch;
 
 /// A change to a service's instances.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DiscoveryEvent {
     /// A new instance.
     Added(ServiceInstance),
-    /// An instance's value changed (address or metadata).
+    /// An instance's value changed (address, metadata or status).
     Updated {
         /// What it was.
         old: ServiceInstance,
@@ -73,6 +91,16 @@ impl DiscoveryEvent {
     }
 }
 
+impl From<StoreEvent<ServiceInstance>> for DiscoveryEvent {
+    fn from(event: StoreEvent<ServiceInstance>) -> Self {
+        match event {
+            StoreEvent::Added(new) => DiscoveryEvent::Added(new),
+            StoreEvent::Updated { old, new } => DiscoveryEvent::Updated { old, new },
+            StoreEvent::Removed(old) => DiscoveryEvent::Removed(old),
+        }
+    }
+}
+
 /// How a [`Discovery`] behaves. `Default` watches under `services`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DiscoveryOptions {
@@ -80,12 +108,19 @@ pub struct DiscoveryOptions {
     pub namespace: String,
     /// Waits between re-list attempts after a watch fails.
     pub backoff: Backoff,
-    /// Seeds the jitter (mixed with the service name). The same seed gives the same waits, so
-    /// give each process of a fleet its own (from its instance id or host name, say), or their
-    /// caches will re-list in step after an outage.
-    pub seed: u64,
-    /// How long one list or watch call may take before it counts as failed.
+    /// Seeds the jitter (mixed with the prefix). `None` (the default) takes a seed of the
+    /// process's own (see [`WatcherConfig::seed`]), so a fleet's re-lists spread out; set one
+    /// to get the same waits on every run.
+    pub seed: Option<u64>,
+    /// How long one list, watch or progress request may take before it counts as failed.
     pub request_timeout: Duration,
+    /// How long the watch may deliver nothing before it is asked for progress.
+    pub idle_timeout: Duration,
+    /// How long a progress request may go unanswered before the watch is given up.
+    pub progress_timeout: Duration,
+    /// How many batches of changes a subscriber may fall behind before it is resynced from the
+    /// snapshot (see [`DiscoveryEvents`]). At least 1.
+    pub capacity: usize,
 }
 
 impl Default for DiscoveryOptions {
@@ -93,8 +128,11 @@ impl Default for DiscoveryOptions {
         DiscoveryOptions {
             namespace: DEFAULT_NAMESPACE.to_owned(),
             backoff: Backoff::default(),
-            seed: 0,
+            seed: None,
             request_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            progress_timeout: Duration::from_secs(5),
+            capacity: store::DEFAULT_CAPACITY,
         }
     }
 }
@@ -112,9 +150,9 @@ impl DiscoveryOptions {
         self
     }
 
-    /// Sets the jitter seed.
+    /// Sets the jitter seed: the same seed gives the same waits.
     pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
+        self.seed = Some(seed);
         self
     }
 
@@ -123,26 +161,59 @@ impl DiscoveryOptions {
         self.request_timeout = timeout;
         self
     }
+
+    /// Sets how long the watch may be silent before it is asked for progress.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+
+    /// Sets how long a progress request may go unanswered.
+    pub fn progress_timeout(mut self, timeout: Duration) -> Self {
+        self.progress_timeout = timeout;
+        self
+    }
+
+    /// Sets how many batches a subscriber may fall behind before it is resynced.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// The watcher configuration these options give.
+    pub fn watcher_config(&self) -> WatcherConfig {
+        WatcherConfig {
+            backoff: self.backoff.clone(),
+            seed: self.seed,
+            request_timeout: self.request_timeout,
+            idle_timeout: self.idle_timeout,
+            progress_timeout: self.progress_timeout,
+        }
+    }
 }
 
-/// Keeps the feeding task alive while any handle exists.
+/// What every handle on one discovery shares. Dropping it (with the last handle) stops the
+/// task: `stop`'s sender goes with it.
 #[derive(Debug)]
 struct Shared {
-    cache: Arc<Cache>,
-    /// Dropped with the last handle, which stops the task.
-    _stop: oneshot::Sender<()>,
+    service: String,
+    store: Store<ServiceInstance>,
+    malformed: Arc<AtomicU64>,
+    stop: watch::Sender<bool>,
 }
 
-/// A handle on a live cache of one service's instances. Clones share the cache and its watch.
+/// A handle on a live view of one service's instances. Clones share the store, its watch and
+/// its task; see the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct Discovery {
     shared: Arc<Shared>,
 }
 
 impl Discovery {
-    /// Starts a cache of `service` with its own watch. Returns at once; the first list follows
-    /// in the background ([`wait_synced`](Self::wait_synced) waits for it). Fails on a bad
-    /// service name or namespace, or when called outside a tokio runtime.
+    /// Starts a discovery of `service` in this crate's layout ([`JsonLayout`] under the
+    /// options' namespace). Returns at once; the first list follows in the background
+    /// ([`wait_synced`](Self::wait_synced) waits for it). Fails on a bad service name or
+    /// namespace, or when called outside a tokio runtime.
     ///
     /// ```
     /// use registry_service::{
@@ -179,46 +250,62 @@ impl Discovery {
     ) -> Result<Discovery> {
         let service = service.into();
         validate_service(&service)?;
-        let layout = KeyLayout::new(options.namespace.clone())?;
+        let keys = KeyLayout::new(options.namespace.clone())?;
+        Self::with_layout(registry, JsonLayout::new(keys, service), options)
+    }
+
+    /// Starts a discovery of the instances `layout` describes (its prefix, keys and values):
+    /// for registries written by other clients, such as etcd's Go naming layout. The options'
+    /// namespace is not used; everything else is.
+    pub fn with_layout(
+        registry: Arc<dyn Registry>,
+        layout: impl InstanceLayout,
+        options: DiscoveryOptions,
+    ) -> Result<Discovery> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::NoRuntime("Discovery::start"))?;
-        let cache = Arc::new(Cache::new(service.clone(), layout));
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let source = Source {
-            registry,
-            cache: cache.clone(),
-            rng: SplitMix64::new(seed_for(options.seed, &[&service])),
-            older_lists: 0,
-            options,
+        let layout: Arc<dyn InstanceLayout> = Arc::new(layout);
+        let service = layout.service().to_owned();
+        let (writer, store) = store::store(options.capacity);
+        let malformed = Arc::new(AtomicU64::new(0));
+        let (stop, stopped) = watch::channel(false);
+        let feed = task::Feed {
+            watcher: watcher(registry, layout.prefix(), options.watcher_config()),
+            writer,
+            layout,
+            malformed: malformed.clone(),
         };
         let span = tracing::info_span!("discovery", service = %service);
-        runtime.spawn(tracing::Instrument::instrument(source.run(stop_rx), span));
+        runtime.spawn(tracing::Instrument::instrument(feed.run(stopped), span));
         Ok(Discovery {
             shared: Arc::new(Shared {
-                cache,
-                _stop: stop_tx,
+                service,
+                store,
+                malformed,
+                stop,
             }),
         })
     }
 
-    /// The service this cache follows.
+    /// The service this discovery follows.
     pub fn service(&self) -> &str {
-        &self.shared.cache.service
+        &self.shared.service
     }
 
-    /// The instances held now, in id order. Never waits; empty before the first list.
+    /// The instances held now, in id order, whatever their status. Never waits; empty before
+    /// the first list. Pickers read [`serving`](Self::serving) instead.
     pub fn snapshot(&self) -> Arc<[ServiceInstance]> {
-        self.shared.cache.snapshot()
+        self.store_snapshot().values()
     }
 
     /// One instance by id.
     pub fn get(&self, id: &str) -> Option<ServiceInstance> {
-        self.shared.cache.get(id)
+        self.shared.store.get(id)
     }
 
     /// How many instances are held.
     pub fn len(&self) -> usize {
-        self.shared.cache.len()
+        self.shared.store.len()
     }
 
     /// True when no instance is held.
@@ -227,71 +314,131 @@ impl Discovery {
     }
 
     /// The events from now on: first an `Added` for every instance held at the time of the
-    /// call, then every change, in order, none dropped. Each subscriber has its own unbounded
-    /// queue: read it, or drop it.
+    /// call, then every change, in order. Bounded: a subscriber that falls more than
+    /// [`DiscoveryOptions::capacity`] batches behind is resynced with exactly the differences
+    /// it missed (see [`DiscoveryEvents`]), so applying the events always gives the current
+    /// set, and a reader that never reads costs no growing memory.
     pub fn subscribe(&self) -> DiscoveryEvents {
-        DiscoveryEvents {
-            receiver: self.shared.cache.subscribe(),
-        }
+        DiscoveryEvents::new(self.shared.store.subscribe(), None)
     }
 
-    /// The store revision the cache reflects: the last list's, or the last applied batch's.
+    /// This discovery seen through `view`: only the instances it keeps, in the snapshot and
+    /// in the change stream.
+    pub fn view(&self, view: View) -> DiscoveryView {
+        DiscoveryView::new(self.clone(), view)
+    }
+
+    /// The instances that take new work ([`View::serving`]): what a picker should read, e.g.
+    /// `Picker::new(discovery.serving(), options)`.
+    pub fn serving(&self) -> DiscoveryView {
+        self.view(View::serving())
+    }
+
+    /// The store revision the view reflects: the last list's, or the last applied batch's.
     /// Zero before the first list.
     pub fn revision(&self) -> Revision {
-        self.shared.cache.status().revision
+        self.shared.store.revision()
     }
 
-    /// True while the cache is listed and its watch is up; false before the first list and
-    /// between a watch failure and the re-list that recovers from it.
+    /// True while the view is listed and its watch is up; false before the first list and
+    /// between a failure and the re-list that recovers from it.
     pub fn is_synced(&self) -> bool {
-        self.shared.cache.status().synced
+        self.shared.store.is_synced()
     }
 
-    /// Waits until the cache is synced (at once if it is): listed, and the watch that continues
-    /// the list established, so a change made after this returns reaches the cache even if the
-    /// connection breaks the moment after. While the registry is unreachable
-    /// this waits for as long as that lasts: bound it with a timeout if needed.
+    /// True when the instances are as last read but the watch has failed since: they may be
+    /// out of date; [`last_error`](Self::last_error) says why.
+    pub fn is_stale(&self) -> bool {
+        self.shared.store.is_stale()
+    }
+
+    /// The last failure of the list or watch (kept after recovery, for the record).
+    pub fn last_error(&self) -> Option<Arc<Error>> {
+        self.shared.store.last_error()
+    }
+
+    /// The state of the view and its task: revision, synced, stale, last error, and whether
+    /// the task has stopped ([`StoreStatus::closed`]).
+    pub fn status(&self) -> StoreStatus {
+        self.shared.store.status()
+    }
+
+    /// Waits until the view is synced (at once if it is): listed, and the watch that continues
+    /// the list established, so a change made after this returns reaches the view even if the
+    /// connection breaks the moment after. While the registry is unreachable this waits for as
+    /// long as that lasts: bound it with a timeout if needed. Returns at once if the discovery
+    /// was shut down.
     pub async fn wait_synced(&self) {
-        let mut status = self.shared.cache.status.subscribe();
-        // The sender lives in the cache this handle keeps alive, so this cannot fail early.
-        status.wait_for(|status| status.synced).await.ok();
+        // Fails only when the task is gone, which ends the wait too.
+        self.shared.store.wait_synced().await.ok();
     }
 
-    /// How many malformed values the cache has skipped.
+    /// Waits until `condition` holds on the instances (checked now and after every change),
+    /// up to `timeout` (virtual time under a paused tokio clock); returns them.
+    pub async fn wait_until(
+        &self,
+        condition: impl Fn(&[ServiceInstance]) -> bool,
+        timeout: Duration,
+    ) -> Result<Arc<[ServiceInstance]>> {
+        let snapshot = self
+            .shared
+            .store
+            .wait_until(|snapshot| condition(&snapshot.values()), timeout)
+            .await?;
+        Ok(snapshot.values())
+    }
+
+    /// Waits until exactly `count` instances are held, up to `timeout`.
+    pub async fn wait_for_len(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Arc<[ServiceInstance]>> {
+        let snapshot = self
+            .shared
+            .store
+            .wait_until(|snapshot| snapshot.len() == count, timeout)
+            .await?;
+        Ok(snapshot.values())
+    }
+
+    /// Waits until the instance `id` is held, up to `timeout`; returns it.
+    pub async fn wait_for_instance(&self, id: &str, timeout: Duration) -> Result<ServiceInstance> {
+        let snapshot = self
+            .shared
+            .store
+            .wait_until(|snapshot| snapshot.get(id).is_some(), timeout)
+            .await?;
+        snapshot
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::Stopped("discovery"))
+    }
+
+    /// How many malformed values have been skipped.
     pub fn malformed(&self) -> u64 {
-        self.shared.cache.malformed()
+        self.shared.malformed.load(Ordering::Relaxed)
     }
 
-    /// True when both handles share one cache and watch.
+    /// True when both handles share one store and watch.
     pub fn shares_cache_with(&self, other: &Discovery) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
     }
-}
 
-/// The stream of a [`Discovery`]'s events; see [`Discovery::subscribe`].
-#[derive(Debug)]
-pub struct DiscoveryEvents {
-    receiver: mpsc::UnboundedReceiver<Arc<DiscoveryEvent>>,
-}
-
-impl DiscoveryEvents {
-    /// The next event; `None` once the cache is gone.
-    pub async fn recv(&mut self) -> Option<DiscoveryEvent> {
-        self.receiver.recv().await.map(Arc::unwrap_or_clone)
+    /// Stops the task (for every handle) and waits until it has stopped. The instances stay
+    /// readable as last read; nothing changes them any more. Calling it again, from any
+    /// handle, waits likewise and returns.
+    pub async fn shutdown(&self) {
+        self.shared.stop.send_replace(true);
+        self.shared.store.wait_closed().await;
     }
 
-    /// The next event if one is waiting.
-    pub fn try_recv(&mut self) -> Option<DiscoveryEvent> {
-        self.receiver.try_recv().ok().map(Arc::unwrap_or_clone)
+    /// The store underneath (for views and the hub).
+    pub(crate) fn store(&self) -> &Store<ServiceInstance> {
+        &self.shared.store
     }
-}
 
-impl Stream for DiscoveryEvents {
-    type Item = DiscoveryEvent;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.receiver
-            .poll_recv(cx)
-            .map(|event| event.map(Arc::unwrap_or_clone))
+    pub(crate) fn store_snapshot(&self) -> Arc<Snapshot<ServiceInstance>> {
+        self.shared.store.snapshot()
     }
 }

@@ -34,6 +34,29 @@ pub enum Error {
     #[error("the {0} has stopped")]
     Stopped(&'static str),
 
+    /// A watch delivered nothing for its idle period, then did not answer a progress request
+    /// in time: it is treated as dead (a member cut off from its cluster keeps such watches
+    /// open), and the watcher lists again.
+    #[error("the watch was silent for {silent_for:?} and did not answer a progress request")]
+    WatchStalled {
+        /// How long nothing was heard on it.
+        silent_for: Duration,
+    },
+
+    /// A watch answers progress requests but stays behind the cluster: a read made an idle
+    /// period earlier saw revision `cluster`, and the watch has still only reached `watched`
+    /// (a member cut off from its peers answers from its own stale store). It is treated as
+    /// dead, and the watcher lists again.
+    #[error(
+        "the watch is at revision {watched} while the cluster was at {cluster} an idle period ago"
+    )]
+    WatchBehind {
+        /// The revision the watch has reached.
+        watched: registry_api::Revision,
+        /// The revision a read saw an idle period earlier.
+        cluster: registry_api::Revision,
+    },
+
     /// A wait did not end in time.
     #[error("{what} did not happen within {after:?}")]
     Timeout {
@@ -50,7 +73,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Registry(e) => e.is_retryable(),
-            Error::Timeout { .. } => true,
+            Error::Timeout { .. } | Error::WatchStalled { .. } | Error::WatchBehind { .. } => true,
             _ => false,
         }
     }

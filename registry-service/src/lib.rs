@@ -10,8 +10,14 @@
 //!   `<namespace>/<service>/<instance-id>` (default namespace `services`).
 //! - [`registration`]: register with a lease, keep it alive, heal when the lease or key is
 //!   lost ([`Registration`]).
-//! - [`discovery`]: a live cache of a service's instances with a stream of changes
-//!   ([`Discovery`], shared through a [`DiscoveryHub`]).
+//! - Discovery, in three layers:
+//!   - [`watcher`](mod@watcher): a self-healing list + watch of any prefix, as a stream the caller owns
+//!     ([`watcher()`]): errors and resyncs are items, silent watches are detected, re-lists are
+//!     jittered and one at a time per prefix.
+//!   - [`store`](mod@store): the latest state behind a cheap reader ([`Store`]), written by one
+//!     [`Writer`](store::Writer), with bounded subscriptions that recover exactly from lag.
+//!   - [`discovery`]: the two for a service's instances, decoded, filtered and subsetted
+//!     ([`Discovery`], [`View`], shared through a [`DiscoveryHub`]).
 //! - [`pick`]: choosing a node per request ([`Picker`]).
 //!
 //! All randomness (backoff jitter, random picks) comes from seeds in the options: the same seed
@@ -24,17 +30,24 @@ pub mod instance;
 pub mod pick;
 pub mod registration;
 mod rng;
+pub mod store;
 #[cfg(feature = "tower")]
 pub mod tower;
+pub mod watcher;
 
 pub use backoff::Backoff;
-pub use discovery::{Discovery, DiscoveryEvent, DiscoveryEvents, DiscoveryHub, DiscoveryOptions};
+pub use discovery::{
+    Discovery, DiscoveryEvent, DiscoveryEvents, DiscoveryHub, DiscoveryOptions, DiscoveryView,
+    Filter, InstanceLayout, JsonLayout, Subset, View,
+};
 pub use error::{Error, Result};
 pub use instance::{KeyLayout, Metadata, ServiceInstance, Status, DEFAULT_NAMESPACE};
 pub use pick::{
     EjectionOptions, EwmaOptions, Health, InstanceSource, Pick, Picker, PickerOptions, Strategy,
 };
 pub use registration::{Registration, RegistrationOptions, RegistrationState};
+pub use store::{store, Snapshot, Store, StoreEvent, StoreStatus};
+pub use watcher::{watcher, Change, Watcher, WatcherConfig, WatcherEvent};
 
 /// The README's examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]

@@ -48,6 +48,21 @@ pub(crate) fn seed_for(seed: u64, parts: &[&str]) -> u64 {
     seed ^ hash
 }
 
+/// A seed of this process's own, for jitter when the options give none: the process id mixed
+/// with the wall-clock time of the first call, so that processes of a fleet (even ones that are
+/// all pid 1 in their containers) draw different waits and their re-lists spread out.
+pub(crate) fn process_seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_nanos() as u64)
+            .unwrap_or(0);
+        let mut rng = SplitMix64::new(nanos ^ u64::from(std::process::id()).rotate_left(32));
+        rng.next_u64()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

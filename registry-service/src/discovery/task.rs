@@ -1,0 +1,88 @@
+//! The task that feeds a discovery's store from its watcher, decoding as it goes.
+
+use super::InstanceLayout;
+use crate::instance::ServiceInstance;
+use crate::store::Writer;
+use crate::watcher::{Change, Watcher, WatcherEvent};
+use futures::StreamExt;
+use registry_api::KeyValue;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+pub(super) struct Feed {
+    pub(super) watcher: Watcher,
+    pub(super) writer: Writer<ServiceInstance>,
+    pub(super) layout: Arc<dyn InstanceLayout>,
+    pub(super) malformed: Arc<AtomicU64>,
+}
+
+impl Feed {
+    /// Runs until `stop` says so or its sender is dropped (the last handle went away). The
+    /// writer is dropped on the way out, which marks the store closed: that is what
+    /// [`Discovery::shutdown`](super::Discovery::shutdown) waits for.
+    pub(super) async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = stop.wait_for(|stop| *stop) => return,
+                event = self.watcher.next() => event,
+            };
+            match event {
+                Some(event) => self.handle(event),
+                None => return,
+            }
+        }
+    }
+
+    fn handle(&mut self, event: WatcherEvent) {
+        match event {
+            WatcherEvent::Changed {
+                revision, changes, ..
+            } => {
+                let updates: Vec<_> = changes
+                    .iter()
+                    .filter_map(|change| self.decode(change))
+                    .collect();
+                self.writer.apply(revision, updates);
+            }
+            WatcherEvent::Synced { revision } => self.writer.synced(revision),
+            WatcherEvent::Progress { revision } => self.writer.progress(revision),
+            WatcherEvent::Failed { error, retry_in } => {
+                tracing::debug!(%error, ?retry_in, "discovery is stale until the next list");
+                self.writer.failed(error);
+            }
+        }
+    }
+
+    /// What a change means for the instances: `None` for keys that are not instances.
+    fn decode(&self, change: &Change) -> Option<(Arc<str>, Option<ServiceInstance>)> {
+        match change {
+            Change::Put { kv, .. } => {
+                let id = self.layout.instance_id(&kv.key)?;
+                match self.layout.decode(&id, kv) {
+                    Ok(instance) => Some((id.into(), Some(instance))),
+                    Err(why) => {
+                        self.count_malformed(kv, &why);
+                        // A value that is no longer an instance: whatever was there is gone.
+                        Some((id.into(), None))
+                    }
+                }
+            }
+            Change::Delete { prev } => {
+                let id = self.layout.instance_id(&prev.key)?;
+                Some((id.into(), None))
+            }
+        }
+    }
+
+    fn count_malformed(&self, kv: &KeyValue, why: &str) {
+        self.malformed.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            key = %kv.key_str(),
+            revision = %kv.mod_revision,
+            why,
+            "skipping a malformed instance value"
+        );
+    }
+}

@@ -1,0 +1,146 @@
+//! Layer 2: a store of the latest state, written by one writer and read by anyone.
+//!
+//! [`store`] splits a [`Writer`] from a cheap, cloneable [`Store`] reader, in the manner of
+//! kube-runtime's reflector store. The writer applies changes (from a
+//! [`watcher`](mod@crate::watcher)) and publishes each new state as an immutable [`Snapshot`];
+//! readers get the latest one without locks or waiting, and can see whether it is synced,
+//! stale and why ([`StoreStatus`]). [`Store::subscribe`] gives a bounded [`Subscription`] to
+//! the changes: a slow subscriber never makes memory grow, and when it falls behind it gets
+//! exactly the differences it missed.
+//!
+//! ```
+//! use registry_api::Revision;
+//! use registry_service::store::{store, StoreEvent};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> registry_service::Result<()> {
+//! let (mut writer, reader) = store::<String>(16);
+//! let mut changes = reader.subscribe();
+//!
+//! writer.apply(Revision(5), [("a".into(), Some("one".to_owned()))]);
+//! writer.synced(Revision(5));
+//! reader.wait_until_ready().await?;
+//! assert_eq!(reader.get("a").as_deref(), Some("one"));
+//! assert_eq!(changes.recv().await, Some(StoreEvent::Added("one".to_owned())));
+//!
+//! writer.apply(Revision(6), [("a".into(), None)]);
+//! assert_eq!(changes.recv().await, Some(StoreEvent::Removed("one".to_owned())));
+//! assert!(reader.snapshot().is_empty());
+//! assert_eq!(reader.revision(), Revision(6));
+//! # Ok(())
+//! # }
+//! ```
+
+mod reader;
+mod snapshot;
+mod subscription;
+mod writer;
+
+pub use reader::Store;
+pub use snapshot::Snapshot;
+pub use subscription::{Subscription, Update};
+pub use writer::Writer;
+
+use crate::Error;
+use arc_swap::ArcSwap;
+use imbl::OrdMap;
+use registry_api::Revision;
+use std::sync::Arc;
+use tokio::sync::{broadcast, watch};
+
+/// The default capacity of a store's subscriptions, in published batches.
+pub const DEFAULT_CAPACITY: usize = 256;
+
+/// A new, empty store whose subscriptions hold up to `capacity` batches (at least 1) before a
+/// subscriber that does not read is told it lagged.
+pub fn store<T: Clone + PartialEq + Send + Sync + 'static>(
+    capacity: usize,
+) -> (Writer<T>, Store<T>) {
+    let (sender, _) = broadcast::channel(capacity.max(1));
+    let (status, _) = watch::channel(StoreStatus::default());
+    let shared = Arc::new(Shared {
+        snapshot: ArcSwap::from_pointee(Snapshot::new(OrdMap::new(), Revision(0), 0)),
+        status,
+        sender: sender.downgrade(),
+    });
+    let writer = Writer {
+        shared,
+        sender,
+        entries: OrdMap::new(),
+        version: 0,
+    };
+    let reader = writer.reader();
+    (writer, reader)
+}
+
+/// A change to one entry of a store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreEvent<T> {
+    /// A new entry.
+    Added(T),
+    /// An entry's value changed.
+    Updated {
+        /// What it was.
+        old: T,
+        /// What it is now.
+        new: T,
+    },
+    /// An entry left.
+    Removed(T),
+}
+
+impl<T> StoreEvent<T> {
+    /// The value after the event (for `Removed`, as it was).
+    pub fn value(&self) -> &T {
+        match self {
+            StoreEvent::Added(value) | StoreEvent::Removed(value) => value,
+            StoreEvent::Updated { new, .. } => new,
+        }
+    }
+}
+
+/// How fresh a store is.
+#[derive(Clone, Debug, Default)]
+pub struct StoreStatus {
+    /// The store revision the entries reflect.
+    pub revision: Revision,
+    /// Grows with every change of entries.
+    pub version: u64,
+    /// Listed and watching now.
+    pub synced: bool,
+    /// Synced at least once: the entries are a real read, not the empty start.
+    pub ready: bool,
+    /// The last failure of the source (kept after recovery, for the record).
+    pub last_error: Option<Arc<Error>>,
+    /// The writer is gone: nothing will change any more.
+    pub closed: bool,
+}
+
+impl StoreStatus {
+    /// Ready, but not synced now: the entries are as last read and may be out of date.
+    pub fn is_stale(&self) -> bool {
+        self.ready && !self.synced
+    }
+}
+
+/// What the writer and every reader share.
+#[derive(Debug)]
+struct Shared<T> {
+    snapshot: ArcSwap<Snapshot<T>>,
+    status: watch::Sender<StoreStatus>,
+    /// Weak, so that dropping the writer closes every subscription.
+    sender: broadcast::WeakSender<Arc<Published<T>>>,
+}
+
+impl<T> Shared<T> {
+    fn current(&self) -> Arc<Snapshot<T>> {
+        self.snapshot.load_full()
+    }
+}
+
+/// One publish: the events and the state they lead to.
+#[derive(Debug)]
+struct Published<T> {
+    events: Vec<StoreEvent<T>>,
+    snapshot: Arc<Snapshot<T>>,
+}

@@ -1,0 +1,148 @@
+//! The cheap, cloneable reader of a store.
+
+use super::subscription::Subscription;
+use super::{Shared, Snapshot, StoreStatus};
+use crate::{Error, Result};
+use registry_api::Revision;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Reads a store: the latest [`Snapshot`] without waiting on the writer, readiness, the
+/// revision, staleness and the last error, and bounded subscriptions to its changes.
+/// Clones share one store.
+#[derive(Debug)]
+pub struct Store<T> {
+    pub(super) shared: Arc<Shared<T>>,
+}
+
+impl<T> Clone for Store<T> {
+    fn clone(&self) -> Self {
+        Store {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T: Clone + PartialEq + Send + Sync + 'static> Store<T> {
+    /// The latest state. Lock-free: a reader never waits for the writer, nor the writer for
+    /// readers.
+    pub fn snapshot(&self) -> Arc<Snapshot<T>> {
+        self.shared.current()
+    }
+
+    /// The entry under `key` now.
+    pub fn get(&self, key: &str) -> Option<T> {
+        self.snapshot().get(key).cloned()
+    }
+
+    /// How many entries now.
+    pub fn len(&self) -> usize {
+        self.snapshot().len()
+    }
+
+    /// True when there are none now.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Freshness, readiness and the last error.
+    pub fn status(&self) -> StoreStatus {
+        self.shared.status.borrow().clone()
+    }
+
+    /// The store revision the entries reflect (zero before the first list).
+    pub fn revision(&self) -> Revision {
+        self.shared.status.borrow().revision
+    }
+
+    /// True while the source is listed and watching.
+    pub fn is_synced(&self) -> bool {
+        self.shared.status.borrow().synced
+    }
+
+    /// True when the entries are as last read but the source has failed since: they may be
+    /// out of date, and [`last_error`](Self::last_error) says why.
+    pub fn is_stale(&self) -> bool {
+        self.shared.status.borrow().is_stale()
+    }
+
+    /// The last failure of the source, if any (kept after it recovers, for the record).
+    pub fn last_error(&self) -> Option<Arc<Error>> {
+        self.shared.status.borrow().last_error.clone()
+    }
+
+    /// Waits until the store has been synced once: its entries are a real read, not the empty
+    /// start. Fails with [`Error::Stopped`] when the writer is dropped first.
+    pub async fn wait_until_ready(&self) -> Result<()> {
+        self.wait_status(|status| status.ready).await
+    }
+
+    /// Waits until the store is synced now (at once if it is). Fails with [`Error::Stopped`]
+    /// when the writer is dropped first.
+    pub async fn wait_synced(&self) -> Result<()> {
+        self.wait_status(|status| status.synced).await
+    }
+
+    /// Waits until the writer is gone (the task that fed the store has stopped).
+    pub async fn wait_closed(&self) {
+        let mut status = self.shared.status.subscribe();
+        // The sender lives in `shared`, which `self` holds: this cannot fail early.
+        status.wait_for(|status| status.closed).await.ok();
+    }
+
+    async fn wait_status(&self, done: impl Fn(&StoreStatus) -> bool) -> Result<()> {
+        let mut status = self.shared.status.subscribe();
+        let outcome = status
+            .wait_for(|status| done(status) || status.closed)
+            .await
+            .map(|status| done(&status));
+        match outcome {
+            Ok(true) => Ok(()),
+            _ => Err(Error::Stopped("store's writer")),
+        }
+    }
+
+    /// Waits until `condition` holds on the snapshot (checked now and after every change), up
+    /// to `timeout` (virtual time under a paused tokio clock). Returns the snapshot it held on.
+    pub async fn wait_until(
+        &self,
+        condition: impl Fn(&Snapshot<T>) -> bool,
+        timeout: Duration,
+    ) -> Result<Arc<Snapshot<T>>> {
+        let mut status = self.shared.status.subscribe();
+        let wait = async {
+            loop {
+                // Marked seen before the read, so a change between the two wakes the wait.
+                status.borrow_and_update();
+                let snapshot = self.snapshot();
+                if condition(&snapshot) {
+                    return Ok(snapshot);
+                }
+                if status.changed().await.is_err() {
+                    return Err(Error::Stopped("store's writer"));
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Error::Timeout {
+                what: "the store's condition".to_owned(),
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Every change from now on, preceded by an `Added` for each entry held now. Bounded: a
+    /// subscriber more than the store's capacity behind is told it lagged and then given
+    /// exactly the differences between what it had and the current state (see
+    /// [`Subscription`]).
+    pub fn subscribe(&self) -> Subscription<T> {
+        // The receiver first, then the snapshot: a change published in between is both in the
+        // snapshot and in the channel, and the subscription skips the channel's copy by version.
+        let receiver = match self.shared.sender.upgrade() {
+            Some(sender) => sender.subscribe(),
+            None => tokio::sync::broadcast::channel(1).1,
+        };
+        Subscription::new(receiver, self.clone(), self.snapshot())
+    }
+}
