@@ -10,11 +10,13 @@
 //! Each reply carries two response headers saying where the call went: [`SERVED_BY`] (the
 //! node's id) and, when the first node failed, [`RETRIED_FROM`].
 
+use crate::go_naming::MixedFleet;
 use crate::proto::greeter_client::GreeterClient;
 use crate::proto::greeter_server::Greeter;
 use crate::proto::{HelloReply, HelloRequest};
 use registry_service::{
-    Discovery, EjectionOptions, Pick, Picker, PickerOptions, ServiceInstance, Strategy,
+    Discovery, EjectionOptions, InstanceSource, Pick, Picker, PickerOptions, ServiceInstance,
+    Strategy,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -73,6 +75,8 @@ pub struct Forwarded {
 #[derive(Debug)]
 struct Inner {
     discovery: Discovery,
+    /// Endpoints registered by Go services in etcd's naming layout, routed to beside ours.
+    go: Option<Discovery>,
     picker: Picker,
     /// One channel per node, keyed by id and address (a node that moves gets a new one).
     /// Entries of nodes no longer listed are pruned whenever a channel is added, so the map
@@ -95,15 +99,35 @@ impl Gateway {
             inner: Arc::new(Inner {
                 picker: Picker::new(discovery.clone(), options.picker.clone()),
                 discovery,
+                go: None,
                 channels: Mutex::new(HashMap::new()),
                 options,
             }),
         }
     }
 
-    /// The nodes it can route to now, in id order.
+    /// A gateway over a mixed fleet: `discovery`'s nodes and the endpoints Go services
+    /// registered under a Go naming target (`go`, a discovery with a
+    /// [`GoTarget`](crate::go_naming::GoTarget) layout), as one list.
+    pub fn with_go_target(discovery: Discovery, go: Discovery, options: GatewayOptions) -> Self {
+        let fleet = MixedFleet::new(discovery.clone(), go.clone());
+        Gateway {
+            inner: Arc::new(Inner {
+                picker: Picker::new(fleet, options.picker.clone()),
+                discovery,
+                go: Some(go),
+                channels: Mutex::new(HashMap::new()),
+                options,
+            }),
+        }
+    }
+
+    /// The nodes it can route to now, in id order (ours, then Go-registered ones).
     pub fn nodes(&self) -> Arc<[ServiceInstance]> {
-        self.inner.discovery.snapshot()
+        match &self.inner.go {
+            Some(go) => MixedFleet::new(self.inner.discovery.clone(), go.clone()).instances(),
+            None => self.inner.discovery.snapshot(),
+        }
     }
 
     /// The discovery it follows.

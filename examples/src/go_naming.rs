@@ -35,9 +35,12 @@
 //! [`list`] reads a whole target once, and [`merge`] makes one list of a mixed fleet, where Rust
 //! nodes publishing in both layouts appear once.
 
-use registry_api::{InvalidArgument, LeaseId, ListOptions, PutOptions, Registry, Result};
+use registry_api::{InvalidArgument, KeyValue, LeaseId, ListOptions, PutOptions, Registry, Result};
 use registry_service::instance::{validate_instance_id, validate_service};
-use registry_service::{Metadata, Registration, RegistrationState, ServiceInstance};
+use registry_service::{
+    Discovery, InstanceLayout, InstanceSource, Metadata, Registration, RegistrationState,
+    ServiceInstance,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -252,6 +255,49 @@ impl GoTarget {
             ServiceInstance::new(self.service.clone(), id, endpoint.addr)
                 .with_metadata(metadata_from_go(&endpoint.metadata)),
         )
+    }
+}
+
+/// A Go naming target as a source of instances for [`Discovery::with_layout`]: the gateway and
+/// the CLI follow Go-registered endpoints through the same self-healing cache as their own.
+///
+/// [`Discovery::with_layout`]: registry_service::Discovery::with_layout
+impl InstanceLayout for GoTarget {
+    fn service(&self) -> &str {
+        &self.service
+    }
+
+    fn prefix(&self) -> String {
+        GoTarget::prefix(self)
+    }
+
+    fn instance_id(&self, key: &[u8]) -> Option<String> {
+        GoTarget::instance_id(self, key).map(str::to_owned)
+    }
+
+    fn decode(&self, _id: &str, kv: &KeyValue) -> std::result::Result<ServiceInstance, String> {
+        self.parse(&kv.key, &kv.value).map_err(|e| e.to_string())
+    }
+}
+
+/// A picker's source over a mixed fleet: our own instances of a service and the endpoints of a
+/// Go naming target, as one list ([`merge`]: a node published in both layouts counts once).
+#[derive(Clone, Debug)]
+pub struct MixedFleet {
+    ours: Discovery,
+    go: Discovery,
+}
+
+impl MixedFleet {
+    /// Our instances from `ours`, Go's from `go` (a discovery with a [`GoTarget`] layout).
+    pub fn new(ours: Discovery, go: Discovery) -> Self {
+        MixedFleet { ours, go }
+    }
+}
+
+impl InstanceSource for MixedFleet {
+    fn instances(&self) -> Arc<[ServiceInstance]> {
+        merge(&self.ours.snapshot(), &self.go.snapshot()).into()
     }
 }
 

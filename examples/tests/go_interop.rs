@@ -14,7 +14,6 @@
 //! this test runs `scripts/install-go.sh` itself (about 75 MB and a minute or more, once).
 //! It never skips: if Go cannot be installed, the tests fail and say why.
 
-use registry_service::{Metadata, ServiceInstance};
 use registry_api::{ListOptions, Registry};
 use registry_etcd::testing::EtcdServer;
 use registry_etcd::EtcdRegistry;
@@ -22,6 +21,7 @@ use registry_examples::gateway::endpoint;
 use registry_examples::go_naming::{self, GoEndpoint, GoTarget};
 use registry_examples::proto::greeter_client::GreeterClient;
 use registry_examples::proto::HelloRequest;
+use registry_service::{Metadata, ServiceInstance};
 use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::sync::OnceLock;
@@ -631,6 +631,69 @@ async fn rust_reads_go_registered_nodes_beside_its_own_and_calls_them() {
     assert_eq!(
         answered,
         BTreeSet::from(["go-1".to_owned(), "go-2".to_owned(), "r".to_owned()])
+    );
+
+    // The Rust gateway fronts the mixed fleet: `--go-target` follows the Go-registered
+    // endpoints beside our own, and its calls are served by Go and Rust nodes alike.
+    let mut gateway = Proc::spawn(
+        env!("CARGO_BIN_EXE_gateway"),
+        &[
+            "--etcd",
+            &setup.endpoints,
+            "--go-target",
+            "hello",
+            "--pick",
+            "round-robin",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let gateway_address = gateway.wait_line("listening on").await;
+    let channel = endpoint(&gateway_address)
+        .expect("an address")
+        .connect_lazy();
+    let mut client = GreeterClient::new(channel);
+    let mut served = BTreeSet::new();
+    for _ in 0..12 {
+        let reply = timeout(
+            Duration::from_secs(5),
+            client.say_hello(HelloRequest {
+                name: "via gateway".into(),
+            }),
+        )
+        .await
+        .expect("the gateway answers within 5 s")
+        .expect("the forwarded call succeeds")
+        .into_inner();
+        served.insert(reply.node);
+    }
+    assert_eq!(
+        served,
+        BTreeSet::from(["go-1".to_owned(), "go-2".to_owned(), "r".to_owned()]),
+        "the gateway serves calls from Go-registered nodes and its own"
+    );
+    drop(gateway);
+
+    // The CLI lists the mixed fleet too.
+    let mut cli = Proc::spawn(
+        env!("CARGO_BIN_EXE_registry"),
+        &[
+            "list",
+            "hello",
+            "--go-target",
+            "--json",
+            "--etcd",
+            &setup.endpoints,
+        ],
+    );
+    let (ok, lines, stderr) = cli.finish().await;
+    assert!(ok, "registry list --go-target fails: {stderr}");
+    let listed: Vec<ServiceInstance> =
+        serde_json::from_str(&lines.join("\n")).expect("the CLI prints instances as JSON");
+    let ids: BTreeSet<String> = listed.into_iter().map(|i| i.id).collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from([addr_go1.clone(), addr_go2.clone(), "r".to_owned()])
     );
 
     // A Go service that stops deletes its endpoint: gone from the Rust list at once.

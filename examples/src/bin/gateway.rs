@@ -12,6 +12,7 @@ use clap::{Parser, ValueEnum};
 use registry_examples::backend::BackendArgs;
 use registry_examples::cli;
 use registry_examples::gateway::{Gateway, GatewayOptions};
+use registry_examples::go_naming::GoTarget;
 use registry_examples::hello;
 use registry_examples::metrics;
 use registry_examples::BoxError;
@@ -43,6 +44,10 @@ struct Args {
     /// How long one forwarded call may take, in milliseconds.
     #[arg(long, default_value_t = 2_000)]
     call_timeout_ms: u64,
+    /// Also route to the endpoints Go services registered under this target in etcd's Go
+    /// naming layout (`<target>/<addr>` keys, `{"Op","Addr","Metadata"}` values).
+    #[arg(long, value_name = "TARGET")]
+    go_target: Option<String>,
     /// Serve the discovery cache's metrics in Prometheus text format on `http://ADDR/metrics`.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -110,7 +115,21 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .ejection_time(base, base.saturating_mul(12));
     options.picker.strategy = args.pick.into();
     options.call_timeout = Duration::from_millis(args.call_timeout_ms);
-    let gateway = Gateway::new(discovery, options);
+    let gateway = match &args.go_target {
+        Some(target) => {
+            // Endpoints Go services registered with etcd's naming layout, beside our own.
+            let go = Discovery::with_layout(
+                backend.registry.clone(),
+                GoTarget::new(target.clone())?,
+                DiscoveryOptions::default(),
+            )?;
+            tokio::time::timeout(Duration::from_secs(30), go.wait_synced())
+                .await
+                .map_err(|_| format!("could not list Go target {target} within 30 s"))?;
+            Gateway::with_go_target(discovery, go, options)
+        }
+        None => Gateway::new(discovery, options),
+    };
 
     let listener = TcpListener::bind(args.listen).await?;
     println!("listening on {}", listener.local_addr()?);

@@ -17,6 +17,7 @@ use registry_api::ListOptions;
 use registry_examples::backend::{Backend, BackendArgs};
 use registry_examples::cli::{self, parse_meta_pair};
 use registry_examples::dashboard::{self, Dashboard};
+use registry_examples::go_naming::{self, GoTarget};
 use registry_examples::BoxError;
 use registry_service::instance::{validate_instance_id, validate_service};
 use registry_service::{
@@ -49,8 +50,13 @@ struct Args {
 enum Command {
     /// The instances of a service now.
     List {
-        /// The service name.
+        /// The service name (with `--go-target`, the Go naming target).
         service: String,
+        /// Read `service` as a Go naming target (`<target>/<addr>` keys, `{"Op","Addr",
+        /// "Metadata"}` values, as Go's `endpoints.Manager` writes them), merged with our own
+        /// instances of the target's last segment.
+        #[arg(long)]
+        go_target: bool,
     },
     /// The instances of a service, then every change as it happens, until Ctrl-C.
     Watch {
@@ -126,7 +132,14 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .await
         .map_err(|_| format!("could not reach etcd within {WAIT:?}"))??;
     match args.command {
-        Command::List { service } => list(&backend, &service, args.json).await,
+        Command::List {
+            service,
+            go_target: false,
+        } => list(&backend, &service, args.json).await,
+        Command::List {
+            service,
+            go_target: true,
+        } => list_go_target(&backend, &service, args.json).await,
         Command::Watch { service } => watch(&backend, &service, args.json).await,
         Command::Register {
             service,
@@ -168,6 +181,31 @@ async fn list(backend: &Backend, service: &str, json: bool) -> Result<(), BoxErr
         "{service}: {} instance(s) under {}",
         instances.len(),
         backend.layout.service_prefix(service)
+    );
+    for instance in &instances {
+        println!("  {}", describe(instance));
+    }
+    Ok(())
+}
+
+/// A Go naming target and our own instances of its service, as one list.
+async fn list_go_target(backend: &Backend, target: &str, json: bool) -> Result<(), BoxError> {
+    let target = GoTarget::new(target)?;
+    let go = tokio::time::timeout(WAIT, go_naming::list(&*backend.registry, &target))
+        .await
+        .map_err(|_| format!("could not list {} within {WAIT:?}", target.prefix()))??;
+    let ours = read_instances(backend, target.service()).await?;
+    let instances = go_naming::merge(&ours, &go);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&instances)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {} instance(s) under {} and {}",
+        target.service(),
+        instances.len(),
+        backend.layout.service_prefix(target.service()),
+        target.prefix()
     );
     for instance in &instances {
         println!("  {}", describe(instance));
