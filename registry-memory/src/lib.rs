@@ -44,6 +44,12 @@
 //! expires a lease now, [`leader_change`](MemoryRegistry::leader_change) extends every lease as
 //! an etcd failover does.
 //!
+//! # Clients and links
+//!
+//! [`MemoryRegistry::client`] gives a named client of the server on its own
+//! [`Link`](registry_api::wrap::Link): partition it, slow its calls and watch deliveries, hold
+//! and release them, lose its replies, while the server and every other client go on.
+//!
 //! # Progress notifications
 //!
 //! A watch opened with `progress_notify` gets an empty batch at revision `R` whenever it has
@@ -52,6 +58,7 @@
 //! After a notification at `R` it never gets an event at or below `R`.
 
 mod builder;
+mod client;
 mod clock;
 mod deadlines;
 mod expiry;
@@ -64,6 +71,7 @@ mod store;
 mod watches;
 
 pub use builder::MemoryRegistryBuilder;
+pub use client::MemoryClient;
 
 use builder::Config;
 use clock::Clock;
@@ -106,6 +114,7 @@ use store::Shared;
 #[derive(Clone)]
 pub struct MemoryRegistry {
     shared: Arc<Shared>,
+    links: Arc<client::Links>,
 }
 
 impl fmt::Debug for MemoryRegistry {
@@ -149,6 +158,7 @@ impl MemoryRegistry {
     fn from_parts(config: Config, clock: Clock) -> Self {
         MemoryRegistry {
             shared: Arc::new(Shared::new(config, clock)),
+            links: Arc::default(),
         }
     }
 
