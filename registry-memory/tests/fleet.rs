@@ -4,7 +4,7 @@
 
 use registry_api::wrap::Link;
 use registry_api::{async_trait, LeaseId, Registry};
-use registry_conformance::fleet::{run_seed, search, FleetOptions, Mutant};
+use registry_conformance::fleet::{run_seed, search, search_test, FleetOptions, Mutant};
 use registry_conformance::service::{ServiceBackend, ServiceCapabilities};
 use registry_memory::MemoryRegistry;
 use std::sync::Arc;
@@ -120,4 +120,27 @@ fn the_search_catches_a_layer_that_reuses_a_dead_lease() {
 #[test]
 fn the_search_catches_a_cache_that_drops_removals() {
     catches(Mutant::DropsRemovals);
+}
+
+#[test]
+fn a_failing_search_prints_its_seed_and_the_replay_command() {
+    let failed = std::panic::catch_unwind(|| {
+        search_test(
+            "fleet::caught",
+            "registry-memory",
+            "registry-memory/tests/fleet.rs",
+            simulator,
+            CATCH_WITHIN,
+            Mutant::DropsRemovals.apply(FleetOptions::default()),
+        )
+    });
+    let panic = failed.expect_err("the broken layer fails the search");
+    let message = panic.downcast_ref::<String>().expect("a formatted message");
+    assert!(message.contains("fleet seed "), "{message}");
+    assert!(
+        message.contains("cargo test -p registry-memory --test fleet caught -- --nocapture"),
+        "{message}"
+    );
+    assert!(message.contains("REGISTRY_FLEET_SEED="), "{message}");
+    assert!(message.contains("fault plan of seed"), "{message}");
 }

@@ -315,6 +315,13 @@ impl Link {
 
     /// Waits for this call's turn while the link is held; fails if it is cut meanwhile.
     async fn wait_turn(&self) -> Result<()> {
+        {
+            // The common case reads the gate without writing it.
+            let gate = self.state.gate.borrow();
+            if !gate.held && gate.queued() == 0 {
+                return Ok(());
+            }
+        }
         let mut ticket = None;
         self.state.gate.send_if_modified(|gate| {
             if gate.held || gate.queued() > 0 {
