@@ -2,7 +2,7 @@
 
 use crate::limits::check_key;
 use crate::{
-    Bytes, DeleteResponse, GetResponse, KeyValue, LeaseGrant, LeaseId, LeaseTimeToLive,
+    Bytes, DeleteResponse, Error, GetResponse, KeyValue, LeaseGrant, LeaseId, LeaseTimeToLive,
     ListOptions, ListResponse, PutOptions, PutResponse, Registry, Result, Revision, WatchOptions,
     WatchStream,
 };
@@ -16,7 +16,9 @@ use futures::StreamExt;
 /// The prefix is raw bytes (add the `/` yourself if you want one). Leases are not keyed:
 /// [`leases`](Registry::leases) lists every lease of the server, while
 /// [`lease_time_to_live`](Registry::lease_time_to_live) shows only the lease's keys under the
-/// prefix. A key prefix is the same concept wherever the project names one.
+/// prefix. The prefix's bytes count against the server's size limit: a put's
+/// [`TooLarge`](Error::TooLarge) reports its size and the limit as the caller sees them (both
+/// less the prefix).
 ///
 /// ```
 /// use registry_api::wrap::KeyPrefix;
@@ -105,7 +107,17 @@ impl<R: Registry> Registry for KeyPrefix<R> {
 
     async fn put(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<PutResponse> {
         check_key(key)?;
-        let mut response = self.inner.put(&self.full(key), value, opts).await?;
+        let mut response = match self.inner.put(&self.full(key), value, opts).await {
+            // Sizes as the caller sees them: the prefix's bytes count against the server's limit.
+            Err(Error::TooLarge { size, limit }) => {
+                let n = self.prefix.len();
+                return Err(Error::TooLarge {
+                    size: size.saturating_sub(n),
+                    limit: limit.saturating_sub(n),
+                });
+            }
+            other => other?,
+        };
         response.prev_kv = response.prev_kv.map(|kv| strip(&self.prefix, kv));
         Ok(response)
     }
