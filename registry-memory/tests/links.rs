@@ -353,3 +353,49 @@ async fn an_instance_partitioned_past_its_ttl_re_registers_and_is_never_routed_t
     assert!(discovery.get("a").is_some(), "the gateway sees it again");
     assert!(server.get(b"services/hello/a").await.unwrap().kv.is_some());
 }
+
+/// A gateway cut off while the instances are fine keeps its last view, flagged stale, and is
+/// synced again after healing, with what changed meanwhile.
+#[tokio::test(start_paused = true)]
+async fn a_partitioned_gateway_keeps_its_last_view_flagged_stale() {
+    let server = MemoryRegistry::new();
+    let _a = Registration::start(
+        Arc::new(server.client("instance-a")),
+        ServiceInstance::new("hello", "a", "10.0.0.1:80"),
+        RegistrationOptions::default().ttl(Duration::from_secs(3)),
+    )
+    .await
+    .unwrap();
+    let discovery = Discovery::start(
+        Arc::new(server.client("gateway")),
+        "hello",
+        DiscoveryOptions::default().backoff(Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+        )),
+    )
+    .unwrap();
+    discovery.wait_synced().await;
+    assert!(discovery.is_synced());
+
+    server.link("gateway").partition();
+    let b = Registration::start(
+        Arc::new(server.client("instance-b")),
+        ServiceInstance::new("hello", "b", "10.0.0.2:80"),
+        RegistrationOptions::default().ttl(Duration::from_secs(3)),
+    )
+    .await
+    .unwrap();
+    sleep(Duration::from_secs(20)).await;
+    assert!(!discovery.is_synced(), "flagged stale while cut off");
+    let held: Vec<String> = discovery.snapshot().iter().map(|i| i.id.clone()).collect();
+    assert_eq!(held, vec!["a"], "the last view, not an empty one");
+
+    server.link("gateway").heal();
+    timeout(Duration::from_secs(5), discovery.wait_synced())
+        .await
+        .expect("synced again after healing");
+    let now: Vec<String> = discovery.snapshot().iter().map(|i| i.id.clone()).collect();
+    assert_eq!(now, vec!["a", "b"]);
+    drop(b);
+}

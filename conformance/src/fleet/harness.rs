@@ -1,7 +1,8 @@
 //! A whole app under a fault plan: registrations, discovery caches and pickers, each on its own
 //! client, run for a stretch of virtual time, healed, and checked at quiescence.
 
-use super::plan::{Fault, FaultPlan, Profile};
+use super::plan::{FaultPlan, Profile};
+use super::play::{heal_all, play};
 use crate::service::ServiceBackend;
 use futures::StreamExt;
 use registry_api::wrap::SplitMix64;
@@ -336,90 +337,6 @@ async fn replay(
     }
 }
 
-/// Stages one fault through the backend. False if the backend cannot.
-async fn stage<B: ServiceBackend>(
-    backend: &B,
-    fault: &Fault,
-    registrations: &[(String, Registration)],
-    observer: &Arc<dyn Registry>,
-) -> bool {
-    let caps = backend.capabilities();
-    let link = fault.client().and_then(|client| backend.link(client));
-    match fault {
-        Fault::Partition(client) | Fault::Heal(client) => {
-            let cut = matches!(fault, Fault::Partition(_));
-            match link {
-                Some(link) if cut => link.partition(),
-                Some(link) => link.heal(),
-                None if caps.partition => backend.partition(client, cut).await,
-                None => return false,
-            }
-        }
-        Fault::CallLatency(_, latency) => match link {
-            Some(link) => link.set_call_latency(*latency),
-            None => return false,
-        },
-        Fault::DeliveryLatency(_, latency) => match link {
-            Some(link) => link.set_delivery_latency(*latency),
-            None => return false,
-        },
-        Fault::Hold(_) | Fault::Release(_) | Fault::StallWatches(_) | Fault::ResumeWatches(_) => {
-            let Some(link) = link else { return false };
-            match fault {
-                Fault::Hold(_) => link.hold(),
-                Fault::Release(_) => link.release(),
-                Fault::StallWatches(_) => link.stall_watches(true),
-                _ => link.stall_watches(false),
-            }
-        }
-        Fault::LoseReplies(_, n) => match link {
-            Some(link) => link.lose_next_replies(*n),
-            None => return false,
-        },
-        Fault::OutageStart | Fault::OutageEnd => {
-            if !caps.outage {
-                return false;
-            }
-            backend.outage(matches!(fault, Fault::OutageStart)).await;
-        }
-        Fault::ExpireLease(client) => {
-            if !caps.expire_lease {
-                return false;
-            }
-            let lease = registrations
-                .iter()
-                .find(|(name, _)| name == client)
-                .and_then(|(_, registration)| registration.lease());
-            if let Some(lease) = lease {
-                backend.expire_lease(lease).await;
-            }
-        }
-        Fault::Compact => {
-            // Fails harmlessly during an outage or at the last compaction point.
-            if let Ok(read) = observer.get(b"fleet-compaction-probe").await {
-                let _ = observer.compact(read.revision).await;
-            }
-        }
-        Fault::LeaderChange(extra) => return backend.leader_change(*extra).await,
-    }
-    true
-}
-
-/// Undoes every fault: links healed and cleared, the server back.
-async fn heal_all<B: ServiceBackend>(backend: &B, clients: &[String]) {
-    let caps = backend.capabilities();
-    for client in clients {
-        match backend.link(client) {
-            Some(link) => link.reset(),
-            None if caps.partition => backend.partition(client, false).await,
-            None => {}
-        }
-    }
-    if caps.outage {
-        backend.outage(false).await;
-    }
-}
-
 /// Why the fleet is not quiescent yet, or `None` when it is.
 async fn unsettled(
     observer: &Arc<dyn Registry>,
@@ -614,14 +531,16 @@ pub async fn run_fleet<B: ServiceBackend>(
     // The plan, on virtual time from here.
     let registrations = Arc::new(registrations);
     let plan_start = Instant::now();
-    let mut skipped = 0;
-    for step in &plan.steps {
-        sleep_until(plan_start + step.at).await;
-        lock(&log).record(&format!("fault {:?}", step.fault));
-        if !stage(backend, &step.fault, &registrations, &observer).await {
-            skipped += 1;
-        }
-    }
+    let lease_of = |client: &str| {
+        registrations
+            .iter()
+            .find(|(name, _)| name == client)
+            .and_then(|(_, registration)| registration.lease())
+    };
+    let skipped = play(&plan, backend, &lease_of, observer.as_ref(), |step| {
+        lock(&log).record(&format!("fault {:?}", step.fault))
+    })
+    .await;
     sleep_until(plan_start + profile.duration).await;
     heal_all(backend, &profile.clients).await;
     let healed = Instant::now();

@@ -14,17 +14,20 @@
 //!   that replays it ([`SEED_VAR`]).
 //! - [`Mutant`]s are broken service layers the search must catch.
 //!
-//! App authors reuse the harness for their own apps through [`FleetOptions`]' layers, or take
-//! [`FaultPlan`] and stage its faults on their own app.
+//! App authors reuse the harness for their own apps through [`FleetOptions`]' layers (a wrapper
+//! between the service layer and each client), or run their own app under a plan with [`play`]
+//! and [`heal_all`] and check their own invariants.
 
 mod harness;
 mod mutants;
 mod plan;
+mod play;
 mod search;
 
 pub use harness::{run_fleet, ClientLayer, FleetOptions, FleetReport};
 pub use mutants::Mutant;
 pub use plan::{Fault, FaultPlan, Profile, Step, Weights};
+pub use play::{heal_all, play, stage};
 pub use search::{run_seed, search, search_test, SearchReport, SEEDS_VAR, SEED_VAR};
 
 /// Stamps a `#[test]` named `fleet_search` that runs the seeded fleet search over

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// A broken service layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Mutant {
     /// An instance that never registers again once its first lease is lost: every grant after
     /// the first fails.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 /// One fault, or the end of one, on a named client's link or on the whole server.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Fault {
     /// Cut the client's link.
     Partition(String),

@@ -5,6 +5,7 @@ use std::fmt;
 /// One variant per method of [`Registry`](crate::Registry), plus the progress requests of an
 /// open watch ([`WatchStream::request_progress`](crate::WatchStream::request_progress)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
 pub enum CallKind {
     /// [`lease_grant`](crate::Registry::lease_grant).
     LeaseGrant,

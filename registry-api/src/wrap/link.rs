@@ -14,6 +14,7 @@ use tokio::sync::watch;
 /// How long a call or a watch delivery takes on a [`Link`], on tokio's clock (so virtual time
 /// works).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Latency {
     /// No delay.
     #[default]
