@@ -144,3 +144,23 @@ fn a_failing_search_prints_its_seed_and_the_replay_command() {
     assert!(message.contains("REGISTRY_FLEET_SEED="), "{message}");
     assert!(message.contains("fault plan of seed"), "{message}");
 }
+
+#[test]
+fn a_kept_log_shows_the_run_and_hashes_to_the_same_run() {
+    let options = FleetOptions {
+        keep_log: true,
+        ..FleetOptions::default()
+    };
+    let report = run_seed(&simulator, 42, &options);
+    let plain = run_seed(&simulator, 42, &FleetOptions::default());
+    assert_eq!(
+        report.log_hash, plain.log_hash,
+        "keeping the log changes nothing"
+    );
+    assert!(plain.log.is_empty());
+    assert!(report
+        .log
+        .iter()
+        .any(|line| line.contains("fault Partition")));
+    assert!(report.log.iter().any(|line| line.contains("gw0 svc0 -> i")));
+}

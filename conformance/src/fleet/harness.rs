@@ -52,6 +52,9 @@ pub struct FleetOptions {
     pub instance_layer: Option<ClientLayer>,
     /// Wraps each gateway's registry.
     pub gateway_layer: Option<ClientLayer>,
+    /// Keep every line of the event log in the report ([`FleetReport::log`]), for reading a
+    /// failing seed's run; off by default (the hash is always kept).
+    pub keep_log: bool,
 }
 
 impl Default for FleetOptions {
@@ -69,6 +72,7 @@ impl Default for FleetOptions {
             profile: Profile::default(),
             instance_layer: None,
             gateway_layer: None,
+            keep_log: false,
         }
     }
 }
@@ -86,6 +90,7 @@ impl fmt::Debug for FleetOptions {
             .field("profile", &self.profile)
             .field("instance_layer", &self.instance_layer.is_some())
             .field("gateway_layer", &self.gateway_layer.is_some())
+            .field("keep_log", &self.keep_log)
             .finish()
     }
 }
@@ -138,6 +143,9 @@ pub struct FleetReport {
     /// A hash of everything observed, with virtual times (routes, discovery events,
     /// registration states): the same seed gives the same hash.
     pub log_hash: u64,
+    /// The event log, line by line with virtual times, when [`FleetOptions::keep_log`] asked
+    /// for it (empty otherwise).
+    pub log: Vec<String>,
 }
 
 impl FleetReport {
@@ -158,6 +166,7 @@ struct Log {
     routes: u64,
     events: u64,
     violations: Vec<String>,
+    lines: Option<Vec<String>>,
 }
 
 impl Log {
@@ -166,6 +175,10 @@ impl Log {
     }
 
     fn record(&mut self, line: &str) {
+        let now = self.at();
+        if let Some(lines) = &mut self.lines {
+            lines.push(format!("[{:>8.3}s] {line}", now.as_secs_f64()));
+        }
         let at = self.at().as_millis().to_le_bytes();
         for byte in at.iter().chain(line.as_bytes()).chain(b"\n") {
             self.hash ^= u64::from(*byte);
@@ -433,6 +446,7 @@ pub async fn run_fleet<B: ServiceBackend>(
         routes: 0,
         events: 0,
         violations: Vec::new(),
+        lines: options.keep_log.then(Vec::new),
     }));
     let world: Shared<World> = Arc::default();
     let observer = backend.client("fleet-observer").await;
@@ -579,5 +593,6 @@ pub async fn run_fleet<B: ServiceBackend>(
         skipped_faults: skipped,
         settled_after,
         log_hash: log.hash,
+        log: log.lines.take().unwrap_or_default(),
     }
 }

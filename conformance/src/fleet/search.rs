@@ -69,6 +69,7 @@ where
         skipped_faults: 0,
         settled_after: None,
         log_hash: 0,
+        log: Vec::new(),
     })
 }
 
@@ -132,7 +133,7 @@ pub fn search_test<B, F>(
     file: &str,
     make: F,
     seeds: u64,
-    options: FleetOptions,
+    mut options: FleetOptions,
 ) where
     F: Fn() -> B + Sync,
     B: ServiceBackend,
@@ -150,6 +151,8 @@ pub fn search_test<B, F>(
             0..count
         }
     };
+    // Replaying one seed keeps its whole event log, printed below.
+    options.keep_log |= replay.is_some();
     let report = search(make, range.clone(), &options);
     println!(
         "fleet search: {} seeds ({}..{}) in {:.2}s wall on {} threads; {} routes, {} discovery events",
@@ -163,6 +166,12 @@ pub fn search_test<B, F>(
     );
     if let Some(seed) = replay {
         println!("replayed seed {seed} (from {SEED_VAR})");
+    }
+    if let Some(failure) = report.failure.as_ref().filter(|f| !f.log.is_empty()) {
+        println!("event log of seed {}:", failure.seed);
+        for line in &failure.log {
+            println!("  {line}");
+        }
     }
     if let Some(failure) = report.failure {
         let stem = std::path::Path::new(file)
