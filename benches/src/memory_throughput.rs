@@ -1,5 +1,6 @@
 //! (b) The simulator against the plain baseline: puts per second, and watch deliveries per
-//! second with 1, 100 and 1,000 watchers. Single-threaded, no runtime (the simulator's manual
+//! second with 1, 100 and 1,000 watchers; and the puts of one named client while another
+//! client is partitioned or has 1,000 calls held, against none. Single-threaded, no runtime (the simulator's manual
 //! clock needs none); A and B alternate in blocks, in ABBA order.
 
 use crate::baseline::PlainStore;
@@ -97,7 +98,108 @@ pub(crate) fn run(quick: bool) -> Report {
     for watchers in [1, 100, 1_000] {
         deliveries(&mut report, scale, &keys, watchers);
     }
+    for other in [OtherClient::Partitioned, OtherClient::Holding] {
+        client_puts(&mut report, scale, &keys, other);
+    }
     report
+}
+
+/// What happens to the other client while one client's puts are timed.
+#[derive(Debug, Clone, Copy)]
+enum OtherClient {
+    Partitioned,
+    /// Its link is held with this many calls waiting.
+    Holding,
+}
+
+/// Calls held on the other client's link.
+const HELD_CALLS: usize = 1_000;
+
+/// Puts through client "a" while client "b" is cut off (or holds 1,000 calls), against puts
+/// through "a" on a server whose other client is healthy: a fault on one link costs the others
+/// nothing, because it lives in that link's own wrapper.
+fn client_puts(report: &mut Report, scale: Scale, keys: &[Vec<u8>], other: OtherClient) {
+    eprintln!(
+        "(b) client puts, other client {other:?}: {} blocks of {} each side",
+        scale.blocks, scale.puts_per_block
+    );
+    let build = || {
+        MemoryRegistry::builder()
+            .manual_clock()
+            .history_limit(10_000)
+            .build()
+    };
+    let (faulty, healthy) = (build(), build());
+    let (a_faulty, a_healthy) = (faulty.client("a"), healthy.client("a"));
+    let b = faulty.client("b");
+    let _b_healthy = healthy.client("b");
+    let mut held: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> =
+        Vec::new();
+    match other {
+        OtherClient::Partitioned => faulty.link("b").partition(),
+        OtherClient::Holding => {
+            faulty.link("b").hold();
+            let waker = futures::task::noop_waker();
+            let mut cx = std::task::Context::from_waker(&waker);
+            for key in keys.iter().cycle().take(HELD_CALLS) {
+                let b = &b;
+                let mut call: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+                    Box::pin(async move {
+                        let _ = b.get(key).await;
+                    });
+                // One poll queues the call on the held link.
+                let _ = call.as_mut().poll(&mut cx);
+                held.push(call);
+            }
+            if faulty.link("b").queued_calls() != HELD_CALLS as u64 {
+                eprintln!("(b) expected {HELD_CALLS} held calls");
+            }
+        }
+    }
+    let (mut ours, mut base) = (Throughput::default(), Throughput::default());
+    let mut next = 0usize;
+    let block = |client: &registry_memory::MemoryClient, t: &mut Throughput, next: &mut usize| {
+        block_on(async {
+            for _ in 0..scale.puts_per_block / BATCH {
+                let start = Instant::now();
+                for _ in 0..BATCH {
+                    let key = &keys[*next % keys.len()];
+                    *next += 1;
+                    if client.put(key, VALUE, PutOptions::default()).await.is_err() {
+                        eprintln!("(b) a client put failed");
+                    }
+                }
+                t.record(BATCH, start.elapsed());
+            }
+            t.end_block();
+        })
+    };
+    block(&a_faulty, &mut Throughput::default(), &mut next);
+    block(&a_healthy, &mut Throughput::default(), &mut next);
+    for round in 0..scale.blocks {
+        if round % 2 == 0 {
+            block(&a_faulty, &mut ours, &mut next);
+            block(&a_healthy, &mut base, &mut next);
+        } else {
+            block(&a_healthy, &mut base, &mut next);
+            block(&a_faulty, &mut ours, &mut next);
+        }
+    }
+    drop(held);
+    let ratio = ours.rate() / base.rate();
+    let label = match other {
+        OtherClient::Partitioned => "client puts/s, another client partitioned",
+        OtherClient::Holding => "client puts/s, another client holding 1,000 calls",
+    };
+    report.row(
+        PART,
+        label,
+        ours.describe(),
+        format!("{} (no fault on the other client)", base.describe()),
+        fmt_ratio(ratio),
+        ">= 0.9x",
+        Verdict::from_bool(ratio >= 0.9),
+    );
 }
 
 fn puts(report: &mut Report, scale: Scale, keys: &[Vec<u8>]) {

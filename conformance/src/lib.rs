@@ -3,6 +3,7 @@
 mod backend;
 mod cases;
 mod failure;
+pub mod fleet;
 mod fuzz;
 mod harness;
 pub mod model;

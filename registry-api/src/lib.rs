@@ -53,6 +53,7 @@ pub mod limits;
 mod registry;
 mod revision;
 mod watch;
+pub mod wrap;
 
 /// The attribute that implements the (async, object-safe) [`Registry`] trait, re-exported so
 /// that a backend or wrapper needs no `async-trait` dependency of its own:
@@ -61,6 +62,9 @@ pub use async_trait::async_trait;
 /// The byte buffer of keys and values, re-exported so that a backend needs no `bytes` dependency.
 pub use bytes::Bytes;
 pub use error::{BoxError, Error, InvalidArgument, Result};
+/// The boxed future and stream types of the trait's signatures, re-exported so that an
+/// implementor needs no `futures` dependency of its own.
+pub use futures::{future::BoxFuture, stream::BoxStream, Stream};
 pub use kv::{
     DeleteResponse, GetResponse, KeyValue, ListOptions, ListResponse, PutOptions, PutResponse,
 };

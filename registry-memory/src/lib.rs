@@ -44,6 +44,12 @@
 //! expires a lease now, [`leader_change`](MemoryRegistry::leader_change) extends every lease as
 //! an etcd failover does.
 //!
+//! # Clients and links
+//!
+//! [`MemoryRegistry::client`] gives a named client of the server on its own
+//! [`Link`](registry_api::wrap::Link): partition it, slow its calls and watch deliveries, hold
+//! and release them, lose its replies, while the server and every other client go on.
+//!
 //! # Progress notifications
 //!
 //! A watch opened with `progress_notify` gets an empty batch at revision `R` whenever it has
@@ -57,6 +63,7 @@
 //! request during an outage, or on a watch an outage cut, fails with `Unavailable`.
 
 mod builder;
+mod client;
 mod clock;
 mod deadlines;
 mod expiry;
@@ -69,6 +76,7 @@ mod store;
 mod watches;
 
 pub use builder::MemoryRegistryBuilder;
+pub use client::MemoryClient;
 
 use builder::Config;
 use clock::Clock;
@@ -111,6 +119,7 @@ use store::Shared;
 #[derive(Clone)]
 pub struct MemoryRegistry {
     shared: Arc<Shared>,
+    links: Arc<client::Links>,
 }
 
 impl fmt::Debug for MemoryRegistry {
@@ -154,6 +163,7 @@ impl MemoryRegistry {
     fn from_parts(config: Config, clock: Clock) -> Self {
         MemoryRegistry {
             shared: Arc::new(Shared::new(config, clock)),
+            links: Arc::default(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! on their backend: named clients of one server, the faults the backend can stage, and time.
 
 use async_trait::async_trait;
+use registry_api::wrap::Link;
 use registry_api::{LeaseId, Registry};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,22 @@ pub trait ServiceBackend: Send + Sync + 'static {
 
     /// Expires `lease` now, as the server does at its deadline (its keys go in one revision).
     async fn expire_lease(&self, lease: LeaseId);
+
+    /// The control handle of client `name`'s link, for the faults beyond a partition: latency,
+    /// hold and release, lost replies, stalled watches (see [`Link`]). `None` (the default)
+    /// when the backend's clients have no such link; the fleet search then stages partitions
+    /// through [`partition`](ServiceBackend::partition) and skips the other link faults.
+    fn link(&self, name: &str) -> Option<Link> {
+        let _ = name;
+        None
+    }
+
+    /// Stages a leader change that extends every live lease by `extra`, as etcd's new leader
+    /// does. Returns false (the default) when the backend cannot stage one.
+    async fn leader_change(&self, extra: Duration) -> bool {
+        let _ = extra;
+        false
+    }
 
     /// Lets `by` pass: a virtual sleep on [`Time::Virtual`], a real one on [`Time::Real`].
     async fn sleep(&self, by: Duration) {
