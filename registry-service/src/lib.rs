@@ -32,7 +32,10 @@ pub use discovery::{Discovery, DiscoveryEvent, DiscoveryEvents, DiscoveryHub, Di
 pub use error::{Error, Result};
 pub use instance::{KeyLayout, Metadata, ServiceInstance, Status, DEFAULT_NAMESPACE};
 pub use pick::{InstanceSource, Picker, PickerOptions, Strategy};
-pub use registration::{Registration, RegistrationOptions, RegistrationState};
+pub use registration::{
+    Registrar, RegistrarOptions, Registration, RegistrationOptions, RegistrationState,
+    RegistrationStatus,
+};
 
 /// The README's examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]
