@@ -191,14 +191,16 @@ impl Picker {
         let now = Instant::now();
         let mut state = self.lock();
         let mut candidates: Vec<&ServiceInstance> = Vec::with_capacity(all.len());
-        for instance in all.iter() {
+        // Draining (or unknown-status) instances take no new work, whatever else holds.
+        let serving = all.iter().filter(|instance| instance.status.is_serving());
+        for instance in serving.clone() {
             if !state.is_down(&instance.id, now) {
                 candidates.push(instance);
             }
         }
         if candidates.is_empty() {
             // Every node is failing: better to try one than to refuse every call.
-            candidates = all.iter().collect();
+            candidates = serving.collect();
         }
         let chosen = choose(self.options.strategy, &candidates, &mut state)?;
         state.nodes.entry(chosen.id.clone()).or_default().in_flight += 1;

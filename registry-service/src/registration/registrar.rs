@@ -1,6 +1,6 @@
 //! The registrar: one task per registry and process that keeps every registration alive.
 
-use super::task::{Command, Inbox, Start, Task};
+use super::task::{self, Command, Inbox, Init, Start};
 use super::{ttl_secs, LeaseClock, Registration, RegistrationOptions, RegistrationState, Shared};
 use crate::backoff::Backoff;
 use crate::instance::{KeyLayout, ServiceInstance};
@@ -150,16 +150,15 @@ impl Registrar {
         let shared_clock = shared_ttl.map(|_| Arc::new(LeaseClock::new(epoch)));
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
         let inbox = Arc::new(Inbox::default());
-        let task = Task::new(
-            registry,
+        let init = Init {
             options,
             shared_ttl,
-            shared_clock.clone(),
-            commands_rx,
-            inbox.clone(),
-        );
+            shared_clock: shared_clock.clone(),
+            commands: commands_rx,
+            inbox: inbox.clone(),
+        };
         runtime.spawn(tracing::Instrument::instrument(
-            task.run(),
+            task::run(registry, init),
             tracing::info_span!("registrar"),
         ));
         Ok(Registrar {

@@ -23,6 +23,10 @@ pub(super) enum Due {
 #[derive(Debug, Default)]
 pub(super) struct Wheel {
     due: BTreeMap<Instant, Vec<Due>>,
+    /// The instant scheduled last and what is due then, not yet in the map: a round schedules
+    /// its leases' next rounds one after another at the same instant, and this keeps that to
+    /// one map operation per round instead of one per lease.
+    staged: Option<(Instant, Vec<Due>)>,
     /// Emptied vectors, kept for the next instants: a round at scale moves thousands of entries
     /// from one instant to the next, and reusing the buffer saves an allocation per round.
     spare: Vec<Vec<Due>>,
@@ -30,21 +34,48 @@ pub(super) struct Wheel {
 
 impl Wheel {
     pub(super) fn schedule(&mut self, at: Instant, due: Due) {
-        let spare = &mut self.spare;
-        self.due
-            .entry(at)
-            .or_insert_with(|| spare.pop().unwrap_or_default())
-            .push(due);
+        if let Some((staged_at, staged)) = &mut self.staged {
+            if *staged_at == at {
+                staged.push(due);
+                return;
+            }
+        }
+        self.unstage();
+        let mut batch = self.spare.pop().unwrap_or_default();
+        batch.push(due);
+        self.staged = Some((at, batch));
+    }
+
+    fn unstage(&mut self) {
+        if let Some((at, mut batch)) = self.staged.take() {
+            match self.due.get_mut(&at) {
+                Some(existing) => {
+                    existing.append(&mut batch);
+                    if self.spare.len() < 8 {
+                        self.spare.push(batch);
+                    }
+                }
+                None => {
+                    self.due.insert(at, batch);
+                }
+            }
+        }
     }
 
     /// The earliest instant anything is due.
     pub(super) fn next(&self) -> Option<Instant> {
-        self.due.first_key_value().map(|(at, _)| *at)
+        let first = self.due.first_key_value().map(|(at, _)| *at);
+        match (&self.staged, first) {
+            (Some((staged, _)), Some(first)) => Some(first.min(*staged)),
+            (Some((staged, _)), None) => Some(*staged),
+            (None, first) => first,
+        }
     }
 
     /// Takes everything due at or before `now`, earliest first, in scheduling order within an
     /// instant (which keeps runs deterministic).
     pub(super) fn take_due(&mut self, now: Instant, into: &mut Vec<Due>) {
+        self.unstage();
         while let Some(entry) = self.due.first_entry() {
             if *entry.key() > now {
                 break;
@@ -52,6 +83,7 @@ impl Wheel {
             let mut batch = entry.remove();
             into.append(&mut batch);
             if self.spare.len() < 8 {
+                batch.clear();
                 self.spare.push(batch);
             }
         }
@@ -59,7 +91,8 @@ impl Wheel {
 
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.due.values().map(Vec::len).sum()
+        self.due.values().map(Vec::len).sum::<usize>()
+            + self.staged.as_ref().map_or(0, |(_, staged)| staged.len())
     }
 }
 
