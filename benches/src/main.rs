@@ -5,7 +5,7 @@
 //! bash scripts/bench.sh                 # everything; also writes target/bench-results.md
 //! bash scripts/bench.sh --quick         # a smoke run, scaled down
 //! cargo run --release -p registry-benches -- memory   # one part: overhead, memory, sim,
-//!                                                     # discovery or fanout (or a..e)
+//!                                                     # discovery, fanout or requests (a..f)
 //! ```
 //!
 //! `all` starts one etcd on 127.0.0.1 (unless `--endpoint` names one) and runs each part in a
@@ -24,6 +24,7 @@ mod procfs;
 mod raw_watch;
 mod recording;
 mod report;
+mod requests;
 mod sim_floors;
 mod sim_scale;
 mod stats;
@@ -55,11 +56,17 @@ enum Part {
     /// (e) 1,000 discovery handles of one service: watches opened, change -> all.
     #[value(alias = "e")]
     Fanout,
+    /// (f) Requests per registered instance-hour at TTL 10 s, a lease each and one shared.
+    #[value(alias = "f")]
+    Requests,
 }
 
 impl Part {
     fn needs_etcd(self) -> bool {
-        matches!(self, Part::Overhead | Part::Discovery | Part::Fanout)
+        matches!(
+            self,
+            Part::Overhead | Part::Discovery | Part::Fanout | Part::Requests
+        )
     }
 
     fn name(self) -> &'static str {
@@ -70,6 +77,7 @@ impl Part {
             Part::Sim => "sim",
             Part::Discovery => "discovery",
             Part::Fanout => "fanout",
+            Part::Requests => "requests",
         }
     }
 }
@@ -153,6 +161,12 @@ fn run_part(part: Part, endpoint: Option<&str>, quick: bool, seed: u64) -> Repor
             report
         }
         Part::Fanout => on_etcd(endpoint, |e| etcd_fanout::run(e, quick)),
+        Part::Requests => {
+            eprintln!("(f) requests per instance-hour on the simulator");
+            let mut report = requests::simulator(quick);
+            report.extend(on_etcd(endpoint, |e| requests::etcd(e, quick)));
+            report
+        }
     }
 }
 
@@ -214,6 +228,7 @@ fn run_all(args: &Args) -> ExitCode {
         Part::Overhead,
         Part::Discovery,
         Part::Fanout,
+        Part::Requests,
     ] {
         let part_started = Instant::now();
         eprintln!("== {} ", part.name());

@@ -743,13 +743,18 @@ impl<'r> Task<'r> {
                 self.tokens += 1;
                 let call = self.tokens;
                 s.call = call;
-                let keep_alive = self.registry.lease_keep_alive(lease);
-                self.launch(limit, keep_alive, move |result| Done::KeepAlive {
-                    slot,
-                    token: call,
-                    sent_at: now,
-                    result,
-                });
+                let mut keep_alive = self.registry.lease_keep_alive(lease);
+                // The hot path at scale: an answer that is there at once is handled at once,
+                // without a trip through the queue of finished calls.
+                match (&mut keep_alive).now_or_never() {
+                    Some(result) => self.on_keep_alive(slot, call, now, result),
+                    None => self.launch(limit, keep_alive, move |result| Done::KeepAlive {
+                        slot,
+                        token: call,
+                        sent_at: now,
+                        result,
+                    }),
+                }
             }
             _ => {}
         }
