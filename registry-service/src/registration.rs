@@ -230,13 +230,20 @@ impl LeaseClock {
     }
 
     pub(crate) fn renewed(&self, sent_at: Instant, ttl: Duration) {
+        self.store(self.encode(sent_at, ttl));
+    }
+
+    /// The stored form of a renewal. Every clock of one registrar has the registrar's epoch,
+    /// so a round encodes its instant once for all its leases.
+    pub(crate) fn encode(&self, sent_at: Instant, ttl: Duration) -> (u64, u64) {
         let nanos = u64::try_from(sent_at.saturating_duration_since(self.epoch).as_nanos())
             .unwrap_or(u64::MAX - 1);
-        self.last_ok.store(nanos + 1, Ordering::Relaxed);
-        self.ttl_nanos.store(
-            u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        (nanos + 1, u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    pub(crate) fn store(&self, (last_ok, ttl_nanos): (u64, u64)) {
+        self.last_ok.store(last_ok, Ordering::Relaxed);
+        self.ttl_nanos.store(ttl_nanos, Ordering::Relaxed);
     }
 
     fn read(&self) -> Option<(Instant, Instant)> {

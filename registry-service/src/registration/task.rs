@@ -313,6 +313,18 @@ pub(crate) struct Task<'r> {
     rng: SplitMix64,
     tokens: u64,
     now: Instant,
+    /// What the keep-alives answered at once in this round share: their renewed deadline,
+    /// their next round and their stored renewal, computed once per (instant, TTL).
+    round: Option<Round>,
+}
+
+#[derive(Clone, Copy)]
+struct Round {
+    now: Instant,
+    ttl: Duration,
+    renewed: Instant,
+    next: Instant,
+    stored: (u64, u64),
 }
 
 /// What the registrar's task starts from.
@@ -358,6 +370,7 @@ impl<'r> Task<'r> {
             rng,
             tokens: 0,
             now: Instant::now(),
+            round: None,
         }
     }
 
@@ -741,10 +754,24 @@ impl<'r> Task<'r> {
                 // what `on_keep_alive` does for a success sent now.
                 match (&mut keep_alive).now_or_never() {
                     Some(Ok(_)) if !s.needs_put => {
-                        let renewed = now.checked_add(ttl).unwrap_or(*deadline);
-                        *deadline = renewed;
-                        s.clock.renewed(now, ttl);
-                        let next = now.checked_add(ttl / 3).unwrap_or(renewed).min(renewed);
+                        let round = match self.round {
+                            Some(round) if round.now == now && round.ttl == ttl => round,
+                            _ => {
+                                let renewed = now.checked_add(ttl).unwrap_or(*deadline);
+                                let round = Round {
+                                    now,
+                                    ttl,
+                                    renewed,
+                                    next: now.checked_add(ttl / 3).unwrap_or(renewed).min(renewed),
+                                    stored: s.clock.encode(now, ttl),
+                                };
+                                self.round = Some(round);
+                                round
+                            }
+                        };
+                        *deadline = round.renewed;
+                        s.clock.store(round.stored);
+                        let next = round.next;
                         self.tokens += 1;
                         s.timer = self.tokens;
                         self.wheel.schedule(
