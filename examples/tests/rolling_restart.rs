@@ -1,10 +1,13 @@
 //! A rolling restart on a real etcd: three `hello-service` processes behind the `gateway`,
 //! each stopped with SIGTERM (it drains: marked draining, still serving for its grace period,
 //! then deregistered) and started again with the same id, one after another, while a client
-//! calls through the gateway without pause. Not one call may fail.
+//! calls through the gateway without pause. Not one call may fail, and none may even need the
+//! gateway's retry on another node: draining takes a node out of the picks before it stops,
+//! where a plain deregistration would leave calls on their way to a stopping server (the retry
+//! would hide those from the client, so the test counts retries too).
 
 use registry_etcd::testing::{shared_endpoints, unique_namespace};
-use registry_examples::gateway::endpoint;
+use registry_examples::gateway::{endpoint, RETRIED_FROM};
 use registry_examples::proto::greeter_client::GreeterClient;
 use registry_examples::proto::HelloRequest;
 use std::process::Stdio;
@@ -131,9 +134,11 @@ async fn a_rolling_restart_behind_the_gateway_fails_no_call() {
     // The client: one call after another, each bounded, for as long as the restarts take.
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    let retried = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let client = {
-        let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
+        let (ok, failed, retried, stop) =
+            (ok.clone(), failed.clone(), retried.clone(), stop.clone());
         let mut client = GreeterClient::new(endpoint(&address).expect("an address").connect_lazy());
         tokio::spawn(async move {
             let started = Instant::now();
@@ -142,7 +147,13 @@ async fn a_rolling_restart_behind_the_gateway_fails_no_call() {
                     name: "rolling".into(),
                 });
                 match timeout(Duration::from_secs(5), call).await {
-                    Ok(Ok(_)) => ok.fetch_add(1, Ordering::SeqCst),
+                    Ok(Ok(response)) => {
+                        if let Some(from) = response.metadata().get(RETRIED_FROM) {
+                            eprintln!("call retried after {from:?} failed");
+                            retried.fetch_add(1, Ordering::SeqCst);
+                        }
+                        ok.fetch_add(1, Ordering::SeqCst)
+                    }
                     Ok(Err(status)) => {
                         eprintln!("call failed: {status}");
                         failed.fetch_add(1, Ordering::SeqCst)
@@ -178,10 +189,17 @@ async fn a_rolling_restart_behind_the_gateway_fails_no_call() {
     }
     stop.store(true, Ordering::SeqCst);
     client.await.expect("the client task");
-    let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
-    eprintln!("rolling restart of 3 nodes: {ok} calls succeeded, {failed} failed");
+    let (ok, failed, retried) = (
+        ok.load(Ordering::SeqCst),
+        failed.load(Ordering::SeqCst),
+        retried.load(Ordering::SeqCst),
+    );
+    eprintln!(
+        "rolling restart of 3 nodes: {ok} calls succeeded ({retried} of them retried), {failed} failed"
+    );
     assert!(ok > 100, "only {ok} calls");
     assert_eq!(failed, 0, "{failed} of {} calls failed", ok + failed);
+    assert_eq!(retried, 0, "{retried} calls reached a stopping node first");
     for node in &mut nodes {
         assert!(node.terminate().await);
     }
