@@ -5,8 +5,8 @@
 //! bash scripts/bench.sh                 # everything; also writes target/bench-results.md
 //! bash scripts/bench.sh --quick         # a smoke run, scaled down
 //! cargo run --release -p registry-benches -- memory   # one part: overhead, memory, sim,
-//!                                                     # discovery, fanout, balance or slow
-//!                                                     # (or a..g)
+//!                                                     # discovery, fanout, balance, slow or requests
+//!                                                     # (or a..h)
 //! ```
 //!
 //! `all` starts one etcd on 127.0.0.1 (unless `--endpoint` names one) and runs each part in a
@@ -26,6 +26,7 @@ mod procfs;
 mod raw_watch;
 mod recording;
 mod report;
+mod requests;
 mod sim_floors;
 mod sim_scale;
 mod slow_subscribers;
@@ -64,11 +65,17 @@ enum Part {
     /// (g) 1,000 discovery subscribers that never read while 10,000 changes flow: memory.
     #[value(alias = "g")]
     Slow,
+    /// (h) Requests per registered instance-hour at TTL 10 s, a lease each and one shared.
+    #[value(alias = "h")]
+    Requests,
 }
 
 impl Part {
     fn needs_etcd(self) -> bool {
-        matches!(self, Part::Overhead | Part::Discovery | Part::Fanout)
+        matches!(
+            self,
+            Part::Overhead | Part::Discovery | Part::Fanout | Part::Requests
+        )
     }
 
     fn name(self) -> &'static str {
@@ -81,6 +88,7 @@ impl Part {
             Part::Fanout => "fanout",
             Part::Balance => "balance",
             Part::Slow => "slow",
+            Part::Requests => "requests",
         }
     }
 }
@@ -166,6 +174,12 @@ fn run_part(part: Part, endpoint: Option<&str>, quick: bool, seed: u64) -> Repor
         Part::Fanout => on_etcd(endpoint, |e| etcd_fanout::run(e, quick)),
         Part::Balance => balance::run(quick),
         Part::Slow => slow_subscribers::run(quick),
+        Part::Requests => {
+            eprintln!("(h) requests per instance-hour on the simulator");
+            let mut report = requests::simulator(quick);
+            report.extend(on_etcd(endpoint, |e| requests::etcd(e, quick)));
+            report
+        }
     }
 }
 
@@ -229,6 +243,7 @@ fn run_all(args: &Args) -> ExitCode {
         Part::Fanout,
         Part::Balance,
         Part::Slow,
+        Part::Requests,
     ] {
         let part_started = Instant::now();
         eprintln!("== {} ", part.name());

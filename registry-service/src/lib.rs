@@ -45,7 +45,10 @@ pub use instance::{KeyLayout, Metadata, ServiceInstance, Status, DEFAULT_NAMESPA
 pub use pick::{
     EjectionOptions, EwmaOptions, Health, InstanceSource, Pick, Picker, PickerOptions, Strategy,
 };
-pub use registration::{Registration, RegistrationOptions, RegistrationState};
+pub use registration::{
+    Registrar, RegistrarOptions, Registration, RegistrationOptions, RegistrationState,
+    RegistrationStatus,
+};
 pub use store::{store, Snapshot, Store, StoreEvent, StoreStatus};
 pub use watcher::{watcher, Change, Watcher, WatcherConfig, WatcherEvent};
 

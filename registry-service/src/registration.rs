@@ -1,37 +1,77 @@
 //! Registering an instance and keeping it registered, whatever happens to its lease.
 //!
 //! [`Registration::start`] grants a lease, puts the instance under its key with that lease and
-//! returns; a background task then keeps the lease alive every TTL/3 and heals:
+//! returns; the process's [`Registrar`] then keeps the lease alive every TTL/3 and heals:
 //!
 //! - the lease is lost when a keep-alive answers "not found" or no keep-alive has succeeded for
-//!   a whole TTL (L6); the task then grants a *new* lease (a dead lease id is never used again)
+//!   a whole TTL; the registrar then grants a *new* lease (a dead lease id is never used again)
 //!   and puts the instance again, retrying for ever with jittered exponential backoff;
-//! - each keep-alive round also reads the instance's key: if someone deleted or overwrote it
-//!   while the lease lives, it is put back;
-//! - re-registration writes the latest metadata given to [`Registration::update_metadata`], not
-//!   the one it started with (Curator's CURATOR-181).
+//! - the registrar watches each registered service's prefix: a key deleted or overwritten while
+//!   its lease lives is put back as soon as the watch shows it (no read per keep-alive round);
+//! - re-registration writes the latest metadata and status given to the handle, not the ones
+//!   it started with (Curator's CURATOR-181).
 //!
-//! [`Registration::deregister`] revokes the lease, so the entry disappears at once; dropping the
-//! handle does the same on the runtime the task runs on, as well as it can.
+//! # One scheduler per process
+//!
+//! Every registration of a process on one registry goes through one [`Registrar`]: one task,
+//! one timer per instant at which leases are due, not one task and timer per registration.
+//! [`Registration::start`] uses a default registrar per registry (per `Arc` pointer), created on
+//! first use and gone when its last registration is; [`Registrar::new`] makes one with other
+//! options, e.g. [`RegistrarOptions::shared_lease`]: every registration on one lease, one
+//! keep-alive per TTL/3 for all of them (as etcd's `concurrency.Session` does).
+//!
+//! # Readiness and draining
+//!
+//! [`Registration::start_when_ready`] returns at once and puts the instance only once the app's
+//! readiness future completes: an instance that is not ready is never visible.
+//! [`Registration::shutdown`] drains: it writes the instance with [`Status::Draining`] (pickers
+//! stop choosing it), waits a grace period and until its own watch has seen the change, then
+//! revokes the lease. [`Registration::set_status`] changes the status at any time.
+//!
+//! # Keep the handle
+//!
+//! Dropping a [`Registration`] deregisters (revokes the lease) at once: `let _ =
+//! Registration::start(..)` registers nothing for long. Keep the handle for as long as the
+//! instance should stay registered.
+//!
+//! # How long recovery takes
+//!
+//! While the registry is unreachable the lease is declared lost one TTL after the last
+//! keep-alive that succeeded, and re-registration retries after waits that grow from
+//! `backoff.initial` up to `backoff.max`. A registration is back at most
+//! `backoff.max + request_timeout` after the registry is reachable again (plus the grant and put
+//! themselves): the wait it is in when the registry comes back is at most `backoff.max`, and an
+//! attempt sent just before may hang for up to `request_timeout`. With the default options
+//! (backoff 500 ms doubling to 30 s, request timeout 5 s) that is **35 s**; on the simulator,
+//! where a call to an unreachable registry fails at once, 30 s. An outage shorter than the TTL
+//! loses nothing: the next keep-alive round (at most TTL/3 later) renews the lease.
 
-mod worker;
+mod registrar;
+mod task;
+mod wheel;
+
+pub use registrar::{Registrar, RegistrarOptions};
 
 use crate::backoff::Backoff;
-use crate::instance::{KeyLayout, Metadata, ServiceInstance, DEFAULT_NAMESPACE};
-use crate::rng::{seed_for, SplitMix64};
+use crate::instance::{Metadata, ServiceInstance, Status, DEFAULT_NAMESPACE};
 use crate::{Error, Result};
-use registry_api::limits::{check_put, DEFAULT_MAX_VALUE_BYTES, MAX_LEASE_TTL};
-use registry_api::{LeaseId, Registry, Revision};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use registry_api::limits::MAX_LEASE_TTL;
+use registry_api::{LeaseId, Revision};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
-use worker::{Command, Worker};
+use task::{Command, Stop};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 
-/// Where a registration stands. Watch it with [`Registration::subscribe`].
+/// Where a registration stands. Watch it with [`Registration::subscribe`]; the details (lease
+/// timing, counters, last error) are in [`Registration::status`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RegistrationState {
+    /// Started with [`Registration::start_when_ready`]; the app is not ready yet, so nothing is
+    /// in the registry.
+    WaitingForReady,
     /// The first registration is under way.
     Registering,
     /// The instance is in the registry, attached to `lease`.
@@ -49,17 +89,45 @@ pub enum RegistrationState {
         /// Which attempt this is.
         attempt: u32,
     },
-    /// Deregistered (or the handle dropped): the task has stopped.
+    /// Deregistered (or the handle dropped): the registration has stopped.
     Deregistered,
+}
+
+/// A snapshot of a registration: its state, its lease's timing, its counters and its last
+/// error, for apps and metrics. Read it with [`Registration::status`].
+#[derive(Clone, Debug)]
+pub struct RegistrationStatus {
+    /// The state, as [`Registration::state`] gives it.
+    pub state: RegistrationState,
+    /// The status written in the instance's value (serving or draining).
+    pub status: Status,
+    /// The lease the instance is attached to, when registered.
+    pub lease: Option<LeaseId>,
+    /// The revision of the last put of the instance's key, when registered.
+    pub revision: Option<Revision>,
+    /// When the last keep-alive (or grant) of the lease that succeeded was *sent*: the server
+    /// renewed the lease no earlier, so it lives at least until `lease_deadline`.
+    pub last_keep_alive: Option<Instant>,
+    /// `last_keep_alive` + the granted TTL: when the server deletes the instance if no
+    /// keep-alive succeeds before (and when the registration declares the lease lost).
+    pub lease_deadline: Option<Instant>,
+    /// How many times the lease was lost.
+    pub lease_losses: u64,
+    /// How many times the instance was registered again after losing its lease.
+    pub re_registrations: u64,
+    /// The last error a registry call of this registration returned (kept after recovery; it
+    /// says what went wrong last, not that something is wrong now).
+    pub last_error: Option<Arc<registry_api::Error>>,
 }
 
 /// How a [`Registration`] behaves. `Default` gives a 10 s TTL under `services`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RegistrationOptions {
     /// The lease TTL asked for, rounded up to whole seconds. The server may grant more (etcd's
-    /// minimum is 2 s); keep-alives follow the granted TTL.
+    /// minimum is 2 s); keep-alives follow the granted TTL. Ignored on a registrar with a
+    /// shared lease, whose TTL is the registrar's.
     pub ttl: Duration,
-    /// The key namespace (see [`KeyLayout`]).
+    /// The key namespace (see [`KeyLayout`](crate::KeyLayout)).
     pub namespace: String,
     /// Waits between re-registration attempts.
     pub backoff: Backoff,
@@ -113,50 +181,135 @@ impl RegistrationOptions {
         self
     }
 
-    /// The TTL in whole seconds, checked.
-    fn ttl_secs(&self) -> Result<i64> {
-        let mut secs = self.ttl.as_secs();
-        if self.ttl.subsec_nanos() > 0 {
-            secs = secs.saturating_add(1);
-        }
-        let secs = i64::try_from(secs).unwrap_or(i64::MAX);
-        // etcd raises a zero TTL to its minimum, but a registration that asks for no time at all
-        // is a mistake in the options, not a request for the minimum.
-        if secs == 0 {
-            return Err(Error::InvalidOption(
-                "the registration TTL must be at least one second".to_owned(),
-            ));
-        }
-        if secs > MAX_LEASE_TTL {
-            return Err(Error::InvalidOption(format!(
-                "the registration TTL of {secs} s exceeds etcd's maximum of {MAX_LEASE_TTL} s"
-            )));
-        }
-        Ok(secs)
+    /// The longest time a registration takes to come back after the registry is reachable
+    /// again, with these options: `backoff.max + request_timeout` (see the module docs).
+    pub fn worst_case_recovery(&self) -> Duration {
+        self.backoff.max.saturating_add(self.request_timeout)
     }
 }
 
-/// A live registration: the handle to the task that keeps an instance registered.
-///
-/// Dropping it deregisters (best effort, on the runtime the task runs on); call
-/// [`deregister`](Registration::deregister) to wait for the revoke and see its outcome.
+/// A TTL in whole seconds, checked.
+pub(crate) fn ttl_secs(ttl: Duration) -> Result<i64> {
+    let mut secs = ttl.as_secs();
+    if ttl.subsec_nanos() > 0 {
+        secs = secs.saturating_add(1);
+    }
+    let secs = i64::try_from(secs).unwrap_or(i64::MAX);
+    // etcd raises a zero TTL to its minimum, but a registration that asks for no time at all
+    // is a mistake in the options, not a request for the minimum.
+    if secs == 0 {
+        return Err(Error::InvalidOption(
+            "the registration TTL must be at least one second".to_owned(),
+        ));
+    }
+    if secs > MAX_LEASE_TTL {
+        return Err(Error::InvalidOption(format!(
+            "the registration TTL of {secs} s exceeds etcd's maximum of {MAX_LEASE_TTL} s"
+        )));
+    }
+    Ok(secs)
+}
+
+/// A lease's timing, written by the registrar at each keep-alive and read by handles without
+/// asking the task: atomics, so a round over thousands of leases costs a store each.
 #[derive(Debug)]
+pub(crate) struct LeaseClock {
+    epoch: Instant,
+    /// Nanoseconds from `epoch` to when the last good keep-alive was sent, plus one; 0: none.
+    last_ok: AtomicU64,
+    ttl_nanos: AtomicU64,
+}
+
+impl LeaseClock {
+    pub(crate) fn new(epoch: Instant) -> Self {
+        LeaseClock {
+            epoch,
+            last_ok: AtomicU64::new(0),
+            ttl_nanos: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn renewed(&self, sent_at: Instant, ttl: Duration) {
+        self.store(self.encode(sent_at, ttl));
+    }
+
+    /// The stored form of a renewal. Every clock of one registrar has the registrar's epoch,
+    /// so a round encodes its instant once for all its leases.
+    pub(crate) fn encode(&self, sent_at: Instant, ttl: Duration) -> (u64, u64) {
+        let nanos = u64::try_from(sent_at.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX - 1);
+        (nanos + 1, u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    pub(crate) fn store(&self, (last_ok, ttl_nanos): (u64, u64)) {
+        self.last_ok.store(last_ok, Ordering::Relaxed);
+        self.ttl_nanos.store(ttl_nanos, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> Option<(Instant, Instant)> {
+        let last = self.last_ok.load(Ordering::Relaxed);
+        if last == 0 {
+            return None;
+        }
+        let sent = self.epoch + Duration::from_nanos(last - 1);
+        let ttl = Duration::from_nanos(self.ttl_nanos.load(Ordering::Relaxed));
+        Some((sent, sent.checked_add(ttl).unwrap_or(sent)))
+    }
+}
+
+/// What a registration shares between its handle and the registrar's task.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) state: watch::Sender<RegistrationState>,
+    pub(crate) details: Mutex<Details>,
+    pub(crate) clock: Arc<LeaseClock>,
+}
+
+/// The parts of [`RegistrationStatus`] that change only on transitions and errors.
+#[derive(Debug, Default)]
+pub(crate) struct Details {
+    pub(crate) status: Status,
+    pub(crate) lease: Option<LeaseId>,
+    pub(crate) revision: Option<Revision>,
+    pub(crate) lease_losses: u64,
+    pub(crate) re_registrations: u64,
+    pub(crate) last_error: Option<Arc<registry_api::Error>>,
+}
+
+impl Shared {
+    pub(crate) fn details(&self) -> std::sync::MutexGuard<'_, Details> {
+        // A panic while holding this lock leaves plain data behind; keep using it.
+        self.details
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A live registration: the handle that keeps an instance registered.
+///
+/// Dropping it deregisters (best effort, on the runtime its registrar runs on); call
+/// [`deregister`](Registration::deregister) to wait for the revoke and see its outcome, or
+/// [`shutdown`](Registration::shutdown) to drain first.
+#[derive(Debug)]
+#[must_use = "dropping a Registration deregisters the instance at once; keep the handle for as long as the instance should stay registered"]
 pub struct Registration {
+    id: u64,
     key: String,
     state: watch::Receiver<RegistrationState>,
-    commands: mpsc::UnboundedSender<Command>,
-    abandoned: Arc<AtomicBool>,
-    task: JoinHandle<()>,
+    shared: Arc<Shared>,
+    registrar: Registrar,
+    abandoned: bool,
 }
 
 impl Registration {
-    /// Registers `instance` and keeps it registered until deregistered or dropped.
+    /// Registers `instance` and keeps it registered until deregistered or dropped, on the
+    /// default [`Registrar`] of `registry`.
     ///
     /// Returns once the instance is first in the registry. A registry that cannot be reached
     /// is retried for ever with backoff (wrap the call in a timeout to bound it); bad input
     /// (service name, id, namespace, TTL, a value over the size limit) fails at once with a
     /// typed error and writes nothing. Must be called within a tokio runtime, which runs the
-    /// keep-alive task.
+    /// registrar's task.
     ///
     /// ```
     /// use registry_service::{Registration, RegistrationOptions, RegistrationState, ServiceInstance};
@@ -178,64 +331,80 @@ impl Registration {
     /// assert!(matches!(registration.state(), RegistrationState::Registered { .. }));
     /// assert!(registry.get(b"services/hello/a").await?.kv.is_some());
     ///
-    /// // Graceful shutdown: the lease is revoked and the key is gone at once.
-    /// registration.deregister().await?;
+    /// // Graceful shutdown: marked draining, a grace period for caches to see it, then the
+    /// // lease is revoked and the key is gone.
+    /// registration.shutdown(Duration::from_millis(500)).await?;
     /// assert!(registry.get(b"services/hello/a").await?.kv.is_none());
     /// # Ok(())
     /// # }
     /// ```
     pub async fn start(
-        registry: Arc<dyn Registry>,
+        registry: Arc<dyn registry_api::Registry>,
         instance: ServiceInstance,
         options: RegistrationOptions,
     ) -> Result<Registration> {
-        instance.validate()?;
-        let layout = KeyLayout::new(options.namespace.clone())?;
-        let ttl = options.ttl_secs()?;
-        let key = layout.instance_key(&instance.service, &instance.id);
-        check_put(key.as_bytes(), &instance.to_json(), DEFAULT_MAX_VALUE_BYTES)?;
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| Error::NoRuntime("Registration::start"))?;
+        Registrar::default_for(&registry)?
+            .register(instance, options)
+            .await
+    }
 
-        let (state_tx, state_rx) = watch::channel(RegistrationState::Registering);
-        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
-        let (first_tx, first_rx) = oneshot::channel();
-        let abandoned = Arc::new(AtomicBool::new(false));
-        let rng = SplitMix64::new(seed_for(options.seed, &[&instance.service, &instance.id]));
-        let span = tracing::info_span!(
-            "registration",
-            service = %instance.service,
-            id = %instance.id
-        );
-        let worker = Worker::new(
-            registry,
-            key.clone(),
-            instance,
-            ttl,
-            options,
-            rng,
-            state_tx,
-            commands_rx,
-            abandoned.clone(),
-        );
-        let task = runtime.spawn(tracing::Instrument::instrument(worker.run(first_tx), span));
-        let registration = Registration {
+    /// Like [`start`](Self::start), but puts the instance only once `ready` completes, and
+    /// returns at once (state [`RegistrationState::WaitingForReady`]): an instance that is not
+    /// ready is never visible. Bad input fails at once, as with `start`; use
+    /// [`wait_registered`](Self::wait_registered) to wait for the first put.
+    pub async fn start_when_ready(
+        registry: Arc<dyn registry_api::Registry>,
+        instance: ServiceInstance,
+        options: RegistrationOptions,
+        ready: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Registration> {
+        Registrar::default_for(&registry)?
+            .register_when_ready(instance, options, ready)
+            .await
+    }
+
+    pub(crate) fn new(
+        id: u64,
+        key: String,
+        shared: Arc<Shared>,
+        registrar: Registrar,
+    ) -> Registration {
+        Registration {
+            id,
             key,
-            state: state_rx,
-            commands: commands_tx,
-            abandoned,
-            task,
-        };
-        match first_rx.await {
-            Ok(Ok(())) => Ok(registration),
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(Error::Stopped("registration task")),
+            state: shared.state.subscribe(),
+            shared,
+            registrar,
+            abandoned: false,
         }
     }
 
     /// The current state.
     pub fn state(&self) -> RegistrationState {
         self.state.borrow().clone()
+    }
+
+    /// The state with the lease's timing, the counters and the last error.
+    pub fn status(&self) -> RegistrationStatus {
+        let state = self.state();
+        let details = self.shared.details();
+        let registered = matches!(state, RegistrationState::Registered { .. });
+        let timing = if registered {
+            self.shared.clock.read()
+        } else {
+            None
+        };
+        RegistrationStatus {
+            status: details.status,
+            lease: if registered { details.lease } else { None },
+            revision: if registered { details.revision } else { None },
+            last_keep_alive: timing.map(|(sent, _)| sent),
+            lease_deadline: timing.map(|(_, deadline)| deadline),
+            lease_losses: details.lease_losses,
+            re_registrations: details.re_registrations,
+            last_error: details.last_error.clone(),
+            state,
+        }
     }
 
     /// A receiver of the state: `borrow` reads it, `changed` waits for the next change (a
@@ -254,6 +423,36 @@ impl Registration {
         }
     }
 
+    /// Waits until the instance is in the registry (at once when it is) and returns its lease.
+    /// Fails with [`Error::Timeout`] after `timeout` (on tokio's clock, so virtual time in
+    /// tests) and with [`Error::Stopped`] when the registration has stopped.
+    pub async fn wait_registered(&self, timeout: Duration) -> Result<LeaseId> {
+        let mut state = self.state.clone();
+        let wait = async move {
+            let seen = state.wait_for(|s| {
+                matches!(
+                    s,
+                    RegistrationState::Registered { .. } | RegistrationState::Deregistered
+                )
+            });
+            match seen.await {
+                Ok(s) => match *s {
+                    RegistrationState::Registered { lease, .. } => Some(lease),
+                    _ => None,
+                },
+                Err(_) => None,
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Some(lease)) => Ok(lease),
+            Ok(None) => Err(stopped()),
+            Err(_) => Err(Error::Timeout {
+                what: format!("registration of {}", self.key),
+                after: timeout,
+            }),
+        }
+    }
+
     /// The instance's key in the registry.
     pub fn key(&self) -> &str {
         &self.key
@@ -261,50 +460,87 @@ impl Registration {
 
     /// Replaces the instance's metadata, in the registry and for every later re-registration.
     ///
-    /// Oversized metadata fails with [`Error::TooLarge`] and changes nothing. Otherwise the new
-    /// metadata is kept: when registered it is written now, and a failed write is returned as
-    /// the error but retried by the next keep-alive round; when re-registering it is written
-    /// with the next registration and this returns `Ok`.
+    /// Oversized metadata fails with a `TooLarge` registry error and changes nothing. Otherwise
+    /// the new metadata is kept: when registered it is written now, and a failed write is
+    /// returned as the error but retried after the next keep-alive that succeeds; when
+    /// re-registering it is written with the next registration and this returns `Ok`.
     pub async fn update_metadata(&self, metadata: Metadata) -> Result<()> {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        self.commands
-            .send(Command::Update {
+        let (reply, answer) = oneshot::channel();
+        self.registrar
+            .send(Command::Metadata {
+                id: self.id,
                 metadata,
-                reply: reply_tx,
+                reply,
             })
-            .map_err(|_| stopped())?;
-        Ok(reply_rx.await.map_err(|_| stopped())??)
+            .await?;
+        answer.await.map_err(|_| stopped())?
     }
 
-    /// Revokes the lease, so the instance disappears at once, and stops the task. Returns the
-    /// revoke's error if the registry could not be reached (the entry then expires within a
-    /// TTL). Calling it again, or after the task stopped, returns `Ok`.
+    /// Sets the status written in the instance's value ([`Status::Draining`]: pickers stop
+    /// choosing it; [`Status::Serving`]: they pick it again), now and for every later
+    /// re-registration. Failures are reported as with [`update_metadata`](Self::update_metadata).
+    pub async fn set_status(&self, status: Status) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.registrar
+            .send(Command::Status {
+                id: self.id,
+                status,
+                reply,
+            })
+            .await?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Revokes the lease, so the instance disappears at once, and stops. Returns the revoke's
+    /// error if the registry could not be reached (the entry then expires within a TTL).
+    /// Calling it again, or after the registration stopped, returns `Ok`.
     pub async fn deregister(&self) -> Result<()> {
-        let (reply_tx, reply_rx) = oneshot::channel();
+        self.stop(Stop::Now).await
+    }
+
+    /// A graceful shutdown: writes the instance as [`Status::Draining`] so that pickers stop
+    /// choosing it, waits `grace` (keep serving meanwhile: caches need that long to see the
+    /// change) and until the registrar's own watch has shown the draining value (at most one
+    /// `request_timeout` longer), then revokes the lease as
+    /// [`deregister`](Self::deregister) does. When the instance is not in the registry it stops
+    /// at once.
+    pub async fn shutdown(&self, grace: Duration) -> Result<()> {
+        self.stop(Stop::Drain(grace)).await
+    }
+
+    async fn stop(&self, how: Stop) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
         if self
-            .commands
-            .send(Command::Deregister { reply: reply_tx })
+            .registrar
+            .send(Command::Stop {
+                id: self.id,
+                how,
+                reply,
+            })
+            .await
             .is_err()
         {
             return Ok(());
         }
-        Ok(reply_rx.await.unwrap_or(Ok(()))?)
+        answer.await.unwrap_or(Ok(()))
     }
 
     /// Stops keeping the lease alive WITHOUT revoking it, as if the process had crashed: the
     /// entry stays until its lease expires, one TTL after the last keep-alive. Meant for tests
-    /// and demos of failure handling; a real shutdown should [`deregister`](Self::deregister).
-    pub fn abandon(self) {
-        self.abandoned.store(true, Ordering::SeqCst);
-        self.task.abort();
+    /// and demos of failure handling; a real shutdown should [`shutdown`](Self::shutdown) or
+    /// [`deregister`](Self::deregister). On a registrar with a shared lease, which other
+    /// registrations keep alive, the entry stays until that lease ends.
+    pub fn abandon(mut self) {
+        self.abandoned = true;
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        // Dropping the command sender is the signal: the task, still on its runtime, revokes
-        // the lease and stops. Nothing to do here when abandoned or already stopped.
-        tracing::debug!(key = %self.key, "registration handle dropped");
+        // The registrar, still on its runtime, revokes the lease (or, when abandoned, only
+        // forgets the registration). Nothing happens when it already stopped.
+        tracing::debug!(key = %self.key, abandoned = self.abandoned, "registration handle dropped");
+        self.registrar.dropped(self.id, self.abandoned);
     }
 }
 

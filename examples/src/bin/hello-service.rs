@@ -1,5 +1,6 @@
 //! `hello-service`: a hello gRPC node that registers itself under `hello` and keeps its
-//! registration alive until Ctrl-C or SIGTERM, when it deregisters.
+//! registration alive until Ctrl-C or SIGTERM, when it drains: it marks itself draining (so
+//! gateways stop picking it), keeps serving for `--drain-grace-ms`, then deregisters and stops.
 //!
 //! ```text
 //! hello-service --etcd http://127.0.0.1:2379 --listen 127.0.0.1:0 --id a --ttl 5 --meta zone=eu-1
@@ -63,6 +64,10 @@ struct Args {
     /// Serve the registration's metrics in Prometheus text format on `http://ADDR/metrics`.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// On Ctrl-C or SIGTERM, how long to keep serving while marked draining before
+    /// deregistering: the time gateways' caches need to see the change (0: deregister at once).
+    #[arg(long, default_value_t = 2000)]
+    drain_grace_ms: u64,
 }
 
 #[tokio::main]
@@ -147,8 +152,12 @@ async fn run(args: Args) -> Result<(), BoxError> {
             return Err("the gRPC server stopped".into());
         }
     }
-    // Deregister before stopping the server, so gateways stop picking this node first.
-    registration.deregister().await?;
+    // Drain before stopping the server: marked draining, gateways stop picking this node
+    // while it still answers the calls already on their way; then the lease is revoked.
+    println!("draining {}", registration.key());
+    registration
+        .shutdown(Duration::from_millis(args.drain_grace_ms))
+        .await?;
     println!("deregistered {}", registration.key());
     let _ = stop.send(());
     Ok(())

@@ -1,0 +1,303 @@
+//! (f) What each registered instance costs the server: requests per instance-hour at TTL 10 s.
+//!
+//! N registrations (1, 100, 1,000) go through one [`Registrar`] over a registry wrapped in a
+//! counter of calls by kind, each with its own lease and then all on one shared lease. After
+//! registering, the counts are reset and the registrations live on: a virtual hour on the
+//! simulator, a real stretch on etcd scaled to an hour. The steady state is one keep-alive per
+//! lease per TTL/3 (1,080 an hour at TTL 10 s) and nothing else; what registering costs once
+//! (grant, put, and one list and watch per service) is printed beside it.
+//!
+//! The counter here is this benchmark's own small wrapper; it should give way to the shared
+//! counting wrapper of `registry-api` once that is merged.
+
+use crate::report::{Report, Verdict};
+use registry_api::{
+    async_trait, DeleteResponse, GetResponse, LeaseGrant, LeaseId, LeaseTimeToLive, ListOptions,
+    ListResponse, PutOptions, PutResponse, Registry, Result, Revision, WatchOptions, WatchStream,
+};
+use registry_etcd::EtcdRegistry;
+use registry_memory::MemoryRegistry;
+use registry_service::{Registrar, RegistrarOptions, RegistrationOptions, ServiceInstance};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const PART: &str = "h";
+const TTL: Duration = Duration::from_secs(10);
+const HOUR: Duration = Duration::from_secs(3600);
+/// One keep-alive per TTL/3 for an hour.
+const GOAL: f64 = 1_080.0;
+
+/// Calls by kind.
+#[derive(Debug, Default)]
+struct Counts {
+    keep_alive: AtomicU64,
+    grant: AtomicU64,
+    put: AtomicU64,
+    get: AtomicU64,
+    watch_or_list: AtomicU64,
+    other: AtomicU64,
+}
+
+impl Counts {
+    /// (keep-alives, everything else, total), and back to zero.
+    fn take(&self) -> (u64, u64, u64) {
+        let keep_alive = self.keep_alive.swap(0, Ordering::SeqCst);
+        let rest = [
+            &self.grant,
+            &self.put,
+            &self.get,
+            &self.watch_or_list,
+            &self.other,
+        ]
+        .iter()
+        .map(|c| c.swap(0, Ordering::SeqCst))
+        .sum::<u64>();
+        (keep_alive, rest, keep_alive + rest)
+    }
+}
+
+/// Forwards every call to `inner` and counts it.
+#[derive(Debug)]
+struct Counting {
+    inner: Arc<dyn Registry>,
+    counts: Arc<Counts>,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+#[async_trait]
+impl Registry for Counting {
+    async fn lease_grant(&self, ttl: i64, id: Option<LeaseId>) -> Result<LeaseGrant> {
+        bump(&self.counts.grant);
+        self.inner.lease_grant(ttl, id).await
+    }
+    async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64> {
+        bump(&self.counts.keep_alive);
+        self.inner.lease_keep_alive(id).await
+    }
+    async fn lease_revoke(&self, id: LeaseId) -> Result<Revision> {
+        bump(&self.counts.other);
+        self.inner.lease_revoke(id).await
+    }
+    async fn lease_time_to_live(&self, id: LeaseId) -> Result<LeaseTimeToLive> {
+        bump(&self.counts.other);
+        self.inner.lease_time_to_live(id).await
+    }
+    async fn leases(&self) -> Result<Vec<LeaseId>> {
+        bump(&self.counts.other);
+        self.inner.leases().await
+    }
+    async fn put(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<PutResponse> {
+        bump(&self.counts.put);
+        self.inner.put(key, value, opts).await
+    }
+    async fn get(&self, key: &[u8]) -> Result<GetResponse> {
+        bump(&self.counts.get);
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &[u8], opts: ListOptions) -> Result<ListResponse> {
+        bump(&self.counts.watch_or_list);
+        self.inner.list(prefix, opts).await
+    }
+    async fn delete(&self, key: &[u8]) -> Result<DeleteResponse> {
+        bump(&self.counts.other);
+        self.inner.delete(key).await
+    }
+    async fn delete_prefix(&self, prefix: &[u8]) -> Result<DeleteResponse> {
+        bump(&self.counts.other);
+        self.inner.delete_prefix(prefix).await
+    }
+    async fn compact(&self, revision: Revision) -> Result<Revision> {
+        bump(&self.counts.other);
+        self.inner.compact(revision).await
+    }
+    async fn watch(&self, prefix: &[u8], opts: WatchOptions) -> Result<WatchStream> {
+        bump(&self.counts.watch_or_list);
+        self.inner.watch(prefix, opts).await
+    }
+}
+
+/// What one measurement gave.
+#[derive(Debug, Clone, Copy)]
+struct Cost {
+    /// Requests of the steady stretch, per instance, scaled to an hour.
+    per_instance_hour: f64,
+    /// Of which keep-alives.
+    keep_alives_per_instance_hour: f64,
+    /// Requests to register, per instance.
+    setup_per_instance: f64,
+}
+
+/// Registers `n` instances of `services` services on `registry`, resets the counts, lets them
+/// live for `stretch` (virtual or real), and scales the counts to an hour.
+async fn measure(
+    registry: Arc<dyn Registry>,
+    counts: &Counts,
+    n: usize,
+    shared: bool,
+    stretch: Duration,
+) -> std::result::Result<Cost, String> {
+    let options = RegistrarOptions::default()
+        .shared_lease(shared)
+        .ttl(TTL)
+        .seed(5);
+    let registrar = Registrar::new(registry, options).map_err(|e| e.to_string())?;
+    let registration = RegistrationOptions::default().ttl(TTL).seed(5);
+    counts.take();
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        let instance = ServiceInstance::new(
+            format!("svc-{}", i % 10),
+            format!("i-{i:05}"),
+            format!("10.0.{}.{}:80", i / 256 % 256, i % 256),
+        );
+        held.push(
+            registrar
+                .register(instance, registration.clone())
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let (_, _, setup) = counts.take();
+    tokio::time::sleep(stretch).await;
+    let (keep_alives, _, total) = counts.take();
+    let scale = HOUR.as_secs_f64() / stretch.as_secs_f64() / n as f64;
+    for registration in &held {
+        registration.deregister().await.map_err(|e| e.to_string())?;
+    }
+    Ok(Cost {
+        per_instance_hour: total as f64 * scale,
+        keep_alives_per_instance_hour: keep_alives as f64 * scale,
+        setup_per_instance: setup as f64 / n as f64,
+    })
+}
+
+fn row(report: &mut Report, backend: &str, stretch: &str, n: usize, shared: bool, cost: Cost) {
+    let leases = if shared {
+        "one shared lease"
+    } else {
+        "a lease each"
+    };
+    // With a shared lease the goal is the whole lease's cost spread over its registrations.
+    let goal = if shared { GOAL / n as f64 } else { GOAL };
+    report.row(
+        PART,
+        format!("{backend}: {n} registration(s), {leases}: requests per instance-hour ({stretch})"),
+        format!(
+            "{:.1} ({:.1} keep-alives; registering cost {:.2} each, once)",
+            cost.per_instance_hour, cost.keep_alives_per_instance_hour, cost.setup_per_instance
+        ),
+        "",
+        "",
+        format!("<= {goal:.1}"),
+        // Real time slips a little under load; allow the rounding of one round per stretch.
+        Verdict::from_bool(cost.per_instance_hour <= goal * 1.01),
+    );
+}
+
+/// The simulator part: a virtual hour per measurement.
+pub(crate) fn simulator(quick: bool) -> Report {
+    let mut report = Report::default();
+    let sizes: &[usize] = if quick { &[1, 100] } else { &[1, 100, 1_000] };
+    for &n in sizes {
+        for shared in [false, true] {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    report.note(format!("(f) no runtime: {e}"));
+                    return report;
+                }
+            };
+            let outcome = runtime.block_on(async {
+                let counts = Arc::new(Counts::default());
+                let registry: Arc<dyn Registry> = Arc::new(Counting {
+                    inner: Arc::new(MemoryRegistry::new()),
+                    counts: counts.clone(),
+                });
+                measure(registry, &counts, n, shared, HOUR).await
+            });
+            match outcome {
+                Ok(cost) => row(&mut report, "simulator", "a virtual hour", n, shared, cost),
+                Err(e) => report.note(format!("(f) simulator, {n}: {e}")),
+            }
+        }
+    }
+    report
+}
+
+/// The etcd part: a real stretch of six keep-alive rounds (20 s and a little), scaled.
+pub(crate) async fn etcd(endpoint: String, quick: bool) -> Report {
+    let mut report = Report::default();
+    let sizes: &[usize] = if quick { &[1, 100] } else { &[1, 100, 1_000] };
+    let rounds = if quick { 3 } else { 6 };
+    let stretch = TTL / 3 * rounds + Duration::from_millis(100);
+    let label = format!("{:.1} s real, scaled", stretch.as_secs_f64());
+    for &n in sizes {
+        for shared in [false, true] {
+            let registry = match EtcdRegistry::builder([endpoint.as_str()])
+                .namespace(format!("bench/{}/requests/", crate::run_stamp()))
+                .connect()
+                .await
+            {
+                Ok(registry) => registry,
+                Err(e) => {
+                    report.note(format!("(f) etcd connect: {e}"));
+                    return report;
+                }
+            };
+            let counts = Arc::new(Counts::default());
+            let counted: Arc<dyn Registry> = Arc::new(Counting {
+                inner: Arc::new(registry),
+                counts: counts.clone(),
+            });
+            eprintln!("(f) etcd: {n} registration(s), shared lease {shared}, {label}");
+            match measure(counted, &counts, n, shared, stretch).await {
+                Ok(cost) => row(&mut report, "etcd", &label, n, shared, cost),
+                Err(e) => report.note(format!("(f) etcd, {n}: {e}")),
+            }
+        }
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_virtual_hour_costs_one_keep_alive_per_round_and_nothing_else() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        let (separate, shared) = runtime.block_on(async {
+            let counts = Arc::new(Counts::default());
+            let registry: Arc<dyn Registry> = Arc::new(Counting {
+                inner: Arc::new(MemoryRegistry::new()),
+                counts: counts.clone(),
+            });
+            let separate = measure(registry.clone(), &counts, 20, false, HOUR)
+                .await
+                .expect("separate");
+            let shared = measure(registry, &counts, 20, true, HOUR)
+                .await
+                .expect("shared");
+            (separate, shared)
+        });
+        // tokio's timer rounds each wait of TTL/3 up to the next millisecond, so an hour holds
+        // 1,079 rounds rather than 1,080: never more than one per TTL/3.
+        assert_eq!(separate.per_instance_hour, GOAL - 1.0);
+        assert_eq!(separate.keep_alives_per_instance_hour, GOAL - 1.0);
+        assert_eq!(shared.per_instance_hour, (GOAL - 1.0) / 20.0);
+        // A grant and a put each, and one list and one watch per service (10 services).
+        assert_eq!(separate.setup_per_instance, 2.0 + 20.0 / 20.0);
+    }
+}

@@ -1,0 +1,532 @@
+//! The registrar on the simulator, on virtual time: one task for many registrations, keep-alive
+//! rounds that send nothing else, put-back from the watch, a shared lease, draining, readiness,
+//! the lease timing in the status, the recovery bound and `wait_registered`.
+
+mod common;
+
+use common::{drain, hello, settle, truth};
+use registry_api::{
+    async_trait, DeleteResponse, GetResponse, LeaseGrant, LeaseId, LeaseTimeToLive, ListOptions,
+    ListResponse, PutOptions, PutResponse, Registry, Result, Revision, WatchOptions, WatchStream,
+};
+use registry_memory::MemoryRegistry;
+use registry_service::{
+    Backoff, Discovery, DiscoveryEvent, DiscoveryOptions, Picker, PickerOptions, Registrar,
+    RegistrarOptions, Registration, RegistrationOptions, RegistrationState, Status, Strategy,
+};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+const TTL: Duration = Duration::from_secs(6);
+
+fn options() -> RegistrationOptions {
+    RegistrationOptions::default()
+        .ttl(TTL)
+        .backoff(Backoff::new(
+            Duration::from_millis(200),
+            Duration::from_secs(2),
+        ))
+        .seed(7)
+}
+
+fn discovery_options() -> DiscoveryOptions {
+    DiscoveryOptions::default()
+        .backoff(Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+        ))
+        .seed(11)
+}
+
+/// Counts the calls that reach a registry, by kind.
+#[derive(Debug, Default)]
+struct Counts {
+    grant: AtomicU64,
+    keep_alive: AtomicU64,
+    revoke: AtomicU64,
+    put: AtomicU64,
+    get: AtomicU64,
+    list: AtomicU64,
+    delete: AtomicU64,
+    watch: AtomicU64,
+    other: AtomicU64,
+}
+
+impl Counts {
+    /// (grant, keep-alive, revoke, put, get, list, delete, watch, other), and back to zero.
+    fn take(&self) -> [u64; 9] {
+        [
+            &self.grant,
+            &self.keep_alive,
+            &self.revoke,
+            &self.put,
+            &self.get,
+            &self.list,
+            &self.delete,
+            &self.watch,
+            &self.other,
+        ]
+        .map(|c| c.swap(0, Ordering::SeqCst))
+    }
+}
+
+#[derive(Debug)]
+struct Counting {
+    inner: Arc<dyn Registry>,
+    counts: Arc<Counts>,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::SeqCst);
+}
+
+#[async_trait]
+impl Registry for Counting {
+    async fn lease_grant(&self, ttl: i64, id: Option<LeaseId>) -> Result<LeaseGrant> {
+        bump(&self.counts.grant);
+        self.inner.lease_grant(ttl, id).await
+    }
+    async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64> {
+        bump(&self.counts.keep_alive);
+        self.inner.lease_keep_alive(id).await
+    }
+    async fn lease_revoke(&self, id: LeaseId) -> Result<Revision> {
+        bump(&self.counts.revoke);
+        self.inner.lease_revoke(id).await
+    }
+    async fn lease_time_to_live(&self, id: LeaseId) -> Result<LeaseTimeToLive> {
+        bump(&self.counts.other);
+        self.inner.lease_time_to_live(id).await
+    }
+    async fn leases(&self) -> Result<Vec<LeaseId>> {
+        bump(&self.counts.other);
+        self.inner.leases().await
+    }
+    async fn put(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<PutResponse> {
+        bump(&self.counts.put);
+        self.inner.put(key, value, opts).await
+    }
+    async fn get(&self, key: &[u8]) -> Result<GetResponse> {
+        bump(&self.counts.get);
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &[u8], opts: ListOptions) -> Result<ListResponse> {
+        bump(&self.counts.list);
+        self.inner.list(prefix, opts).await
+    }
+    async fn delete(&self, key: &[u8]) -> Result<DeleteResponse> {
+        bump(&self.counts.delete);
+        self.inner.delete(key).await
+    }
+    async fn delete_prefix(&self, prefix: &[u8]) -> Result<DeleteResponse> {
+        bump(&self.counts.other);
+        self.inner.delete_prefix(prefix).await
+    }
+    async fn compact(&self, revision: Revision) -> Result<Revision> {
+        bump(&self.counts.other);
+        self.inner.compact(revision).await
+    }
+    async fn watch(&self, prefix: &[u8], opts: WatchOptions) -> Result<WatchStream> {
+        bump(&self.counts.watch);
+        self.inner.watch(prefix, opts).await
+    }
+}
+
+/// The simulator, and a counted client of it.
+fn counted() -> (MemoryRegistry, Arc<dyn Registry>, Arc<Counts>) {
+    let memory = MemoryRegistry::new();
+    let counts = Arc::new(Counts::default());
+    let registry: Arc<dyn Registry> = Arc::new(Counting {
+        inner: Arc::new(memory.clone()),
+        counts: counts.clone(),
+    });
+    (memory, registry, counts)
+}
+
+async fn key_exists(registry: &dyn Registry, key: &str) -> bool {
+    registry.get(key.as_bytes()).await.unwrap().kv.is_some()
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_task_keeps_a_thousand_registrations_alive() {
+    let (_memory, registry, _counts) = counted();
+    let alive = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let tasks_before = alive();
+    let mut registrations = vec![
+        Registration::start(registry.clone(), hello("i0"), options())
+            .await
+            .unwrap(),
+    ];
+    // The registrar's task, and the simulator's lease-expiry task.
+    let tasks_with_one = alive();
+    assert!(tasks_with_one > tasks_before);
+    for n in 1..1_000 {
+        registrations.push(
+            Registration::start(registry.clone(), hello(&format!("i{n}")), options())
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        alive(),
+        tasks_with_one,
+        "999 more registrations, not one task more"
+    );
+    let leases: Vec<_> = registrations.iter().map(|r| r.lease().unwrap()).collect();
+    settle(TTL * 5).await;
+    for (registration, lease) in registrations.iter().zip(&leases) {
+        assert_eq!(registration.lease(), Some(*lease));
+    }
+    assert_eq!(truth(&*registry, "hello").await.len(), 1_000);
+    drop(registrations);
+    settle(Duration::from_millis(1)).await;
+    assert_eq!(truth(&*registry, "hello").await, vec![]);
+    assert_eq!(
+        alive(),
+        tasks_with_one - 1,
+        "the registrar stops with its last registration"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn keep_alive_rounds_send_nothing_but_keep_alives() {
+    let (_memory, registry, counts) = counted();
+    let mut registrations = Vec::new();
+    for id in ["a", "b", "c", "d", "e"] {
+        registrations.push(
+            Registration::start(registry.clone(), hello(id), options())
+                .await
+                .unwrap(),
+        );
+    }
+    let [grant, _, _, put, get, list, _, watch, _] = counts.take();
+    assert_eq!((grant, put, get), (5, 5, 0));
+    assert_eq!((list, watch), (1, 1), "one key watch for the service");
+    // One minute: 30 rounds of TTL/3 = 2 s, each one keep-alive per registration and nothing
+    // else.
+    settle(Duration::from_secs(60) + Duration::from_millis(1)).await;
+    assert_eq!(counts.take(), [0, 5 * 30, 0, 0, 0, 0, 0, 0, 0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deleted_key_is_put_back_as_soon_as_the_watch_shows_it() {
+    let (_memory, registry, _counts) = counted();
+    let registration = Registration::start(registry.clone(), hello("a"), options())
+        .await
+        .unwrap();
+    let lease = registration.lease().unwrap();
+    settle(Duration::from_millis(300)).await;
+    let deleted_at = Instant::now();
+    registry.delete(b"services/hello/a").await.unwrap();
+    let mut yields = 0;
+    while !key_exists(&*registry, "services/hello/a").await {
+        tokio::task::yield_now().await;
+        yields += 1;
+        assert!(yields < 100, "not put back");
+    }
+    assert_eq!(Instant::now(), deleted_at, "put back at the same instant");
+    let kv = registry.get(b"services/hello/a").await.unwrap().kv.unwrap();
+    assert_eq!(kv.lease, Some(lease));
+    assert_eq!(kv.value, hello("a").to_json());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_lease_is_one_keep_alive_for_all_and_one_grant_after_a_loss() {
+    let (memory, registry, counts) = counted();
+    let registrar = Registrar::new(
+        registry.clone(),
+        RegistrarOptions::default()
+            .shared_lease(true)
+            .ttl(TTL)
+            .seed(3),
+    )
+    .unwrap();
+    let mut registrations = Vec::new();
+    for n in 0..20 {
+        registrations.push(
+            registrar
+                .register(hello(&format!("i{n:02}")), options())
+                .await
+                .unwrap(),
+        );
+    }
+    let lease = registrations[0].lease().unwrap();
+    assert!(registrations.iter().all(|r| r.lease() == Some(lease)));
+    let [grant, _, _, put, ..] = counts.take();
+    assert_eq!((grant, put), (1, 20));
+
+    settle(Duration::from_secs(60) + Duration::from_millis(1)).await;
+    assert_eq!(
+        counts.take(),
+        [0, 30, 0, 0, 0, 0, 0, 0, 0],
+        "one keep-alive per round for all twenty"
+    );
+
+    let mut state = registrations[19].subscribe();
+    memory.expire_lease(lease).unwrap();
+    state
+        .wait_for(|s| *s == RegistrationState::LeaseLost)
+        .await
+        .unwrap();
+    for registration in &registrations {
+        registration
+            .wait_registered(Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    let new_lease = registrations[0].lease().unwrap();
+    assert_ne!(new_lease, lease);
+    assert!(registrations.iter().all(|r| r.lease() == Some(new_lease)));
+    let [grant, _, _, put, get, ..] = counts.take();
+    // The watch shows the keys gone; one put-back finds the lease dead (the others wait for
+    // the new lease), then one grant and every key put again.
+    assert_eq!(
+        (grant, put, get),
+        (1, 1 + 20, 0),
+        "one grant, every key put again"
+    );
+    assert_eq!(truth(&*registry, "hello").await.len(), 20);
+    for registration in &registrations {
+        let status = registration.status();
+        assert_eq!(status.lease_losses, 1);
+        assert_eq!(status.re_registrations, 1);
+    }
+
+    // One leaves: its key goes, the lease stays for the others.
+    let leaving = registrations.pop().unwrap();
+    leaving.deregister().await.unwrap();
+    assert_eq!(truth(&*registry, "hello").await.len(), 19);
+    assert_eq!(registrations[0].lease(), Some(new_lease));
+    assert!(registry.lease_time_to_live(new_lease).await.is_ok());
+    drop(registrations);
+    settle(Duration::from_millis(1)).await;
+    assert_eq!(truth(&*registry, "hello").await, vec![]);
+    assert!(
+        registry.leases().await.unwrap().is_empty(),
+        "the last one revokes it"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_draining_instance_is_not_picked_before_its_lease_is_revoked() {
+    let (_memory, registry, _counts) = counted();
+    let discovery = Discovery::start(registry.clone(), "hello", discovery_options()).unwrap();
+    discovery.wait_synced().await;
+    let a = Registration::start(registry.clone(), hello("a"), options())
+        .await
+        .unwrap();
+    let _b = Registration::start(registry.clone(), hello("b"), options())
+        .await
+        .unwrap();
+    settle(Duration::from_millis(1)).await;
+    let picker = Picker::new(discovery.clone(), PickerOptions::new(Strategy::RoundRobin));
+    let picked: Vec<_> = (0..4).map(|_| picker.pick().unwrap().id.clone()).collect();
+    assert_eq!(picked, ["a", "b", "a", "b"]);
+
+    let grace = Duration::from_secs(2);
+    let started = Instant::now();
+    let shutdown = tokio::spawn(async move {
+        a.shutdown(grace).await.unwrap();
+        a
+    });
+    settle(Duration::from_millis(1)).await;
+    assert_eq!(
+        discovery.get("a").map(|i| i.status),
+        Some(Status::Draining),
+        "the cache sees it draining at once"
+    );
+    assert!(
+        key_exists(&*registry, "services/hello/a").await,
+        "still registered"
+    );
+    for _ in 0..6 {
+        assert_eq!(picker.pick().unwrap().id, "b");
+    }
+
+    let a = shutdown.await.unwrap();
+    assert_eq!(
+        Instant::now() - started,
+        grace,
+        "revoked when the grace ends"
+    );
+    assert_eq!(a.state(), RegistrationState::Deregistered);
+    assert!(!key_exists(&*registry, "services/hello/a").await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_that_is_not_ready_is_never_visible() {
+    let (_memory, registry, counts) = counted();
+    let discovery = Discovery::start(registry.clone(), "hello", discovery_options()).unwrap();
+    discovery.wait_synced().await;
+    let mut events = discovery.subscribe();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let registration =
+        Registration::start_when_ready(registry.clone(), hello("a"), options(), async move {
+            ready_rx.await.ok();
+        })
+        .await
+        .unwrap();
+    assert_eq!(registration.state(), RegistrationState::WaitingForReady);
+    counts.take();
+
+    settle(Duration::from_secs(60)).await;
+    assert_eq!(truth(&*registry, "hello").await, vec![]);
+    assert_eq!(drain(&mut events), vec![]);
+    assert_eq!(registration.lease(), None);
+    let [grant, keep_alive, _, put, ..] = counts.take();
+    assert_eq!(
+        (grant, keep_alive, put),
+        (0, 0, 0),
+        "nothing sent before ready"
+    );
+    assert!(matches!(
+        registration.wait_registered(Duration::from_secs(1)).await,
+        Err(registry_service::Error::Timeout { .. })
+    ));
+
+    ready_tx.send(()).unwrap();
+    let lease = registration
+        .wait_registered(Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(registration.lease(), Some(lease));
+    assert_eq!(events.recv().await, Some(DiscoveryEvent::Added(hello("a"))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_registered_returns_the_lease_once_the_instance_is_in_the_registry() {
+    let (memory, registry, _counts) = counted();
+    memory.set_unavailable(true);
+    let starting = tokio::spawn(Registration::start_when_ready(
+        registry.clone(),
+        hello("a"),
+        options(),
+        async {},
+    ));
+    let registration = starting.await.unwrap().unwrap();
+    let before = Instant::now();
+    assert!(matches!(
+        registration.wait_registered(Duration::from_secs(3)).await,
+        Err(registry_service::Error::Timeout { after, .. }) if after == Duration::from_secs(3)
+    ));
+    assert_eq!(
+        Instant::now() - before,
+        Duration::from_secs(3),
+        "virtual time"
+    );
+    memory.set_unavailable(false);
+    let lease = registration
+        .wait_registered(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(registration.lease(), Some(lease));
+    assert!(key_exists(&*registry, "services/hello/a").await);
+    registration.deregister().await.unwrap();
+    assert!(matches!(
+        registration.wait_registered(Duration::from_secs(1)).await,
+        Err(registry_service::Error::Stopped(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_status_gives_the_exact_expiry_of_a_crashed_instance() {
+    let (_memory, registry, _counts) = counted();
+    let discovery = Discovery::start(registry.clone(), "hello", discovery_options()).unwrap();
+    discovery.wait_synced().await;
+    let mut events = discovery.subscribe();
+    let registered_at = Instant::now();
+    let registration = Registration::start(registry.clone(), hello("a"), options())
+        .await
+        .unwrap();
+    assert_eq!(events.recv().await, Some(DiscoveryEvent::Added(hello("a"))));
+    let status = registration.status();
+    assert_eq!(status.last_keep_alive, Some(registered_at), "the grant");
+    assert_eq!(status.lease_deadline, Some(registered_at + TTL));
+
+    settle(Duration::from_millis(4_500)).await;
+    let status = registration.status();
+    let last = status.last_keep_alive.unwrap();
+    let deadline = status.lease_deadline.unwrap();
+    assert_eq!(last, registered_at + Duration::from_secs(4));
+    assert_eq!(deadline, last + TTL);
+    assert_eq!(status.lease, registration.lease());
+    assert!(status.last_error.is_none());
+    registration.abandon();
+
+    assert_eq!(
+        events.recv().await,
+        Some(DiscoveryEvent::Removed(hello("a")))
+    );
+    assert_eq!(
+        Instant::now(),
+        deadline,
+        "gone exactly at the status's deadline"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_status_keeps_the_last_error_and_counts_losses() {
+    let (memory, registry, _counts) = counted();
+    let registration = Registration::start(registry.clone(), hello("a"), options())
+        .await
+        .unwrap();
+    let mut states = registration.subscribe();
+    memory.set_unavailable(true);
+    states
+        .wait_for(|s| *s == RegistrationState::LeaseLost)
+        .await
+        .unwrap();
+    let status = registration.status();
+    assert_eq!(status.lease_losses, 1);
+    assert_eq!(status.lease, None);
+    assert!(status
+        .last_error
+        .as_deref()
+        .is_some_and(registry_api::Error::is_retryable));
+    memory.set_unavailable(false);
+    registration
+        .wait_registered(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let status = registration.status();
+    assert_eq!((status.lease_losses, status.re_registrations), (1, 1));
+}
+
+/// The registration docs promise recovery within `backoff.max + request_timeout` of the registry
+/// coming back (`backoff.max` on the simulator, whose calls to an unreachable server fail at
+/// once), however long the outage: here, with the default options, ten minutes.
+#[tokio::test(start_paused = true)]
+async fn recovery_after_a_long_outage_is_within_the_documented_bound() {
+    for seed in 0..5 {
+        let (memory, registry, _counts) = counted();
+        let options = RegistrationOptions::default().seed(seed);
+        assert_eq!(options.worst_case_recovery(), Duration::from_secs(35));
+        let registration = Registration::start(registry.clone(), hello("a"), options.clone())
+            .await
+            .unwrap();
+        memory.set_unavailable(true);
+        settle(Duration::from_secs(600)).await;
+        assert!(matches!(
+            registration.state(),
+            RegistrationState::ReRegistering { .. }
+        ));
+        memory.set_unavailable(false);
+        let back = Instant::now();
+        registration
+            .wait_registered(options.worst_case_recovery())
+            .await
+            .unwrap();
+        let took = Instant::now() - back;
+        assert!(
+            took <= options.backoff.max,
+            "seed {seed}: back after {took:?}, more than {:?}",
+            options.backoff.max
+        );
+    }
+}
