@@ -9,7 +9,8 @@
 //! - [`instance`]: what an instance is, its JSON, and the key layout
 //!   `<namespace>/<service>/<instance-id>` (default namespace `services`).
 //! - [`registration`]: register with a lease, keep it alive, heal when the lease or key is
-//!   lost ([`Registration`]).
+//!   lost, drain on shutdown, wait for readiness ([`Registration`]); every registration of a
+//!   process goes through one task ([`Registrar`]), optionally on one shared lease.
 //! - [`discovery`]: a live cache of a service's instances with a stream of changes
 //!   ([`Discovery`], shared through a [`DiscoveryHub`]).
 //! - [`pick`]: choosing a node per request ([`Picker`]).
