@@ -50,7 +50,8 @@ enum Part {
     /// (b) MemoryRegistry vs BTreeMap + broadcast: puts/s and watch deliveries/s.
     #[value(alias = "b")]
     Memory,
-    /// (c) 10,000 registrations for a virtual hour; memory per instance and cache entry.
+    /// (c) 10,000 registrations for a virtual hour (and 100,000 once in a full run); memory per
+    /// instance and cache entry.
     #[value(alias = "c")]
     Sim,
     /// (d) put -> N caches vs raw watches; crash -> removal vs TTL.

@@ -9,7 +9,8 @@
 //! - [`instance`]: what an instance is, its JSON, and the key layout
 //!   `<namespace>/<service>/<instance-id>` (default namespace `services`).
 //! - [`registration`]: register with a lease, keep it alive, heal when the lease or key is
-//!   lost ([`Registration`]).
+//!   lost, drain on shutdown, wait for readiness ([`Registration`]); every registration of a
+//!   process goes through one task ([`Registrar`]), optionally on one shared lease.
 //! - Discovery, in three layers:
 //!   - [`watcher`](mod@watcher): a self-healing list + watch of any prefix, as a stream the caller owns
 //!     ([`watcher()`]): errors and resyncs are items, silent watches are detected, re-lists are

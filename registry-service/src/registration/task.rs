@@ -127,6 +127,7 @@ enum Done {
     },
     Put {
         id: u64,
+        key: Bytes,
         lease: LeaseId,
         purpose: Purpose,
         result: registry_api::Result<PutResponse>,
@@ -657,16 +658,18 @@ impl<'r> Task<'r> {
         let limit = slot.request_timeout;
         reg.puts += 1;
         let (key, value) = (reg.key.clone(), reg.value.clone());
+        let put_key = key.clone();
         let registry = self.registry;
         self.launch(
             limit,
             Box::pin(async move {
                 registry
-                    .put(&key, &value, PutOptions::with_lease(lease))
+                    .put(&put_key, &value, PutOptions::with_lease(lease))
                     .await
             }),
             move |result| Done::Put {
                 id,
+                key,
                 lease,
                 purpose,
                 result,
@@ -823,10 +826,11 @@ impl<'r> Task<'r> {
             } => self.on_keep_alive(slot, token, sent_at, result),
             Done::Put {
                 id,
+                key,
                 lease,
                 purpose,
                 result,
-            } => self.on_put(id, lease, purpose, result),
+            } => self.on_put(id, key, lease, purpose, result),
             Done::Stopped {
                 shared,
                 replies,
@@ -1085,6 +1089,7 @@ impl<'r> Task<'r> {
     fn on_put(
         &mut self,
         id: u64,
+        key: Bytes,
         lease: LeaseId,
         purpose: Purpose,
         result: registry_api::Result<PutResponse>,
@@ -1092,6 +1097,20 @@ impl<'r> Task<'r> {
         let Some(reg) = self.regs.get_mut(&id) else {
             if let Purpose::Change { reply, .. } = purpose {
                 reply.send(Err(crate::Error::Stopped("registration"))).ok();
+            }
+            // Stopped while its put was under way: on a shared lease, which lives on, the key
+            // would stay; take it back. (An own lease was revoked, and its keys with it.)
+            let shared_lease = self
+                .shared_slot
+                .and_then(|slot| self.slots.get(slot))
+                .and_then(Slot::lease);
+            if result.is_ok() && shared_lease == Some(lease) {
+                let registry = self.registry;
+                self.launch(
+                    self.options.request_timeout,
+                    Box::pin(async move { registry.delete(&key).await.map(|_| ()) }),
+                    |_| Done::Ignored,
+                );
             }
             return;
         };
