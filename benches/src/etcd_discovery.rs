@@ -104,7 +104,7 @@ async fn latency(
     samples: usize,
 ) -> Result<(), String> {
     let etcd = EtcdRegistry::builder([endpoint])
-        .namespace(format!("bench/{run}/reg/"))
+        .key_prefix(format!("bench/{run}/reg/"))
         .connect()
         .await
         .map_err(|e| e.to_string())?;
@@ -234,7 +234,7 @@ pub(crate) async fn run(endpoint: String, quick: bool) -> Report {
     eprintln!("(d) crash -> removal on etcd");
     let ttl = Duration::from_secs(3);
     match EtcdRegistry::builder([endpoint])
-        .namespace(format!("bench/{run}/crash/"))
+        .key_prefix(format!("bench/{run}/crash/"))
         .connect()
         .await
     {

@@ -24,7 +24,7 @@ const WAIT: Duration = Duration::from_secs(5);
 
 async fn connect(endpoint: &str, namespace: String) -> Result<Arc<Recording>, String> {
     let etcd = EtcdRegistry::builder([endpoint])
-        .namespace(namespace)
+        .key_prefix(namespace)
         .connect()
         .await
         .map_err(|e| e.to_string())?;

@@ -190,7 +190,7 @@ async fn connect(endpoint: &str, run: &str) -> Result<(Raw, Ours), String> {
     // Same length on both sides: "bench/<run>/raw/" and "bench/<run>/reg/".
     let raw_prefix = format!("bench/{run}/raw/");
     let registry = EtcdRegistry::builder([endpoint])
-        .namespace(format!("bench/{run}/reg/"))
+        .key_prefix(format!("bench/{run}/reg/"))
         .connect()
         .await
         .map_err(|e| e.to_string())?;

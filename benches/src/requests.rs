@@ -242,7 +242,7 @@ pub(crate) async fn etcd(endpoint: String, quick: bool) -> Report {
     for &n in sizes {
         for shared in [false, true] {
             let registry = match EtcdRegistry::builder([endpoint.as_str()])
-                .namespace(format!("bench/{}/requests/", crate::run_stamp()))
+                .key_prefix(format!("bench/{}/requests/", crate::run_stamp()))
                 .connect()
                 .await
             {

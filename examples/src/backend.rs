@@ -27,7 +27,7 @@ pub struct BackendArgs {
     /// A raw key prefix the etcd client adds to every key (and strips from every result), to
     /// share one etcd between isolated setups.
     #[arg(long, value_name = "PREFIX")]
-    pub etcd_prefix: Option<String>,
+    pub key_prefix: Option<String>,
     /// etcd user name (etcd authentication).
     #[arg(long, env = "REGISTRY_ETCD_USER", requires = "password")]
     pub user: Option<String>,
@@ -51,7 +51,7 @@ impl fmt::Debug for BackendArgs {
         f.debug_struct("BackendArgs")
             .field("etcd", &self.etcd)
             .field("namespace", &self.namespace)
-            .field("etcd_prefix", &self.etcd_prefix)
+            .field("key_prefix", &self.key_prefix)
             .field("user", &self.user)
             .finish_non_exhaustive()
     }
@@ -125,8 +125,8 @@ impl BackendArgs {
             });
         }
         let mut builder = EtcdRegistry::builder(self.etcd.clone());
-        if let Some(prefix) = &self.etcd_prefix {
-            builder = builder.namespace(prefix.clone());
+        if let Some(prefix) = &self.key_prefix {
+            builder = builder.key_prefix(prefix.clone());
         }
         if let (Some(user), Some(password)) = (&self.user, &self.password) {
             builder = builder.user(user.clone(), password.clone());

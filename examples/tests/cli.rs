@@ -1,12 +1,12 @@
 //! The `registry` CLI against a real etcd: global options before or after the subcommand,
 //! `status` counting instances by status, and `--json` on every subcommand.
 //!
-//! Every test works under its own `--etcd-prefix` on the etcd shared by this test binary, writes
+//! Every test works under its own `--key-prefix` on the etcd shared by this test binary, writes
 //! its instances in-process (through `registry_service::Registration` or a raw put), and runs
 //! the real binary. Children are killed when their handle drops; every wait is bounded.
 
 use registry_api::{PutOptions, Registry};
-use registry_etcd::testing::{shared_endpoints, unique_namespace};
+use registry_etcd::testing::{shared_endpoints, unique_key_prefix};
 use registry_etcd::EtcdRegistry;
 use registry_service::{Registration, RegistrationOptions, ServiceInstance, Status};
 use serde_json::{json, Value};
@@ -30,9 +30,9 @@ struct Setup {
 impl Setup {
     async fn new(label: &str) -> Setup {
         let endpoints = shared_endpoints().expect("an etcd server for the tests");
-        let prefix = unique_namespace(label);
+        let prefix = unique_key_prefix(label);
         let registry = EtcdRegistry::builder(endpoints.clone())
-            .namespace(prefix.clone())
+            .key_prefix(prefix.clone())
             .connect()
             .await
             .expect("the test connects to etcd");
@@ -44,7 +44,7 @@ impl Setup {
     }
 
     fn etcd_args(&self) -> [&str; 4] {
-        ["--etcd", &self.endpoint, "--etcd-prefix", &self.prefix]
+        ["--etcd", &self.endpoint, "--key-prefix", &self.prefix]
     }
 
     /// Runs `registry` with exactly `args` to completion: success, stdout, stderr.
@@ -69,7 +69,7 @@ impl Setup {
         (output.status.success(), stdout, stderr)
     }
 
-    /// Runs `registry <args> --etcd ... --etcd-prefix ...` and parses its stdout as JSON.
+    /// Runs `registry <args> --etcd ... --key-prefix ...` and parses its stdout as JSON.
     async fn json(&self, args: &[&str]) -> Value {
         let mut all = args.to_vec();
         all.extend(self.etcd_args());
@@ -219,7 +219,7 @@ async fn global_options_work_before_and_after_the_subcommand() {
     assert_eq!(outputs[2], outputs[0], "options on both sides");
 
     // The prefix after the subcommand is honoured, not ignored: another prefix sees nothing.
-    let other = unique_namespace("cli-global-other");
+    let other = unique_key_prefix("cli-global-other");
     let (ok, stdout, _) = setup
         .run(&[
             "list",

@@ -11,7 +11,7 @@
 //! screenshot of the page there.
 
 use registry_api::{PutOptions, Registry};
-use registry_etcd::testing::{shared_endpoints, unique_namespace};
+use registry_etcd::testing::{shared_endpoints, unique_key_prefix};
 use registry_etcd::EtcdRegistry;
 use registry_service::{Metadata, Registration, RegistrationOptions, ServiceInstance, Status};
 use serde_json::{json, Value};
@@ -48,7 +48,7 @@ impl Browser {
             "{CHROMIUM} is missing: the dashboard test needs Debian's chromium package; \
              run scripts/install-chromium.sh (scripts/test.sh does)"
         );
-        let profile = std::env::temp_dir().join(unique_namespace("chromium").replace('/', "-"));
+        let profile = std::env::temp_dir().join(unique_key_prefix("chromium").replace('/', "-"));
         std::fs::create_dir_all(&profile).expect("a profile directory");
         // The shell maps the pipe onto the descriptors Chromium's DevTools pipe uses: it reads
         // commands from 3 (our stdin) and writes replies to 4 (our stdout).
@@ -269,7 +269,7 @@ struct Ui {
 async fn start_ui(endpoint: &str, prefix: &str) -> Ui {
     let mut child = Command::new(env!("CARGO_BIN_EXE_registry"))
         .args(["ui", "--listen", "127.0.0.1:0", "--json"])
-        .args(["--etcd", endpoint, "--etcd-prefix", prefix])
+        .args(["--etcd", endpoint, "--key-prefix", prefix])
         .env("RUST_LOG", "error")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -306,10 +306,10 @@ async fn register(registry: &Arc<dyn Registry>, instance: ServiceInstance) -> Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_shows_instances_come_drain_and_expire_live() {
     let endpoints = shared_endpoints().expect("an etcd server for the tests");
-    let prefix = unique_namespace("dashboard");
+    let prefix = unique_key_prefix("dashboard");
     let registry: Arc<dyn Registry> = Arc::new(
         EtcdRegistry::builder(endpoints.clone())
-            .namespace(prefix.clone())
+            .key_prefix(prefix.clone())
             .connect()
             .await
             .expect("the test connects to etcd"),

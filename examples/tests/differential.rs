@@ -7,7 +7,7 @@ use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use registry_api::Registry;
 use registry_conformance::{ops_strategy, run, Backend, Capabilities, Op, Outcome, Time};
-use registry_etcd::testing::{unique_namespace, EtcdServer};
+use registry_etcd::testing::{unique_key_prefix, EtcdServer};
 use registry_etcd::EtcdRegistry;
 use registry_memory::MemoryRegistry;
 use std::sync::Arc;
@@ -43,7 +43,7 @@ struct Etcd {
 impl Backend for Etcd {
     async fn registry(&self) -> Arc<dyn Registry> {
         match EtcdRegistry::builder(self.endpoints.clone())
-            .namespace(unique_namespace("differential"))
+            .key_prefix(unique_key_prefix("differential"))
             .connect()
             .await
         {

@@ -1,10 +1,10 @@
 //! The real binaries (`hello-service`, `gateway`, `registry`) against a real etcd.
 //!
-//! Every test works under its own `--etcd-prefix` on the etcd shared by this test binary
+//! Every test works under its own `--key-prefix` on the etcd shared by this test binary
 //! (`registry_etcd::testing::shared_endpoints`), so tests never see each other's keys. Child
 //! processes are killed when their handle drops, and every wait is bounded.
 
-use registry_etcd::testing::{shared_endpoints, unique_namespace};
+use registry_etcd::testing::{shared_endpoints, unique_key_prefix};
 use registry_examples::gateway::{endpoint, RETRIED_FROM};
 use registry_examples::proto::greeter_client::GreeterClient;
 use registry_examples::proto::HelloRequest;
@@ -33,7 +33,7 @@ impl Setup {
         let endpoints = shared_endpoints().expect("an etcd server for the tests");
         Setup {
             endpoint: endpoints.join(","),
-            prefix: unique_namespace(label),
+            prefix: unique_key_prefix(label),
         }
     }
 
@@ -41,7 +41,7 @@ impl Setup {
         vec![
             "--etcd".into(),
             self.endpoint.clone(),
-            "--etcd-prefix".into(),
+            "--key-prefix".into(),
             self.prefix.clone(),
         ]
     }
@@ -367,7 +367,7 @@ async fn hello_service_also_publishes_in_etcds_go_naming_layout() {
     assert_eq!(key, format!("my/hello/{address}"));
 
     let etcd = registry_etcd::EtcdRegistry::builder([setup.endpoint.clone()])
-        .namespace(setup.prefix.clone())
+        .key_prefix(setup.prefix.clone())
         .connect()
         .await
         .expect("connects to etcd");

@@ -192,14 +192,14 @@ async fn black_hole_is_noticed_with_default_settings() {
 
     let server = blocking(EtcdServer::start).expect("etcd");
     let proxy = TcpProxy::for_endpoint(&server.endpoint()).expect("proxy");
-    let namespace = registry_etcd::testing::unique_namespace("default-pings");
+    let namespace = registry_etcd::testing::unique_key_prefix("default-pings");
     let registry = EtcdRegistry::builder([proxy.endpoint()])
-        .namespace(namespace.clone())
+        .key_prefix(namespace.clone())
         .connect()
         .await
         .expect("connect through the proxy");
     let direct = EtcdRegistry::builder(server.endpoints())
-        .namespace(namespace)
+        .key_prefix(namespace)
         .connect()
         .await
         .expect("connect directly");

@@ -4,7 +4,7 @@
 //! the test makes reset every connection for a while).
 
 use registry_api::Registry;
-use registry_etcd::testing::{shared_endpoints, unique_namespace, ProxyMode, TcpProxy};
+use registry_etcd::testing::{shared_endpoints, unique_key_prefix, ProxyMode, TcpProxy};
 use registry_etcd::EtcdRegistry;
 use std::process::Stdio;
 use std::time::Duration;
@@ -117,10 +117,10 @@ async fn wait_for(url: &str, what: &str, ready: impl Fn(&str) -> bool) -> String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_service_and_gateway_export_registration_and_discovery_series() {
     let endpoints = shared_endpoints().expect("an etcd server for the tests");
-    let prefix = unique_namespace("metrics");
+    let prefix = unique_key_prefix("metrics");
     let proxy = TcpProxy::for_endpoint(&endpoints[0]).expect("a proxy to etcd");
     let registry = EtcdRegistry::builder(endpoints.clone())
-        .namespace(prefix.clone())
+        .key_prefix(prefix.clone())
         .connect()
         .await
         .expect("the test connects to etcd");
@@ -131,7 +131,7 @@ async fn hello_service_and_gateway_export_registration_and_discovery_series() {
         &[
             "--etcd",
             &direct,
-            "--etcd-prefix",
+            "--key-prefix",
             &prefix,
             "--listen",
             "127.0.0.1:0",
@@ -151,7 +151,7 @@ async fn hello_service_and_gateway_export_registration_and_discovery_series() {
         &[
             "--etcd",
             &through_proxy,
-            "--etcd-prefix",
+            "--key-prefix",
             &prefix,
             "--listen",
             "127.0.0.1:0",

@@ -6,7 +6,7 @@
 //! where a plain deregistration would leave calls on their way to a stopping server (the retry
 //! would hide those from the client, so the test counts retries too).
 
-use registry_etcd::testing::{shared_endpoints, unique_namespace};
+use registry_etcd::testing::{shared_endpoints, unique_key_prefix};
 use registry_examples::gateway::{endpoint, RETRIED_FROM};
 use registry_examples::proto::greeter_client::GreeterClient;
 use registry_examples::proto::HelloRequest;
@@ -33,7 +33,7 @@ struct Proc {
 impl Proc {
     fn spawn(etcd: &str, prefix: &str, binary: &str, args: &[&str]) -> Proc {
         let mut child = Command::new(binary)
-            .args(["--etcd", etcd, "--etcd-prefix", prefix])
+            .args(["--etcd", etcd, "--key-prefix", prefix])
             .args(args)
             .env("RUST_LOG", "error")
             .stdin(Stdio::null())
@@ -112,7 +112,7 @@ async fn a_rolling_restart_behind_the_gateway_fails_no_call() {
     let etcd = shared_endpoints()
         .expect("an etcd server for the tests")
         .join(",");
-    let prefix = unique_namespace("rolling-restart");
+    let prefix = unique_key_prefix("rolling-restart");
     let ids = ["a", "b", "c"];
     let mut nodes = Vec::new();
     for id in ids {

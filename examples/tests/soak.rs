@@ -11,7 +11,7 @@ mod faults_support;
 
 use faults_support::{connect, figure, scale, truth};
 use registry_api::Registry;
-use registry_etcd::testing::{unique_namespace, EtcdServer};
+use registry_etcd::testing::{unique_key_prefix, EtcdServer};
 use registry_service::{
     Backoff, Discovery, DiscoveryEvent, DiscoveryOptions, Registration, RegistrationOptions,
     ServiceInstance,
@@ -232,7 +232,7 @@ async fn soak_churn_with_hundreds_of_caches() {
     let plan = plan();
     let server = tokio::task::block_in_place(EtcdServer::start).expect("etcd");
     let endpoints = server.endpoints();
-    let namespace = unique_namespace("soak");
+    let namespace = unique_key_prefix("soak");
     let checker = connect(&endpoints, &namespace).await;
     let runtime = tokio::runtime::Handle::current();
     let baseline_tasks = runtime.metrics().num_alive_tasks();

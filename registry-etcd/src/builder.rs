@@ -1,8 +1,8 @@
 //! Connection options of [`EtcdRegistry`] and the checks run on them before connecting.
 
 use crate::errors::{self, Context};
+use crate::key_prefix::KeyPrefix;
 use crate::leases::KeepAlives;
-use crate::namespace::Namespace;
 use crate::{EtcdRegistry, Inner};
 use etcd_client::{Client, ConnectOptions, GetOptions};
 use registry_api::limits::DEFAULT_MAX_VALUE_BYTES;
@@ -26,7 +26,7 @@ pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// some 20,000 registrations, or by a watch catching up over a long history.
 const MAX_RESPONSE_BYTES: usize = 256 << 20;
 
-/// Builds an [`EtcdRegistry`]: endpoints, timeouts, credentials, TLS and a namespace.
+/// Builds an [`EtcdRegistry`]: endpoints, timeouts, credentials, TLS and a key prefix.
 ///
 /// ```no_run
 /// # async fn demo() -> registry_api::Result<()> {
@@ -34,7 +34,7 @@ const MAX_RESPONSE_BYTES: usize = 256 << 20;
 /// use std::time::Duration;
 ///
 /// let registry = EtcdRegistry::builder(["http://127.0.0.1:2379"])
-///     .namespace("prod/")
+///     .key_prefix("prod/")
 ///     .request_timeout(Duration::from_secs(2))
 ///     .connect()
 ///     .await?;
@@ -43,7 +43,7 @@ const MAX_RESPONSE_BYTES: usize = 256 << 20;
 #[derive(Clone)]
 pub struct EtcdRegistryBuilder {
     endpoints: Vec<String>,
-    namespace: Vec<u8>,
+    key_prefix: Vec<u8>,
     connect_timeout: Duration,
     request_timeout: Duration,
     keep_alive: Option<(Duration, Duration)>,
@@ -59,7 +59,7 @@ impl fmt::Debug for EtcdRegistryBuilder {
         // Never print the password.
         f.debug_struct("EtcdRegistryBuilder")
             .field("endpoints", &self.endpoints)
-            .field("namespace", &String::from_utf8_lossy(&self.namespace))
+            .field("key_prefix", &String::from_utf8_lossy(&self.key_prefix))
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("keep_alive", &self.keep_alive)
@@ -80,7 +80,7 @@ impl EtcdRegistryBuilder {
     {
         EtcdRegistryBuilder {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
-            namespace: Vec::new(),
+            key_prefix: Vec::new(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             // On by default: without pings a connection that goes silent (a black-holed
@@ -96,11 +96,15 @@ impl EtcdRegistryBuilder {
         }
     }
 
-    /// Prefixes every key, list, delete and watch with `namespace`, and strips it from every
-    /// result, so that registries with different namespaces share one etcd without seeing each
-    /// other. Leases are not namespaced: etcd has one lease space.
-    pub fn namespace(mut self, namespace: impl Into<Vec<u8>>) -> Self {
-        self.namespace = namespace.into();
+    /// Prefixes every key, list, delete and watch with `prefix`, and strips it from every
+    /// result, so that registries with different key prefixes share one etcd without seeing
+    /// each other. Leases are not prefixed: etcd has one lease space.
+    ///
+    /// This is the same concept as [`registry_api::wrap::KeyPrefix`], which works over any
+    /// backend; here it is pushed into the client, which saves a copy of every key. It is not the
+    /// service layer's `namespace` (the first segment of `<namespace>/<service>/<id>`).
+    pub fn key_prefix(mut self, prefix: impl Into<Vec<u8>>) -> Self {
+        self.key_prefix = prefix.into();
         self
     }
 
@@ -200,13 +204,13 @@ impl EtcdRegistryBuilder {
                         Error::unavailable(format!("connecting timed out after {wait:?}"))
                     })?
                     .map_err(|e| errors::from_etcd(e, Context::default()))?;
-            let namespace = Namespace::new(self.namespace);
+            let key_prefix = KeyPrefix::new(self.key_prefix);
             // A probe that went to a member that is down is sent again to another endpoint:
             // the backend is usable while any endpoint answers.
             crate::retry::retry(
                 self.endpoints.len(),
                 crate::retry::Idempotence::Safe,
-                || probe(&client, &namespace, wait),
+                || probe(&client, &key_prefix, wait),
             )
             .await?;
             tracing::debug!("connected");
@@ -220,7 +224,7 @@ impl EtcdRegistryBuilder {
                         .watch_client()
                         .max_decoding_message_size(MAX_RESPONSE_BYTES),
                     client,
-                    namespace,
+                    key_prefix,
                     endpoints: self.endpoints,
                     max_value_bytes: self.max_value_bytes,
                     request_timeout: self.request_timeout,
@@ -277,11 +281,11 @@ impl EtcdRegistryBuilder {
     }
 }
 
-/// One cheap read inside the namespace: etcd-client connects lazily, so without it a refused
+/// One cheap read inside the key prefix: etcd-client connects lazily, so without it a refused
 /// endpoint would only show on first use.
-async fn probe(client: &Client, namespace: &Namespace, wait: Duration) -> Result<()> {
+async fn probe(client: &Client, key_prefix: &KeyPrefix, wait: Duration) -> Result<()> {
     let mut client = client.clone();
-    let key = namespace.key(&[0]);
+    let key = key_prefix.key(&[0]);
     let read = client.get(key, Some(GetOptions::new().with_count_only()));
     match tokio::time::timeout(wait, read).await {
         Ok(Ok(_)) => Ok(()),

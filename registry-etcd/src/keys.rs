@@ -1,7 +1,7 @@
 //! Puts, reads, deletes and compaction, mapped one to one onto etcd's KV service.
 
 use crate::errors::{self, Context};
-use crate::namespace::Namespace;
+use crate::key_prefix::KeyPrefix;
 use crate::Inner;
 use etcd_client::{CompactionOptions, DeleteOptions, GetOptions};
 use registry_api::{
@@ -15,9 +15,9 @@ pub(crate) fn show(key: &[u8]) -> String {
     String::from_utf8_lossy(key).into_owned()
 }
 
-/// The contract's key-value for an etcd one taken out of its response, with the namespace
-/// stripped; `None` when the key lies outside the namespace. Key and value move, no copy.
-pub(crate) fn key_value(namespace: &Namespace, kv: etcd_client::KeyValue) -> Option<KeyValue> {
+/// The contract's key-value for an etcd one taken out of its response, with the key prefix
+/// stripped; `None` when the key lies outside the key prefix. Key and value move, no copy.
+pub(crate) fn key_value(key_prefix: &KeyPrefix, kv: etcd_client::KeyValue) -> Option<KeyValue> {
     let (create_revision, mod_revision, version, lease) = (
         kv.create_revision(),
         kv.mod_revision(),
@@ -26,7 +26,7 @@ pub(crate) fn key_value(namespace: &Namespace, kv: etcd_client::KeyValue) -> Opt
     );
     let (key, value) = kv.into_key_value();
     Some(KeyValue {
-        key: namespace.strip_owned(key)?,
+        key: key_prefix.strip_owned(key)?,
         value: value.into(),
         create_revision: Revision(create_revision),
         mod_revision: Revision(mod_revision),
@@ -66,7 +66,7 @@ impl Inner {
             let mut resp = self
                 .kv
                 .clone()
-                .put(self.namespace.key(key), value, Some(options))
+                .put(self.key_prefix.key(key), value, Some(options))
                 .await
                 .map_err(|e| errors::from_etcd(e, ctx))?;
             let revision = header_revision(resp.header());
@@ -75,7 +75,7 @@ impl Inner {
                 revision,
                 prev_kv: resp
                     .take_prev_key()
-                    .and_then(|kv| key_value(&self.namespace, kv)),
+                    .and_then(|kv| key_value(&self.key_prefix, kv)),
             })
         }
         .instrument(span)
@@ -89,7 +89,7 @@ impl Inner {
             let mut resp = self
                 .kv
                 .clone()
-                .get(self.namespace.key(key), None)
+                .get(self.key_prefix.key(key), None)
                 .await
                 .map_err(|e| errors::from_etcd(e, Context::default()))?;
             Ok(GetResponse {
@@ -98,7 +98,7 @@ impl Inner {
                     .take_kvs()
                     .into_iter()
                     .next()
-                    .and_then(|kv| key_value(&self.namespace, kv)),
+                    .and_then(|kv| key_value(&self.key_prefix, kv)),
             })
         }
         .instrument(span)
@@ -112,7 +112,7 @@ impl Inner {
             revision = ?opts.revision.map(|r| r.0)
         );
         async move {
-            let (start, end) = self.namespace.range(prefix);
+            let (start, end) = self.key_prefix.range(prefix);
             let mut options = GetOptions::new().with_range(end);
             if let Some(revision) = opts.revision {
                 limits::check_revision(revision)?;
@@ -128,7 +128,7 @@ impl Inner {
                 kvs: resp
                     .take_kvs()
                     .into_iter()
-                    .filter_map(|kv| key_value(&self.namespace, kv))
+                    .filter_map(|kv| key_value(&self.key_prefix, kv))
                     .collect(),
             })
         }
@@ -141,7 +141,7 @@ impl Inner {
         async move {
             limits::check_key(key)?;
             let options = DeleteOptions::new().with_prev_key();
-            self.delete_range(self.namespace.key(key), options).await
+            self.delete_range(self.key_prefix.key(key), options).await
         }
         .instrument(span)
         .await
@@ -150,7 +150,7 @@ impl Inner {
     pub(crate) async fn delete_prefix(&self, prefix: &[u8]) -> Result<DeleteResponse> {
         let span = tracing::debug_span!("etcd.delete_prefix", prefix = %show(prefix));
         async move {
-            let (start, end) = self.namespace.range(prefix);
+            let (start, end) = self.key_prefix.range(prefix);
             let options = DeleteOptions::new().with_range(end).with_prev_key();
             self.delete_range(start, options).await
         }
@@ -168,7 +168,7 @@ impl Inner {
         let mut prev_kvs: Vec<KeyValue> = resp
             .take_prev_kvs()
             .into_iter()
-            .filter_map(|kv| key_value(&self.namespace, kv))
+            .filter_map(|kv| key_value(&self.key_prefix, kv))
             .collect();
         // etcd returns them in key order already; the contract promises it, so make sure.
         prev_kvs.sort_by(|a, b| a.key.cmp(&b.key));
@@ -205,7 +205,7 @@ impl Inner {
             .kv
             .clone()
             .get(
-                self.namespace.key(&[0]),
+                self.key_prefix.key(&[0]),
                 Some(GetOptions::new().with_count_only()),
             )
             .await

@@ -89,12 +89,12 @@ impl Inner {
             if resp.ttl() < 0 {
                 return Err(Error::LeaseNotFound(id));
             }
-            // Keys of other namespaces can share the lease; they are not ours to show. etcd
+            // Keys under other key prefixes can share the lease; they are not ours to show. etcd
             // lists keys in map order.
             let mut keys: Vec<Vec<u8>> = resp
                 .keys()
                 .iter()
-                .filter_map(|key| self.namespace.strip(key))
+                .filter_map(|key| self.key_prefix.strip(key))
                 .collect();
             keys.sort();
             Ok(LeaseTimeToLive {

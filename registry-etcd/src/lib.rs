@@ -7,7 +7,7 @@
 //! so bad input fails the same way as on every other backend.
 //!
 //! What the backend adds over a bare `etcd-client`:
-//! - a **namespace** (key prefix) applied to every key, list, delete and watch and stripped from
+//! - a **key prefix** applied to every key, list, delete and watch and stripped from
 //!   every result, so several registries share one etcd;
 //! - **watches** cut into one [`WatchBatch`](registry_api::WatchBatch) per revision, ending with
 //!   an error item (compacted, cancelled, unavailable) rather than silently;
@@ -19,7 +19,7 @@
 //! use registry_etcd::EtcdRegistry;
 //!
 //! let registry = EtcdRegistry::builder(["http://127.0.0.1:2379"])
-//!     .namespace("my-app/")
+//!     .key_prefix("my-app/")
 //!     .connect()
 //!     .await?;
 //! let lease = registry.lease_grant(10, None).await?;
@@ -34,9 +34,9 @@
 mod builder;
 mod clock;
 mod errors;
+mod key_prefix;
 mod keys;
 mod leases;
-mod namespace;
 mod retry;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -52,8 +52,8 @@ pub use etcd_client::{Certificate, Identity, TlsOptions};
 
 use async_trait::async_trait;
 use etcd_client::Client;
+use key_prefix::KeyPrefix;
 use leases::KeepAlives;
-use namespace::Namespace;
 use registry_api::{
     DeleteResponse, GetResponse, LeaseGrant, LeaseId, LeaseTimeToLive, ListOptions, ListResponse,
     PutOptions, PutResponse, Registry, Result, Revision, WatchOptions, WatchStream,
@@ -76,7 +76,7 @@ pub(crate) struct Inner {
     /// The KV and watch services, with a decoding limit raised for large lists and catch-ups.
     kv: etcd_client::KvClient,
     watch: etcd_client::WatchClient,
-    namespace: Namespace,
+    key_prefix: KeyPrefix,
     endpoints: Vec<String>,
     max_value_bytes: usize,
     request_timeout: Duration,
@@ -88,8 +88,8 @@ impl fmt::Debug for EtcdRegistry {
         f.debug_struct("EtcdRegistry")
             .field("endpoints", &self.inner.endpoints)
             .field(
-                "namespace",
-                &String::from_utf8_lossy(self.inner.namespace.prefix()),
+                "key_prefix",
+                &String::from_utf8_lossy(self.inner.key_prefix.prefix()),
             )
             .field("keep_alive", &self.inner.keep_alive)
             .finish_non_exhaustive()
@@ -107,7 +107,7 @@ impl EtcdRegistry {
         EtcdRegistryBuilder::new(endpoints)
     }
 
-    /// Connects with default settings and no namespace.
+    /// Connects with default settings and no key prefix.
     pub async fn connect<I, S>(endpoints: I) -> Result<Self>
     where
         I: IntoIterator<Item = S>,
@@ -121,9 +121,9 @@ impl EtcdRegistry {
         &self.inner.endpoints
     }
 
-    /// The namespace (key prefix) of this registry; empty for the whole keyspace.
-    pub fn namespace(&self) -> &[u8] {
-        self.inner.namespace.prefix()
+    /// The key prefix of this registry; empty for the whole keyspace.
+    pub fn key_prefix(&self) -> &[u8] {
+        self.inner.key_prefix.prefix()
     }
 
     /// Introspection: how many keep-alive gRPC streams this registry (all its clones) opened so
@@ -134,7 +134,7 @@ impl EtcdRegistry {
     }
 
     /// The underlying etcd-client, for what the contract does not cover (maintenance, auth,
-    /// cluster). Keys used through it are not namespaced.
+    /// cluster). Keys used through it are not prefixed.
     pub fn client(&self) -> Client {
         self.inner.client.clone()
     }

@@ -1,8 +1,8 @@
 //! Watches: one etcd watch per call, its responses cut into one batch per revision.
 
 use crate::errors::{self, Context};
+use crate::key_prefix::KeyPrefix;
 use crate::keys::{key_value, show};
-use crate::namespace::Namespace;
 use crate::Inner;
 use etcd_client::{EventType, WatchOptions as EtcdWatchOptions, WatchResponse};
 use registry_api::{
@@ -25,7 +25,7 @@ impl Inner {
             start_revision = ?opts.start_revision.map(|r| r.0)
         );
         async move {
-            let (start, end) = self.namespace.range(prefix);
+            let (start, end) = self.key_prefix.range(prefix);
             let mut options = EtcdWatchOptions::new().with_range(end);
             if let Some(revision) = opts.start_revision {
                 limits::check_revision(revision)?;
@@ -55,7 +55,7 @@ impl Inner {
                 span: tracing::Span::current(),
             };
             let state = WatchState {
-                namespace: self.namespace.clone(),
+                key_prefix: self.key_prefix.clone(),
                 stream: responses,
                 _guard: CancelGuard {
                     watch_id,
@@ -104,7 +104,7 @@ impl Inner {
     /// etcd did not answer in time).
     pub(crate) async fn compact_revision(&self) -> Result<Option<Revision>> {
         let options = EtcdWatchOptions::new().with_start_revision(1);
-        let mut stream = match self.open_watch(self.namespace.key(&[0]), options).await? {
+        let mut stream = match self.open_watch(self.key_prefix.key(&[0]), options).await? {
             Opened::Live(_, stream) => stream,
             Opened::Cancelled(Error::Compacted { compact_revision }) => {
                 return Ok(Some(compact_revision))
@@ -212,7 +212,7 @@ impl Drop for CancelGuard {
 }
 
 struct WatchState {
-    namespace: Namespace,
+    key_prefix: KeyPrefix,
     stream: etcd_client::WatchResponseStream,
     /// Held for its `Drop`: cancels the etcd watch with the stream.
     _guard: CancelGuard,
@@ -278,7 +278,7 @@ impl WatchState {
             self.pending.extend(progress(&resp, self.delivered));
             return None;
         }
-        self.pending.extend(batches(&self.namespace, events));
+        self.pending.extend(batches(&self.key_prefix, events));
         None
     }
 }
@@ -298,9 +298,9 @@ fn progress(resp: &WatchResponse, delivered: Revision) -> Option<WatchBatch> {
 /// Cuts one response's events into one batch per revision, in order. etcd puts all events of a
 /// revision in the same response, but one response can carry several revisions (it fills
 /// responses while a watch catches up).
-fn batches(namespace: &Namespace, events: &[etcd_client::Event]) -> Vec<WatchBatch> {
+fn batches(key_prefix: &KeyPrefix, events: &[etcd_client::Event]) -> Vec<WatchBatch> {
     let mut batches: Vec<WatchBatch> = Vec::new();
-    for event in events.iter().filter_map(|e| event(namespace, e)) {
+    for event in events.iter().filter_map(|e| event(key_prefix, e)) {
         let revision = event.kv.mod_revision;
         match batches.last_mut() {
             Some(batch) if batch.revision == revision => batch.events.push(event),
@@ -313,9 +313,9 @@ fn batches(namespace: &Namespace, events: &[etcd_client::Event]) -> Vec<WatchBat
     batches
 }
 
-fn event(namespace: &Namespace, event: &etcd_client::Event) -> Option<WatchEvent> {
+fn event(key_prefix: &KeyPrefix, event: &etcd_client::Event) -> Option<WatchEvent> {
     // etcd-client lends watch events only, so these two are copied.
-    let kv = key_value(namespace, event.kv()?.clone())?;
+    let kv = key_value(key_prefix, event.kv()?.clone())?;
     // Read the raw type: `Event::event_type` panics on a value it does not know.
     let kind = match event.0.r#type {
         t if t == EventType::Put as i32 => EventKind::Put,
@@ -339,7 +339,7 @@ fn event(namespace: &Namespace, event: &etcd_client::Event) -> Option<WatchEvent
         kv,
         prev_kv: event
             .prev_kv()
-            .and_then(|kv| key_value(namespace, kv.clone())),
+            .and_then(|kv| key_value(key_prefix, kv.clone())),
     })
 }
 
@@ -365,7 +365,7 @@ mod tests {
 
     #[test]
     fn one_response_of_several_revisions_becomes_one_batch_each() {
-        let ns = Namespace::new("ns/");
+        let ns = KeyPrefix::new("ns/");
         let events = [
             event(EventType::Put, "ns/a", 5),
             event(EventType::Put, "ns/b", 6),
@@ -430,7 +430,7 @@ mod tests {
     fn events_of_unknown_type_are_skipped_not_panicked_on() {
         let mut odd = event(EventType::Put, "k", 3);
         odd.0.r#type = 42;
-        let out = batches(&Namespace::default(), &[odd, event(EventType::Put, "k", 4)]);
+        let out = batches(&KeyPrefix::default(), &[odd, event(EventType::Put, "k", 4)]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].revision, Revision(4));
     }

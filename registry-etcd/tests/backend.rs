@@ -221,7 +221,7 @@ async fn etcd_size_limits_map_to_too_large() {
     // Lift the client-side check to see what the server itself answers.
     let endpoints = registry_etcd::testing::shared_endpoints().unwrap();
     let r = registry_etcd::EtcdRegistry::builder(endpoints)
-        .namespace(registry_etcd::testing::unique_namespace("server-size"))
+        .key_prefix(registry_etcd::testing::unique_key_prefix("server-size"))
         .max_value_bytes(8 << 20)
         .connect()
         .await
@@ -286,7 +286,7 @@ async fn future_revisions_are_reported_with_the_current_one() {
 async fn namespaces_isolate_registries_on_one_server() {
     let a = registry("ns-a").await;
     let b = registry("ns-b").await;
-    assert_ne!(a.namespace(), b.namespace());
+    assert_ne!(a.key_prefix(), b.key_prefix());
     let mut watch_b = b.watch(b"", WatchOptions::default()).await.unwrap();
 
     let lease = a.lease_grant(30, None).await.unwrap();

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use registry_api::Registry;
 use registry_conformance::{Backend, Capabilities};
-use registry_etcd::testing::{unique_namespace, EtcdServer};
+use registry_etcd::testing::{unique_key_prefix, EtcdServer};
 use registry_etcd::EtcdRegistry;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -30,7 +30,7 @@ struct Etcd {
 impl Backend for Etcd {
     async fn registry(&self) -> Arc<dyn Registry> {
         match EtcdRegistry::builder(self.endpoints.clone())
-            .namespace(unique_namespace("conformance"))
+            .key_prefix(unique_key_prefix("conformance"))
             .connect()
             .await
         {

@@ -29,7 +29,7 @@ async fn a_timeout_on_a_clock_paused_after_connecting_names_the_paused_clock() {
     let endpoint = testing::shared_endpoints().expect("etcd").remove(0);
     let proxy = TcpProxy::for_endpoint(&endpoint).expect("proxy");
     let r = EtcdRegistry::builder([proxy.endpoint()])
-        .namespace(testing::unique_namespace("paused"))
+        .key_prefix(testing::unique_key_prefix("paused"))
         .connect()
         .await
         .unwrap();

@@ -8,7 +8,7 @@
 use async_trait::async_trait;
 use registry_api::{LeaseId, Registry};
 use registry_conformance::service::{Links, ServiceBackend, ServiceCapabilities};
-use registry_etcd::testing::{unique_namespace, EtcdServer};
+use registry_etcd::testing::{unique_key_prefix, EtcdServer};
 use registry_etcd::EtcdRegistry;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -47,7 +47,7 @@ impl ServiceBackend for Etcd {
         }
         // Short timeouts and HTTP/2 pings: a dead connection is noticed within about a second.
         let registry = EtcdRegistry::builder(self.endpoints.clone())
-            .namespace(self.namespace.clone())
+            .key_prefix(self.namespace.clone())
             .connect_timeout(Duration::from_secs(1))
             .request_timeout(Duration::from_secs(1))
             .keep_alive(Duration::from_millis(500), Duration::from_millis(700))
@@ -96,7 +96,7 @@ impl ServiceBackend for Etcd {
 fn etcd() -> Etcd {
     Etcd {
         endpoints: lock(server()).endpoints(),
-        namespace: unique_namespace("service"),
+        namespace: unique_key_prefix("service"),
         links: Links::new(),
         clients: tokio::sync::Mutex::new(HashMap::new()),
     }

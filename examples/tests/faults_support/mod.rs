@@ -93,7 +93,7 @@ pub fn discovery_options(seed: u64) -> DiscoveryOptions {
 /// connection is dropped within about a second.
 pub async fn connect(endpoints: &[String], namespace: &str) -> Arc<dyn Registry> {
     let registry = EtcdRegistry::builder(endpoints.to_vec())
-        .namespace(namespace)
+        .key_prefix(namespace)
         .connect_timeout(Duration::from_secs(1))
         .request_timeout(Duration::from_secs(1))
         .keep_alive(Duration::from_millis(500), Duration::from_millis(700))
@@ -677,7 +677,7 @@ impl Setup {
         instances: usize,
         caches: usize,
     ) -> Setup {
-        let namespace = registry_etcd::testing::unique_namespace(label);
+        let namespace = registry_etcd::testing::unique_key_prefix(label);
         let checker = connect(direct, &namespace).await;
         let oracle = Oracle::start(connect(direct, &namespace).await, "hello").await;
         let mut cache_list = Vec::with_capacity(caches);

@@ -7,8 +7,8 @@
 //! - [`TcpProxy`]: a loopback TCP proxy between client and server that delays, resets or
 //!   black-holes connections on demand ([`ProxyMode`]).
 //! - [`shared_endpoints`] / [`isolated_registry`]: one server shared by every test of a test
-//!   binary, each test in its own [`unique_namespace`]. Set `REGISTRY_TEST_ETCD_ENDPOINTS`
-//!   (comma-separated URLs) to use an existing etcd instead; tests stay isolated by namespace,
+//!   binary, each test in its own [`unique_key_prefix`]. Set `REGISTRY_TEST_ETCD_ENDPOINTS`
+//!   (comma-separated URLs) to use an existing etcd instead; tests stay isolated by key prefix,
 //!   so sharing it is safe.
 //!
 //! The etcd binary is `$ETCD_BIN`, else `<workspace>/.tools/etcd/etcd` (installed by
@@ -52,7 +52,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const ENDPOINTS_ENV: &str = "REGISTRY_TEST_ETCD_ENDPOINTS";
 
 /// A key prefix no other test (of this or another process) uses: `registry-test/<label>/<pid>-<time>-<n>/`.
-pub fn unique_namespace(label: &str) -> String {
+pub fn unique_key_prefix(label: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = SystemTime::now()
@@ -66,7 +66,7 @@ pub fn unique_namespace(label: &str) -> String {
 /// if set, else one [`EtcdServer`] started on first use and killed when the process exits.
 ///
 /// Use a fresh [`EtcdRegistry`] per test (one per tokio runtime) with a
-/// [`unique_namespace`]; only the server is shared.
+/// [`unique_key_prefix`]; only the server is shared.
 pub fn shared_endpoints() -> io::Result<Vec<String>> {
     if let Some(endpoints) = endpoints_from_env() {
         return Ok(endpoints);
@@ -92,12 +92,12 @@ pub fn endpoints_from_env() -> Option<Vec<String>> {
     (!endpoints.is_empty()).then_some(endpoints)
 }
 
-/// A registry on the shared etcd ([`shared_endpoints`]) in a fresh [`unique_namespace`] of
+/// A registry on the shared etcd ([`shared_endpoints`]) under a fresh [`unique_key_prefix`] of
 /// `label`: what most tests want.
 pub async fn isolated_registry(label: &str) -> io::Result<EtcdRegistry> {
     let endpoints = shared_endpoints()?;
     EtcdRegistry::builder(endpoints)
-        .namespace(unique_namespace(label))
+        .key_prefix(unique_key_prefix(label))
         .connect()
         .await
         .map_err(io::Error::other)

@@ -1,9 +1,9 @@
 //! The key prefix that isolates one registry's keys from every other user of the same etcd.
 //!
 //! etcd-client has prefix wrappers for KV and leases but none for watches, so the backend applies
-//! the namespace itself, in one place: every key, range, delete and watch goes through
-//! [`Namespace::key`] or [`Namespace::range`], and every key coming back through
-//! [`Namespace::strip`].
+//! the key prefix itself, in one place: every key, range, delete and watch goes through
+//! [`KeyPrefix::key`] or [`KeyPrefix::range`], and every key coming back through
+//! [`KeyPrefix::strip`].
 
 use registry_api::limits::prefix_end;
 use registry_api::Bytes;
@@ -13,14 +13,14 @@ const ALL_KEYS: u8 = 0;
 
 /// A byte prefix prepended to every key sent and stripped from every key received.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Namespace {
+pub(crate) struct KeyPrefix {
     prefix: Vec<u8>,
 }
 
-impl Namespace {
-    /// A namespace of `prefix`; an empty prefix is the whole keyspace.
+impl KeyPrefix {
+    /// A key prefix of `prefix`; an empty prefix is the whole keyspace.
     pub(crate) fn new(prefix: impl Into<Vec<u8>>) -> Self {
-        Namespace {
+        KeyPrefix {
             prefix: prefix.into(),
         }
     }
@@ -39,7 +39,7 @@ impl Namespace {
     }
 
     /// The etcd `(key, range_end)` covering every caller key under `prefix`. An empty `prefix`
-    /// covers the whole namespace (the whole keyspace when the namespace is empty too).
+    /// covers the whole key prefix (the whole keyspace when the key prefix is empty too).
     pub(crate) fn range(&self, prefix: &[u8]) -> (Vec<u8>, Vec<u8>) {
         let start = self.key(prefix);
         match prefix_end(&start) {
@@ -50,13 +50,13 @@ impl Namespace {
         }
     }
 
-    /// The caller's key for an etcd key, or `None` when the key lies outside the namespace
-    /// (a lease can hold keys of other namespaces; they are not ours to show).
+    /// The caller's key for an etcd key, or `None` when the key lies outside the key prefix
+    /// (a lease can hold keys under other key prefixes; they are not ours to show).
     pub(crate) fn strip(&self, key: &[u8]) -> Option<Vec<u8>> {
         key.strip_prefix(self.prefix.as_slice()).map(<[u8]>::to_vec)
     }
 
-    /// [`Namespace::strip`] for a key the caller owns: the result shares its buffer, no copy.
+    /// [`KeyPrefix::strip`] for a key the caller owns: the result shares its buffer, no copy.
     pub(crate) fn strip_owned(&self, key: Vec<u8>) -> Option<Bytes> {
         key.starts_with(&self.prefix)
             .then(|| Bytes::from(key).slice(self.prefix.len()..))
@@ -69,7 +69,7 @@ mod tests {
 
     #[test]
     fn keys_are_prefixed_and_stripped() {
-        let ns = Namespace::new("app/");
+        let ns = KeyPrefix::new("app/");
         assert_eq!(ns.key(b"svc/a"), b"app/svc/a".to_vec());
         assert_eq!(ns.strip(b"app/svc/a"), Some(b"svc/a".to_vec()));
         assert_eq!(ns.strip(b"other/svc/a"), None);
@@ -81,8 +81,8 @@ mod tests {
     }
 
     #[test]
-    fn ranges_stay_inside_the_namespace() {
-        let ns = Namespace::new("app/");
+    fn ranges_stay_inside_the_key_prefix() {
+        let ns = KeyPrefix::new("app/");
         assert_eq!(
             ns.range(b"svc/"),
             (b"app/svc/".to_vec(), b"app/svc0".to_vec())
@@ -91,8 +91,8 @@ mod tests {
     }
 
     #[test]
-    fn the_empty_namespace_is_the_whole_keyspace() {
-        let ns = Namespace::default();
+    fn the_empty_key_prefix_is_the_whole_keyspace() {
+        let ns = KeyPrefix::default();
         assert_eq!(ns.key(b"k"), b"k".to_vec());
         assert_eq!(ns.range(b""), (vec![0], vec![0]));
         assert_eq!(ns.range(&[0xff]), (vec![0xff], vec![0]));
