@@ -182,12 +182,13 @@ impl Gateway {
     /// against the node; anything else (an answer, or an application error) shows it is alive.
     async fn attempt(&self, node: Pick, request: HelloRequest) -> Result<HelloReply, Status> {
         let result = self.call(&node, request).await;
-        match &result {
-            Err(status) if is_node_failure(status) => node.failure(),
-            _ => {
-                tracing::info!(node = %node.id, address = %node.address, "call served");
-                node.success();
-            }
+        let failed = matches!(&result, Err(status) if is_node_failure(status));
+        crate::metrics::record_pick(&node.service, &node.id, !failed);
+        if failed {
+            node.failure();
+        } else {
+            tracing::info!(node = %node.id, address = %node.address, "call served");
+            node.success();
         }
         result
     }

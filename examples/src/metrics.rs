@@ -9,9 +9,12 @@
 use crate::BoxError;
 use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use registry_service::{Discovery, DiscoveryEvent, Registration, RegistrationState, Status};
+use registry_service::{
+    Discovery, DiscoveryEvent, Picker, Registration, RegistrationState, ServiceInstance, Status,
+};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -114,6 +117,74 @@ fn describe() {
         "registry_discovery_events_total",
         "Changes the discovery cache applied, by kind (added, updated, removed)"
     );
+    describe_counter!(
+        "registry_balancer_picks_total",
+        "Calls the balancer sent to a node, by outcome (success, failure)"
+    );
+    describe_gauge!(
+        "registry_balancer_in_flight",
+        "Calls picked on a node and not finished yet"
+    );
+    describe_gauge!(
+        "registry_balancer_ejected",
+        "1 while the balancer leaves a node out after consecutive failures, else 0"
+    );
+    describe_counter!(
+        "registry_balancer_ejections_total",
+        "Times the balancer ejected a node"
+    );
+    describe_gauge!(
+        "registry_balancer_latency_seconds",
+        Unit::Seconds,
+        "The balancer's peak-EWMA latency estimate of a node"
+    );
+}
+
+/// Counts one forwarded call on `node` of `service` by its outcome (a no-op while no metrics
+/// recorder is installed, so callers need not check).
+pub fn record_pick(service: &str, node: &str, success: bool) {
+    let outcome = if success { "success" } else { "failure" };
+    counter!(
+        "registry_balancer_picks_total",
+        "service" => service.to_owned(),
+        "instance" => node.to_owned(),
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
+/// Samples `picker`'s view of every node `nodes` lists into the `registry_balancer_*`
+/// series, labelled with `service` and the node's id.
+pub fn observe_picker(
+    service: &str,
+    picker: Picker,
+    nodes: impl Fn() -> Arc<[ServiceInstance]> + Send + 'static,
+) -> MetricsTasks {
+    let service = service.to_owned();
+    let sampler = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for node in nodes().iter() {
+                let labels = [("service", service.clone()), ("instance", node.id.clone())];
+                gauge!("registry_balancer_in_flight", &labels)
+                    .set(picker.in_flight(&node.id) as f64);
+                let ejected = if picker.is_ejected(&node.id) {
+                    1.0
+                } else {
+                    0.0
+                };
+                gauge!("registry_balancer_ejected", &labels).set(ejected);
+                counter!("registry_balancer_ejections_total", &labels)
+                    .absolute(u64::from(picker.times_ejected(&node.id)));
+                if let Some(latency) = picker.latency(&node.id) {
+                    gauge!("registry_balancer_latency_seconds", &labels).set(latency.as_secs_f64());
+                }
+            }
+        }
+    });
+    MetricsTasks(vec![sampler])
 }
 
 fn unix_seconds() -> f64 {

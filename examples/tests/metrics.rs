@@ -160,7 +160,7 @@ async fn hello_service_and_gateway_export_registration_and_discovery_series() {
         ],
     );
     let gateway_metrics = gateway.wait_line("metrics on").await;
-    gateway.wait_line("listening on").await;
+    let gateway_address = gateway.wait_line("listening on").await;
 
     // After the registration.
     let node_labels = [("service", "hello"), ("instance", "m1")];
@@ -248,6 +248,60 @@ async fn hello_service_and_gateway_export_registration_and_discovery_series() {
     );
     let revision = value(&text, "registry_discovery_revision", &service).expect("a revision");
     assert!(revision > 1.0, "{text}");
+
+    // Three calls through the gateway: the balancer's series for the node.
+    let channel = registry_examples::gateway::endpoint(&gateway_address)
+        .expect("an address")
+        .connect_lazy();
+    let mut client = registry_examples::proto::greeter_client::GreeterClient::new(channel);
+    for _ in 0..3 {
+        timeout(
+            Duration::from_secs(5),
+            client.say_hello(registry_examples::proto::HelloRequest {
+                name: "metrics".into(),
+            }),
+        )
+        .await
+        .expect("the gateway answers")
+        .expect("the call succeeds");
+    }
+    let balancer = [("service", "hello"), ("instance", "m1")];
+    let text = wait_for(
+        &gateway_metrics,
+        "the balancer's view of the node",
+        |text| value(text, "registry_balancer_in_flight", &balancer).is_some(),
+    )
+    .await;
+    assert_eq!(
+        value(
+            &text,
+            "registry_balancer_picks_total",
+            &[
+                ("service", "hello"),
+                ("instance", "m1"),
+                ("outcome", "success")
+            ]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "registry_balancer_in_flight", &balancer),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&text, "registry_balancer_ejected", &balancer),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&text, "registry_balancer_ejections_total", &balancer),
+        Some(0.0)
+    );
+    assert!(
+        value(&text, "registry_balancer_latency_seconds", &balancer)
+            .is_some_and(|seconds| seconds > 0.0 && seconds < 5.0),
+        "{text}"
+    );
 
     // A lease loss: the node's lease is revoked behind its back; it registers again.
     let lease = registry

@@ -130,6 +130,12 @@ async fn run(args: Args) -> Result<(), BoxError> {
         }
         None => Gateway::new(discovery, options),
     };
+    let _balancer_metrics = _metrics.is_some().then(|| {
+        let nodes = gateway.clone();
+        metrics::observe_picker(&args.service, gateway.picker().clone(), move || {
+            nodes.nodes()
+        })
+    });
 
     let listener = TcpListener::bind(args.listen).await?;
     println!("listening on {}", listener.local_addr()?);
