@@ -1,22 +1,24 @@
 //! The whole service-layer suite on the simulator, on virtual time: one named test per
-//! scenario, a fresh store per scenario, every fault native except the partition of one client,
-//! which goes through the suite's [`Links`]. The same suite again over the store seen through a
-//! second, never-cut layer of links: the suite runs over a wrapper as over the backend.
+//! scenario, a fresh store per scenario, every fault native (a partition is the simulator's own
+//! per-client link). The same suite again with every client seen through the wrappers of
+//! `registry_api::wrap` (`KeyPrefix` over `Counting` over the client's link): the suite runs over
+//! a wrapped backend as over the backend itself.
 
 use async_trait::async_trait;
+use registry_api::wrap::{Counting, KeyPrefix};
 use registry_api::{LeaseId, Registry};
-use registry_conformance::service::{Links, ServiceBackend, ServiceCapabilities};
+use registry_conformance::service::{ServiceBackend, ServiceCapabilities};
 use registry_memory::MemoryRegistry;
 use std::sync::{Arc, OnceLock};
 
 /// One store per scenario, created on the first client call (so on the scenario's paused
-/// clock), shared by every named client, each behind its own link.
+/// clock), shared by every named client, each on its own link.
 #[derive(Debug, Default)]
 struct Simulator {
     store: OnceLock<MemoryRegistry>,
-    links: Links,
-    /// A second layer of links over every client, never cut.
-    wrapped: Option<Links>,
+    /// Every client behind a key prefix over a request counter, when set.
+    wrapped: bool,
+    counting: Counting,
 }
 
 impl Simulator {
@@ -28,11 +30,11 @@ impl Simulator {
 #[async_trait]
 impl ServiceBackend for Simulator {
     async fn client(&self, name: &str) -> Arc<dyn Registry> {
-        let store: Arc<dyn Registry> = Arc::new(self.store().clone());
-        let client = self.links.wrap(name, store);
-        match &self.wrapped {
-            Some(outer) => outer.wrap(name, client),
-            None => client,
+        let client = self.store().client(name);
+        if self.wrapped {
+            Arc::new(KeyPrefix::new(self.counting.wrap(client), "wrapped/"))
+        } else {
+            Arc::new(client)
         }
     }
 
@@ -41,7 +43,12 @@ impl ServiceBackend for Simulator {
     }
 
     async fn partition(&self, name: &str, cut: bool) {
-        self.links.cut(name, cut);
+        let link = self.store().link(name);
+        if cut {
+            link.partition();
+        } else {
+            link.heal();
+        }
     }
 
     async fn outage(&self, down: bool) {
@@ -60,13 +67,13 @@ fn simulator() -> Simulator {
 
 registry_conformance::service_suite!(simulator);
 
-/// The suite over the simulator behind a pass-through wrapper.
-mod over_a_wrapper {
+/// The suite over the simulator behind `KeyPrefix` over `Counting` over each client's link.
+mod over_the_wrappers {
     use super::*;
 
     fn wrapped_simulator() -> Simulator {
         Simulator {
-            wrapped: Some(Links::new()),
+            wrapped: true,
             ..Simulator::default()
         }
     }
