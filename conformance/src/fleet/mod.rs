@@ -36,7 +36,7 @@ pub use search::{run_seed, search, search_test, SearchReport, SEEDS_VAR, SEED_VA
 /// in `REGISTRY_FLEET_SEED` when it is set. It prints the wall time; a failing seed panics with
 /// the seed, what broke, its fault plan and the replay command.
 ///
-/// ```ignore
+/// ```text
 /// registry_conformance::fleet_search!(simulator, seeds = 1000);
 /// // or with other options:
 /// registry_conformance::fleet_search!(simulator, seeds = 200, options = my_options());
