@@ -114,8 +114,22 @@ fn describe() {
         "Times the discovery cache became synced again after losing its watch"
     );
     describe_counter!(
+        "registry_discovery_watch_restarts_total",
+        "Times the discovery cache's watch failed (unavailable, compacted, stalled, ...) and restarted"
+    );
+    describe_counter!(
         "registry_discovery_events_total",
         "Changes the discovery cache applied, by kind (added, updated, removed)"
+    );
+    describe_gauge!(
+        "registry_registration_keep_alive_round_trip_seconds",
+        Unit::Seconds,
+        "How long the last successful keep-alive (or grant) took to be answered"
+    );
+    describe_gauge!(
+        "registry_registration_lease_remaining_seconds",
+        Unit::Seconds,
+        "Seconds until the lease runs out unless a keep-alive succeeds first"
     );
     describe_counter!(
         "registry_balancer_picks_total",
@@ -223,6 +237,29 @@ pub fn observe_registration(
         ("service", service.to_owned()),
         ("instance", instance.to_owned()),
     ];
+    let reader = registration.status_reader();
+    let sampled = labels.clone();
+    let sampler = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let status = reader.status();
+            if let Some(round_trip) = status.last_keep_alive_round_trip {
+                gauge!(
+                    "registry_registration_keep_alive_round_trip_seconds",
+                    &sampled
+                )
+                .set(round_trip.as_secs_f64());
+            }
+            let remaining = status.lease_deadline.map_or(0.0, |deadline| {
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64()
+            });
+            gauge!("registry_registration_lease_remaining_seconds", &sampled).set(remaining);
+        }
+    });
     // Created at zero, so a scrape shows the series before anything went wrong.
     counter!("registry_registration_lease_losses_total", &labels).absolute(0);
     counter!("registry_registration_reregistrations_total", &labels).absolute(0);
@@ -275,7 +312,7 @@ pub fn observe_registration(
             }
         }
     });
-    MetricsTasks(vec![task])
+    MetricsTasks(vec![task, sampler])
 }
 
 /// Follows `discovery` into the `registry_discovery_*` series, labelled with its service.
@@ -299,12 +336,12 @@ pub fn observe_discovery(discovery: &Discovery) -> MetricsTasks {
     let discovery = discovery.clone();
     let labels = [("service", service)];
     counter!("registry_discovery_resyncs_total", &labels).absolute(0);
+    counter!("registry_discovery_watch_restarts_total", &labels).absolute(0);
     let sampler = tokio::spawn(async move {
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let started = Instant::now();
         let mut last_synced: Option<Instant> = None;
-        let mut was_synced = false;
         loop {
             tick.tick().await;
             let mut by_status =
@@ -328,12 +365,11 @@ pub fn observe_discovery(discovery: &Discovery) -> MetricsTasks {
             gauge!("registry_discovery_synced", &labels).set(if synced { 1.0 } else { 0.0 });
             let now = Instant::now();
             if synced {
-                if !was_synced && last_synced.is_some() {
-                    counter!("registry_discovery_resyncs_total", &labels).increment(1);
-                }
                 last_synced = Some(now);
             }
-            was_synced = synced;
+            counter!("registry_discovery_resyncs_total", &labels).absolute(discovery.resyncs());
+            counter!("registry_discovery_watch_restarts_total", &labels)
+                .absolute(discovery.watch_restarts());
             let staleness = match (synced, last_synced) {
                 (true, _) => 0.0,
                 (false, Some(at)) => now.duration_since(at).as_secs_f64(),

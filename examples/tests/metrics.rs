@@ -196,6 +196,29 @@ async fn hello_service_and_gateway_export_registration_and_discovery_series() {
         ),
         Some(0.0)
     );
+    let text = wait_for(&node_metrics, "the keep-alive timing", |text| {
+        value(
+            text,
+            "registry_registration_keep_alive_round_trip_seconds",
+            &node_labels,
+        )
+        .is_some()
+    })
+    .await;
+    let round_trip = value(
+        &text,
+        "registry_registration_keep_alive_round_trip_seconds",
+        &node_labels,
+    )
+    .expect("a round trip");
+    assert!((0.0..2.0).contains(&round_trip), "{text}");
+    let remaining = value(
+        &text,
+        "registry_registration_lease_remaining_seconds",
+        &node_labels,
+    )
+    .expect("the lease's time left");
+    assert!(remaining > 0.0 && remaining <= 2.0, "{text}");
     let changed = value(
         &text,
         "registry_registration_state_changed_timestamp_seconds",
@@ -367,6 +390,11 @@ async fn hello_service_and_gateway_export_registration_and_discovery_series() {
     assert_eq!(
         value(&text, "registry_discovery_staleness_seconds", &service),
         Some(0.0)
+    );
+    assert!(
+        value(&text, "registry_discovery_watch_restarts_total", &service)
+            .is_some_and(|restarts| restarts >= 1.0),
+        "the reset watch counts as a restart: {text}"
     );
     assert!(
         value(&text, "registry_discovery_revision", &service).is_some_and(|r| r >= revision),

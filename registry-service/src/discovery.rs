@@ -199,6 +199,7 @@ struct Shared {
     service: String,
     store: Store<ServiceInstance>,
     malformed: Arc<AtomicU64>,
+    counters: Arc<task::Counters>,
     stop: watch::Sender<bool>,
 }
 
@@ -268,12 +269,15 @@ impl Discovery {
         let service = layout.service().to_owned();
         let (writer, store) = store::store(options.capacity);
         let malformed = Arc::new(AtomicU64::new(0));
+        let counters = Arc::new(task::Counters::default());
         let (stop, stopped) = watch::channel(false);
         let feed = task::Feed {
             watcher: watcher(registry, layout.prefix(), options.watcher_config()),
             writer,
             layout,
             malformed: malformed.clone(),
+            counters: counters.clone(),
+            listed: false,
         };
         let span = tracing::info_span!("discovery", service = %service);
         runtime.spawn(tracing::Instrument::instrument(feed.run(stopped), span));
@@ -282,6 +286,7 @@ impl Discovery {
                 service,
                 store,
                 malformed,
+                counters,
                 stop,
             }),
         })
@@ -418,6 +423,19 @@ impl Discovery {
     /// How many malformed values have been skipped.
     pub fn malformed(&self) -> u64 {
         self.shared.malformed.load(Ordering::Relaxed)
+    }
+
+    /// How many times the watch failed and was restarted (unavailable, compacted, cancelled,
+    /// ended, stalled or behind): each one is followed by a re-list, or by a fresh watch where
+    /// the backend cannot be asked for progress.
+    pub fn watch_restarts(&self) -> u64 {
+        self.shared.counters.watch_restarts.load(Ordering::Relaxed)
+    }
+
+    /// How many times the cache was synced again (listed and watching) after its first sync:
+    /// each recovery from a failed watch counts once.
+    pub fn resyncs(&self) -> u64 {
+        self.shared.counters.resyncs.load(Ordering::Relaxed)
     }
 
     /// True when both handles share one store and watch.

@@ -48,7 +48,7 @@ pub use pick::{
 };
 pub use registration::{
     Registrar, RegistrarOptions, Registration, RegistrationOptions, RegistrationState,
-    RegistrationStatus,
+    RegistrationStatus, RegistrationStatusReader,
 };
 pub use store::{store, Snapshot, Store, StoreEvent, StoreStatus};
 pub use watcher::{watcher, Change, Watcher, WatcherConfig, WatcherEvent};

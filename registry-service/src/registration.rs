@@ -108,6 +108,8 @@ pub struct RegistrationStatus {
     /// When the last keep-alive (or grant) of the lease that succeeded was *sent*: the server
     /// renewed the lease no earlier, so it lives at least until `lease_deadline`.
     pub last_keep_alive: Option<Instant>,
+    /// How long the last successful keep-alive (or grant) took from sending to its answer.
+    pub last_keep_alive_round_trip: Option<Duration>,
     /// `last_keep_alive` + the granted TTL: when the server deletes the instance if no
     /// keep-alive succeeds before (and when the registration declares the lease lost).
     pub lease_deadline: Option<Instant>,
@@ -218,6 +220,8 @@ pub(crate) struct LeaseClock {
     /// Nanoseconds from `epoch` to when the last good keep-alive was sent, plus one; 0: none.
     last_ok: AtomicU64,
     ttl_nanos: AtomicU64,
+    /// Nanoseconds from sending the last good keep-alive (or grant) to its answer, plus one.
+    round_trip: AtomicU64,
 }
 
 impl LeaseClock {
@@ -226,6 +230,20 @@ impl LeaseClock {
             epoch,
             last_ok: AtomicU64::new(0),
             ttl_nanos: AtomicU64::new(0),
+            round_trip: AtomicU64::new(0),
+        }
+    }
+
+    /// Records how long the last good keep-alive (or grant) took to be answered.
+    pub(crate) fn answered_after(&self, round_trip: Duration) {
+        let nanos = u64::try_from(round_trip.as_nanos()).unwrap_or(u64::MAX - 1);
+        self.round_trip.store(nanos + 1, Ordering::Relaxed);
+    }
+
+    fn round_trip(&self) -> Option<Duration> {
+        match self.round_trip.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(Duration::from_nanos(n - 1)),
         }
     }
 
@@ -254,6 +272,49 @@ impl LeaseClock {
         let sent = self.epoch + Duration::from_nanos(last - 1);
         let ttl = Duration::from_nanos(self.ttl_nanos.load(Ordering::Relaxed));
         Some((sent, sent.checked_add(ttl).unwrap_or(sent)))
+    }
+}
+
+/// Reads a [`Registration`]'s [`status`](Registration::status) from anywhere; see
+/// [`Registration::status_reader`]. Once the registration is dropped it reports
+/// [`RegistrationState::Deregistered`].
+#[derive(Clone, Debug)]
+pub struct RegistrationStatusReader {
+    state: watch::Receiver<RegistrationState>,
+    shared: Arc<Shared>,
+}
+
+impl RegistrationStatusReader {
+    /// The registration's status now.
+    pub fn status(&self) -> RegistrationStatus {
+        status_of(&self.state, &self.shared)
+    }
+}
+
+fn status_of(state: &watch::Receiver<RegistrationState>, shared: &Shared) -> RegistrationStatus {
+    let state = state.borrow().clone();
+    let details = shared.details();
+    let registered = matches!(state, RegistrationState::Registered { .. });
+    let timing = if registered {
+        shared.clock.read()
+    } else {
+        None
+    };
+    RegistrationStatus {
+        status: details.status,
+        lease: if registered { details.lease } else { None },
+        revision: if registered { details.revision } else { None },
+        last_keep_alive: timing.map(|(sent, _)| sent),
+        last_keep_alive_round_trip: if registered {
+            shared.clock.round_trip()
+        } else {
+            None
+        },
+        lease_deadline: timing.map(|(_, deadline)| deadline),
+        lease_losses: details.lease_losses,
+        re_registrations: details.re_registrations,
+        last_error: details.last_error.clone(),
+        state,
     }
 }
 
@@ -386,24 +447,15 @@ impl Registration {
 
     /// The state with the lease's timing, the counters and the last error.
     pub fn status(&self) -> RegistrationStatus {
-        let state = self.state();
-        let details = self.shared.details();
-        let registered = matches!(state, RegistrationState::Registered { .. });
-        let timing = if registered {
-            self.shared.clock.read()
-        } else {
-            None
-        };
-        RegistrationStatus {
-            status: details.status,
-            lease: if registered { details.lease } else { None },
-            revision: if registered { details.revision } else { None },
-            last_keep_alive: timing.map(|(sent, _)| sent),
-            lease_deadline: timing.map(|(_, deadline)| deadline),
-            lease_losses: details.lease_losses,
-            re_registrations: details.re_registrations,
-            last_error: details.last_error.clone(),
-            state,
+        status_of(&self.state, &self.shared)
+    }
+
+    /// A cheap, cloneable reader of [`status`](Self::status) that does not keep the
+    /// registration alive: for a metrics sampler or a health endpoint on another task.
+    pub fn status_reader(&self) -> RegistrationStatusReader {
+        RegistrationStatusReader {
+            state: self.state.clone(),
+            shared: self.shared.clone(),
         }
     }
 

@@ -426,3 +426,30 @@ async fn another_clients_layout_plugs_in() {
         .unwrap_err();
     assert!(matches!(timed_out, Error::Timeout { .. }), "{timed_out}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn watch_restarts_and_resyncs_are_counted() {
+    let memory = MemoryRegistry::new();
+    let registry: Arc<dyn Registry> = Arc::new(memory.clone());
+    let _a = register(&registry, "a").await;
+    let client: Arc<dyn Registry> = Arc::new(memory.client("cache"));
+    let discovery = Discovery::start(client, "hello", options()).unwrap();
+    discovery.wait_synced().await;
+    assert_eq!((discovery.watch_restarts(), discovery.resyncs()), (0, 0));
+
+    memory.link("cache").partition();
+    settle(Duration::from_secs(5)).await;
+    assert!(!discovery.is_synced());
+    let restarts = discovery.watch_restarts();
+    assert!(restarts >= 1, "the cut watch counts: {restarts}");
+    assert_eq!(discovery.resyncs(), 0, "not synced again yet");
+
+    memory.link("cache").heal();
+    discovery.wait_synced().await;
+    assert_eq!(discovery.resyncs(), 1);
+    assert_eq!(
+        discovery.watch_restarts(),
+        restarts,
+        "the list after healing worked"
+    );
+}

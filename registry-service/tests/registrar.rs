@@ -530,3 +530,36 @@ async fn recovery_after_a_long_outage_is_within_the_documented_bound() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_status_carries_the_last_keep_alive_round_trip_and_a_reader_sees_it() {
+    let memory = MemoryRegistry::new();
+    let link = memory.link("slow");
+    link.set_call_latency(registry_api::wrap::Latency::Fixed(Duration::from_millis(
+        30,
+    )));
+    let client: Arc<dyn Registry> = Arc::new(memory.client("slow"));
+    let registration = Registration::start(client, hello("a"), options())
+        .await
+        .unwrap();
+    let reader = registration.status_reader();
+    // The grant's answer came 30 ms after it was sent (the put after it, another 30 ms).
+    assert_eq!(
+        reader.status().last_keep_alive_round_trip,
+        Some(Duration::from_millis(30))
+    );
+    link.set_call_latency(registry_api::wrap::Latency::Fixed(Duration::from_millis(
+        70,
+    )));
+    settle(TTL / 3 + Duration::from_millis(100)).await;
+    let status = reader.status();
+    assert_eq!(
+        status.last_keep_alive_round_trip,
+        Some(Duration::from_millis(70)),
+        "{status:?}"
+    );
+    drop(registration);
+    settle(Duration::from_millis(200)).await;
+    assert_eq!(reader.status().state, RegistrationState::Deregistered);
+    assert_eq!(reader.status().last_keep_alive_round_trip, None);
+}

@@ -15,6 +15,16 @@ pub(super) struct Feed {
     pub(super) writer: Writer<ServiceInstance>,
     pub(super) layout: Arc<dyn InstanceLayout>,
     pub(super) malformed: Arc<AtomicU64>,
+    pub(super) counters: Arc<Counters>,
+    /// The first list is done.
+    pub(super) listed: bool,
+}
+
+/// What the feed counts for the handles (and metrics) to read.
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub(super) watch_restarts: AtomicU64,
+    pub(super) resyncs: AtomicU64,
 }
 
 impl Feed {
@@ -46,9 +56,17 @@ impl Feed {
                     .collect();
                 self.writer.apply(revision, updates);
             }
-            WatcherEvent::Synced { revision } => self.writer.synced(revision),
+            WatcherEvent::Synced { revision } => {
+                // Every list the watcher makes ends with `Synced`; the first is no resync.
+                if self.listed {
+                    self.counters.resyncs.fetch_add(1, Ordering::Relaxed);
+                }
+                self.listed = true;
+                self.writer.synced(revision);
+            }
             WatcherEvent::Progress { revision } => self.writer.progress(revision),
             WatcherEvent::Failed { error, retry_in } => {
+                self.counters.watch_restarts.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%error, ?retry_in, "discovery is stale until the next list");
                 self.writer.failed(error);
             }

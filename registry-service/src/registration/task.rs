@@ -774,6 +774,7 @@ impl<'r> Task<'r> {
                         };
                         *deadline = round.renewed;
                         s.clock.store(round.stored);
+                        s.clock.answered_after(Duration::ZERO);
                         let next = round.next;
                         self.tokens += 1;
                         s.timer = self.tokens;
@@ -922,6 +923,8 @@ impl<'r> Task<'r> {
                         };
                         s.needs_put = false;
                         s.clock.renewed(sent_at, ttl);
+                        s.clock
+                            .answered_after(self.now.saturating_duration_since(sent_at));
                         s.members.clone()
                     }
                     None => return,
@@ -991,6 +994,8 @@ impl<'r> Task<'r> {
             Ok(_) => {
                 *deadline = sent_at.checked_add(ttl).unwrap_or(*deadline);
                 s.clock.renewed(sent_at, ttl);
+                s.clock
+                    .answered_after(now.saturating_duration_since(sent_at));
                 self.flush_puts(slot);
             }
             Err(Error::LeaseNotFound(_)) => {
