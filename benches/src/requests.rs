@@ -1,4 +1,4 @@
-//! (f) What each registered instance costs the server: requests per instance-hour at TTL 10 s.
+//! (h) What each registered instance costs the server: requests per instance-hour at TTL 10 s.
 //!
 //! N registrations (1, 100, 1,000) go through one [`Registrar`] over a registry wrapped in a
 //! counter of calls by kind, each with its own lease and then all on one shared lease. After
@@ -211,7 +211,7 @@ pub(crate) fn simulator(quick: bool) -> Report {
             {
                 Ok(runtime) => runtime,
                 Err(e) => {
-                    report.note(format!("(f) no runtime: {e}"));
+                    report.note(format!("(h) no runtime: {e}"));
                     return report;
                 }
             };
@@ -225,7 +225,7 @@ pub(crate) fn simulator(quick: bool) -> Report {
             });
             match outcome {
                 Ok(cost) => row(&mut report, "simulator", "a virtual hour", n, shared, cost),
-                Err(e) => report.note(format!("(f) simulator, {n}: {e}")),
+                Err(e) => report.note(format!("(h) simulator, {n}: {e}")),
             }
         }
     }
@@ -248,7 +248,7 @@ pub(crate) async fn etcd(endpoint: String, quick: bool) -> Report {
             {
                 Ok(registry) => registry,
                 Err(e) => {
-                    report.note(format!("(f) etcd connect: {e}"));
+                    report.note(format!("(h) etcd connect: {e}"));
                     return report;
                 }
             };
@@ -257,10 +257,10 @@ pub(crate) async fn etcd(endpoint: String, quick: bool) -> Report {
                 inner: Arc::new(registry),
                 counts: counts.clone(),
             });
-            eprintln!("(f) etcd: {n} registration(s), shared lease {shared}, {label}");
+            eprintln!("(h) etcd: {n} registration(s), shared lease {shared}, {label}");
             match measure(counted, &counts, n, shared, stretch).await {
                 Ok(cost) => row(&mut report, "etcd", &label, n, shared, cost),
-                Err(e) => report.note(format!("(f) etcd, {n}: {e}")),
+                Err(e) => report.note(format!("(h) etcd, {n}: {e}")),
             }
         }
     }

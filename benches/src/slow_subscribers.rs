@@ -1,4 +1,4 @@
-//! (f) Memory of slow subscribers: 1,000 discovery subscribers that never read while 10,000
+//! (g) Memory of slow subscribers: 1,000 discovery subscribers that never read while 10,000
 //! changes flow, against one fast reader alone, and against unbounded per-subscriber queues
 //! (what discovery did before its subscriptions were bounded).
 //!
@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const PART: &str = "f";
+const PART: &str = "g";
 const INSTANCES: usize = 100;
 
 struct Scale {
@@ -222,7 +222,7 @@ fn run_scenario(name: &str, quick: bool) -> Report {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            report.note(format!("(f) no runtime: {e}"));
+            report.note(format!("(g) no runtime: {e}"));
             return report;
         }
     };
@@ -273,20 +273,20 @@ pub(crate) fn run(quick: bool) -> Report {
     let mut report = Report::default();
     if !procfs::reset_peak() {
         report.note(
-            "(f) the kernel refused to reset the peak RSS: growth figures include the start-up",
+            "(g) the kernel refused to reset the peak RSS: growth figures include the start-up",
         );
     }
-    eprintln!("(f) one fast reader");
+    eprintln!("(g) one fast reader");
     let fast = in_child("fast", quick);
-    eprintln!("(f) {} silent subscribers, bounded", scale.subscribers);
+    eprintln!("(g) {} silent subscribers, bounded", scale.subscribers);
     let bounded = in_child("bounded", quick);
     eprintln!(
-        "(f) {} silent subscribers, unbounded queues",
+        "(g) {} silent subscribers, unbounded queues",
         scale.subscribers
     );
     let unbounded = in_child("unbounded", quick);
     let (Some(fast), Some(bounded), Some(unbounded)) = (fast, bounded, unbounded) else {
-        report.note("(f) a scenario's process failed");
+        report.note("(g) a scenario's process failed");
         return report;
     };
 
