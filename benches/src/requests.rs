@@ -7,18 +7,14 @@
 //! lease per TTL/3 (1,080 an hour at TTL 10 s) and nothing else; what registering costs once
 //! (grant, put, and one list and watch per service) is printed beside it.
 //!
-//! The counter here is this benchmark's own small wrapper; it should give way to the shared
-//! counting wrapper of `registry-api` once that is merged.
+//! The counter is `registry_api::wrap::Counting`, which works over any backend.
 
 use crate::report::{Report, Verdict};
-use registry_api::{
-    async_trait, DeleteResponse, GetResponse, LeaseGrant, LeaseId, LeaseTimeToLive, ListOptions,
-    ListResponse, PutOptions, PutResponse, Registry, Result, Revision, WatchOptions, WatchStream,
-};
+use registry_api::wrap::{CallKind, Counting};
+use registry_api::Registry;
 use registry_etcd::EtcdRegistry;
 use registry_memory::MemoryRegistry;
 use registry_service::{Registrar, RegistrarOptions, RegistrationOptions, ServiceInstance};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,96 +24,13 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// One keep-alive per TTL/3 for an hour.
 const GOAL: f64 = 1_080.0;
 
-/// Calls by kind.
-#[derive(Debug, Default)]
-struct Counts {
-    keep_alive: AtomicU64,
-    grant: AtomicU64,
-    put: AtomicU64,
-    get: AtomicU64,
-    watch_or_list: AtomicU64,
-    other: AtomicU64,
-}
-
-impl Counts {
-    /// (keep-alives, everything else, total), and back to zero.
-    fn take(&self) -> (u64, u64, u64) {
-        let keep_alive = self.keep_alive.swap(0, Ordering::SeqCst);
-        let rest = [
-            &self.grant,
-            &self.put,
-            &self.get,
-            &self.watch_or_list,
-            &self.other,
-        ]
-        .iter()
-        .map(|c| c.swap(0, Ordering::SeqCst))
-        .sum::<u64>();
-        (keep_alive, rest, keep_alive + rest)
-    }
-}
-
-/// Forwards every call to `inner` and counts it.
-#[derive(Debug)]
-struct Counting {
-    inner: Arc<dyn Registry>,
-    counts: Arc<Counts>,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-#[async_trait]
-impl Registry for Counting {
-    async fn lease_grant(&self, ttl: i64, id: Option<LeaseId>) -> Result<LeaseGrant> {
-        bump(&self.counts.grant);
-        self.inner.lease_grant(ttl, id).await
-    }
-    async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64> {
-        bump(&self.counts.keep_alive);
-        self.inner.lease_keep_alive(id).await
-    }
-    async fn lease_revoke(&self, id: LeaseId) -> Result<Revision> {
-        bump(&self.counts.other);
-        self.inner.lease_revoke(id).await
-    }
-    async fn lease_time_to_live(&self, id: LeaseId) -> Result<LeaseTimeToLive> {
-        bump(&self.counts.other);
-        self.inner.lease_time_to_live(id).await
-    }
-    async fn leases(&self) -> Result<Vec<LeaseId>> {
-        bump(&self.counts.other);
-        self.inner.leases().await
-    }
-    async fn put(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<PutResponse> {
-        bump(&self.counts.put);
-        self.inner.put(key, value, opts).await
-    }
-    async fn get(&self, key: &[u8]) -> Result<GetResponse> {
-        bump(&self.counts.get);
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &[u8], opts: ListOptions) -> Result<ListResponse> {
-        bump(&self.counts.watch_or_list);
-        self.inner.list(prefix, opts).await
-    }
-    async fn delete(&self, key: &[u8]) -> Result<DeleteResponse> {
-        bump(&self.counts.other);
-        self.inner.delete(key).await
-    }
-    async fn delete_prefix(&self, prefix: &[u8]) -> Result<DeleteResponse> {
-        bump(&self.counts.other);
-        self.inner.delete_prefix(prefix).await
-    }
-    async fn compact(&self, revision: Revision) -> Result<Revision> {
-        bump(&self.counts.other);
-        self.inner.compact(revision).await
-    }
-    async fn watch(&self, prefix: &[u8], opts: WatchOptions) -> Result<WatchStream> {
-        bump(&self.counts.watch_or_list);
-        self.inner.watch(prefix, opts).await
-    }
+/// (keep-alives, everything else, total) since the last call, and back to zero.
+fn take(counts: &Counting) -> (u64, u64, u64) {
+    let taken = counts.snapshot();
+    counts.reset();
+    let keep_alive = taken.get(CallKind::LeaseKeepAlive);
+    let total = taken.total();
+    (keep_alive, total - keep_alive, total)
 }
 
 /// What one measurement gave.
@@ -135,7 +48,7 @@ struct Cost {
 /// live for `stretch` (virtual or real), and scales the counts to an hour.
 async fn measure(
     registry: Arc<dyn Registry>,
-    counts: &Counts,
+    counts: &Counting,
     n: usize,
     shared: bool,
     stretch: Duration,
@@ -146,7 +59,7 @@ async fn measure(
         .seed(5);
     let registrar = Registrar::new(registry, options).map_err(|e| e.to_string())?;
     let registration = RegistrationOptions::default().ttl(TTL).seed(5);
-    counts.take();
+    take(counts);
     let mut held = Vec::with_capacity(n);
     for i in 0..n {
         let instance = ServiceInstance::new(
@@ -161,9 +74,9 @@ async fn measure(
                 .map_err(|e| e.to_string())?,
         );
     }
-    let (_, _, setup) = counts.take();
+    let (_, _, setup) = take(counts);
     tokio::time::sleep(stretch).await;
-    let (keep_alives, _, total) = counts.take();
+    let (keep_alives, _, total) = take(counts);
     let scale = HOUR.as_secs_f64() / stretch.as_secs_f64() / n as f64;
     for registration in &held {
         registration.deregister().await.map_err(|e| e.to_string())?;
@@ -216,11 +129,8 @@ pub(crate) fn simulator(quick: bool) -> Report {
                 }
             };
             let outcome = runtime.block_on(async {
-                let counts = Arc::new(Counts::default());
-                let registry: Arc<dyn Registry> = Arc::new(Counting {
-                    inner: Arc::new(MemoryRegistry::new()),
-                    counts: counts.clone(),
-                });
+                let counts = Counting::new();
+                let registry: Arc<dyn Registry> = Arc::new(counts.wrap(MemoryRegistry::new()));
                 measure(registry, &counts, n, shared, HOUR).await
             });
             match outcome {
@@ -252,11 +162,8 @@ pub(crate) async fn etcd(endpoint: String, quick: bool) -> Report {
                     return report;
                 }
             };
-            let counts = Arc::new(Counts::default());
-            let counted: Arc<dyn Registry> = Arc::new(Counting {
-                inner: Arc::new(registry),
-                counts: counts.clone(),
-            });
+            let counts = Counting::new();
+            let counted: Arc<dyn Registry> = Arc::new(counts.wrap(registry));
             eprintln!("(h) etcd: {n} registration(s), shared lease {shared}, {label}");
             match measure(counted, &counts, n, shared, stretch).await {
                 Ok(cost) => row(&mut report, "etcd", &label, n, shared, cost),
@@ -279,11 +186,8 @@ mod tests {
             .build()
             .expect("runtime");
         let (separate, shared) = runtime.block_on(async {
-            let counts = Arc::new(Counts::default());
-            let registry: Arc<dyn Registry> = Arc::new(Counting {
-                inner: Arc::new(MemoryRegistry::new()),
-                counts: counts.clone(),
-            });
+            let counts = Counting::new();
+            let registry: Arc<dyn Registry> = Arc::new(counts.wrap(MemoryRegistry::new()));
             let separate = measure(registry.clone(), &counts, 20, false, HOUR)
                 .await
                 .expect("separate");

@@ -5,16 +5,13 @@
 mod common;
 
 use common::{drain, hello, settle, truth};
-use registry_api::{
-    async_trait, DeleteResponse, GetResponse, LeaseGrant, LeaseId, LeaseTimeToLive, ListOptions,
-    ListResponse, PutOptions, PutResponse, Registry, Result, Revision, WatchOptions, WatchStream,
-};
+use registry_api::wrap::{CallKind, Counting};
+use registry_api::Registry;
 use registry_memory::MemoryRegistry;
 use registry_service::{
     Backoff, Discovery, DiscoveryEvent, DiscoveryOptions, Picker, PickerOptions, Registrar,
     RegistrarOptions, Registration, RegistrationOptions, RegistrationState, Status, Strategy,
 };
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -40,108 +37,35 @@ fn discovery_options() -> DiscoveryOptions {
         .seed(11)
 }
 
-/// Counts the calls that reach a registry, by kind.
-#[derive(Debug, Default)]
-struct Counts {
-    grant: AtomicU64,
-    keep_alive: AtomicU64,
-    revoke: AtomicU64,
-    put: AtomicU64,
-    get: AtomicU64,
-    list: AtomicU64,
-    delete: AtomicU64,
-    watch: AtomicU64,
-    other: AtomicU64,
-}
-
-impl Counts {
-    /// (grant, keep-alive, revoke, put, get, list, delete, watch, other), and back to zero.
-    fn take(&self) -> [u64; 9] {
-        [
-            &self.grant,
-            &self.keep_alive,
-            &self.revoke,
-            &self.put,
-            &self.get,
-            &self.list,
-            &self.delete,
-            &self.watch,
-            &self.other,
-        ]
-        .map(|c| c.swap(0, Ordering::SeqCst))
-    }
-}
-
-#[derive(Debug)]
-struct Counting {
-    inner: Arc<dyn Registry>,
-    counts: Arc<Counts>,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::SeqCst);
-}
-
-#[async_trait]
-impl Registry for Counting {
-    async fn lease_grant(&self, ttl: i64, id: Option<LeaseId>) -> Result<LeaseGrant> {
-        bump(&self.counts.grant);
-        self.inner.lease_grant(ttl, id).await
-    }
-    async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64> {
-        bump(&self.counts.keep_alive);
-        self.inner.lease_keep_alive(id).await
-    }
-    async fn lease_revoke(&self, id: LeaseId) -> Result<Revision> {
-        bump(&self.counts.revoke);
-        self.inner.lease_revoke(id).await
-    }
-    async fn lease_time_to_live(&self, id: LeaseId) -> Result<LeaseTimeToLive> {
-        bump(&self.counts.other);
-        self.inner.lease_time_to_live(id).await
-    }
-    async fn leases(&self) -> Result<Vec<LeaseId>> {
-        bump(&self.counts.other);
-        self.inner.leases().await
-    }
-    async fn put(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<PutResponse> {
-        bump(&self.counts.put);
-        self.inner.put(key, value, opts).await
-    }
-    async fn get(&self, key: &[u8]) -> Result<GetResponse> {
-        bump(&self.counts.get);
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &[u8], opts: ListOptions) -> Result<ListResponse> {
-        bump(&self.counts.list);
-        self.inner.list(prefix, opts).await
-    }
-    async fn delete(&self, key: &[u8]) -> Result<DeleteResponse> {
-        bump(&self.counts.delete);
-        self.inner.delete(key).await
-    }
-    async fn delete_prefix(&self, prefix: &[u8]) -> Result<DeleteResponse> {
-        bump(&self.counts.other);
-        self.inner.delete_prefix(prefix).await
-    }
-    async fn compact(&self, revision: Revision) -> Result<Revision> {
-        bump(&self.counts.other);
-        self.inner.compact(revision).await
-    }
-    async fn watch(&self, prefix: &[u8], opts: WatchOptions) -> Result<WatchStream> {
-        bump(&self.counts.watch);
-        self.inner.watch(prefix, opts).await
-    }
+/// (grant, keep-alive, revoke, put, get, list, delete, watch, other) since the last call, and
+/// back to zero.
+fn take(counts: &Counting) -> [u64; 9] {
+    let taken = counts.snapshot();
+    counts.reset();
+    let kinds = [
+        CallKind::LeaseGrant,
+        CallKind::LeaseKeepAlive,
+        CallKind::LeaseRevoke,
+        CallKind::Put,
+        CallKind::Get,
+        CallKind::List,
+        CallKind::Delete,
+        CallKind::Watch,
+    ];
+    let mut by_kind = kinds.map(|kind| taken.get(kind));
+    let named: u64 = by_kind.iter().sum();
+    let other = taken.total() - named;
+    let mut all = [0; 9];
+    all[..8].swap_with_slice(&mut by_kind);
+    all[8] = other;
+    all
 }
 
 /// The simulator, and a counted client of it.
-fn counted() -> (MemoryRegistry, Arc<dyn Registry>, Arc<Counts>) {
+fn counted() -> (MemoryRegistry, Arc<dyn Registry>, Counting) {
     let memory = MemoryRegistry::new();
-    let counts = Arc::new(Counts::default());
-    let registry: Arc<dyn Registry> = Arc::new(Counting {
-        inner: Arc::new(memory.clone()),
-        counts: counts.clone(),
-    });
+    let counts = Counting::new();
+    let registry: Arc<dyn Registry> = Arc::new(counts.wrap(memory.clone()));
     (memory, registry, counts)
 }
 
@@ -205,13 +129,13 @@ async fn keep_alive_rounds_send_nothing_but_keep_alives() {
                 .unwrap(),
         );
     }
-    let [grant, _, _, put, get, list, _, watch, _] = counts.take();
+    let [grant, _, _, put, get, list, _, watch, _] = take(&counts);
     assert_eq!((grant, put, get), (5, 5, 0));
     assert_eq!((list, watch), (1, 1), "one key watch for the service");
     // One minute: 30 rounds of TTL/3 = 2 s, each one keep-alive per registration and nothing
     // else.
     settle(Duration::from_secs(60) + Duration::from_millis(1)).await;
-    assert_eq!(counts.take(), [0, 5 * 30, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(take(&counts), [0, 5 * 30, 0, 0, 0, 0, 0, 0, 0]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -258,12 +182,12 @@ async fn a_shared_lease_is_one_keep_alive_for_all_and_one_grant_after_a_loss() {
     }
     let lease = registrations[0].lease().unwrap();
     assert!(registrations.iter().all(|r| r.lease() == Some(lease)));
-    let [grant, _, _, put, ..] = counts.take();
+    let [grant, _, _, put, ..] = take(&counts);
     assert_eq!((grant, put), (1, 20));
 
     settle(Duration::from_secs(60) + Duration::from_millis(1)).await;
     assert_eq!(
-        counts.take(),
+        take(&counts),
         [0, 30, 0, 0, 0, 0, 0, 0, 0],
         "one keep-alive per round for all twenty"
     );
@@ -283,7 +207,7 @@ async fn a_shared_lease_is_one_keep_alive_for_all_and_one_grant_after_a_loss() {
     let new_lease = registrations[0].lease().unwrap();
     assert_ne!(new_lease, lease);
     assert!(registrations.iter().all(|r| r.lease() == Some(new_lease)));
-    let [grant, _, _, put, get, ..] = counts.take();
+    let [grant, _, _, put, get, ..] = take(&counts);
     // The watch shows the keys gone; one put-back finds the lease dead (the others wait for
     // the new lease), then one grant and every key put again.
     assert_eq!(
@@ -373,13 +297,13 @@ async fn an_instance_that_is_not_ready_is_never_visible() {
         .await
         .unwrap();
     assert_eq!(registration.state(), RegistrationState::WaitingForReady);
-    counts.take();
+    take(&counts);
 
     settle(Duration::from_secs(60)).await;
     assert_eq!(truth(&*registry, "hello").await, vec![]);
     assert_eq!(drain(&mut events), vec![]);
     assert_eq!(registration.lease(), None);
-    let [grant, keep_alive, _, put, ..] = counts.take();
+    let [grant, keep_alive, _, put, ..] = take(&counts);
     assert_eq!(
         (grant, keep_alive, put),
         (0, 0, 0),
