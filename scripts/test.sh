@@ -21,7 +21,10 @@ echo "== cargo clippy -D warnings" >&2
 cargo clippy --workspace --all-targets -- -D warnings
 bash scripts/install-chromium.sh
 echo "== cargo test --workspace" >&2
-cargo test --workspace "$@"
+cargo test --workspace "$@" -- --skip fleet_search
+# The seeded fleet search on its own, so that its wall time and seed count are printed.
+echo "== the seeded fleet search of the simulator" >&2
+cargo test -p registry-memory --test fleet "$@" -- --nocapture --exact fleet_search
 echo "== cargo doc -D warnings" >&2
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 echo "== the main job: the in-memory demo" >&2
