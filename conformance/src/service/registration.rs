@@ -240,9 +240,11 @@ pub(crate) async fn revoked_lease_is_replaced_with_the_latest_metadata(
         DiscoveryEvent::Added(updated.clone()),
         "after re-registering"
     );
+    // The cache can show the put before the registration has its answer: wait for that.
     let lease = registration
-        .lease()
-        .ok_or("no lease after re-registering")?;
+        .wait_registered(cx.allowance())
+        .await
+        .map_err(|e| format!("no lease after re-registering: {e}"))?;
     ensure!(lease != old, "re-registered on the revoked lease {old:?}");
     let kv = cx.stored("a").await?.ok_or("the key is not back")?;
     ensure_eq!(kv.lease, Some(lease), "the lease of the key put back");
