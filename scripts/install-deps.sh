@@ -29,7 +29,9 @@ etcd_ok() {
 from_trixie() {
   local mirror apt work
   mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-  [ -n "$mirror" ] || mirror="http://deb.debian.org/debian"
+  # Else the first mirror of the one-line format; the machine's own configuration either way.
+  [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' /etc/apt/sources.list 2>/dev/null || true)
+  [ -n "$mirror" ] || { echo "no Debian mirror in the machine's apt configuration" >&2; return 1; }
   apt="$tools/apt"; work="$tools/debs"
   rm -rf "$apt" "$work"; mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$work"
   echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror trixie main" > "$apt/sources.list"

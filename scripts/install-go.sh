@@ -42,7 +42,9 @@ fi
 fetch() {
   local mirror apt debs started bytes
   mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-  [ -n "$mirror" ] || mirror="http://deb.debian.org/debian"
+  # Else the first mirror of the one-line format; the machine's own configuration either way.
+  [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' /etc/apt/sources.list 2>/dev/null || true)
+  [ -n "$mirror" ] || { echo "no Debian mirror in the machine's apt configuration" >&2; return 1; }
   apt="$dir/apt"; debs="$dir/debs"
   rm -rf "$apt" "$debs" "$sysroot"
   mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$debs" "$sysroot"
