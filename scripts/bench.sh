@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmarks of issue 8 in one command: installs etcd and protoc if needed, builds
+# Every benchmark in one command: installs etcd and protoc if needed, builds
 # optimised, starts its own etcd on 127.0.0.1 and prints one markdown table of figures and
 # ratios, also written to target/bench-results.md. Every loop is bounded in count; the full
 # run takes a few minutes on 2 cores.

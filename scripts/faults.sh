@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full reliability run of issue 9: faults against real etcd processes on loopback (a single
+# The full reliability run: faults against real etcd processes on loopback (a single
 # server killed, stopped past the TTL, compacted under cut-off caches; a three-member cluster
 # losing its leader, a follower and quorum; delays, resets and black holes through a TCP proxy),
 # a bounded soak, and the fuzzing of both backends, all at full size (REGISTRY_FAULTS_FULL=1:

@@ -1,5 +1,5 @@
 //! The workspace's benchmarks: the registry layer against raw `etcd-client` and against plain
-//! baselines, printed as one markdown table of figures and ratios (issue 8).
+//! baselines, printed as one markdown table of figures and ratios.
 //!
 //! ```sh
 //! bash scripts/bench.sh                 # everything; also writes target/bench-results.md

@@ -1,9 +1,11 @@
 //! The keep-alive schedule of (c) without the service layer, to show where (c)'s time goes:
-//! the simulator alone, bare tasks, and one task renewing every lease, with and without the
-//! key check a `Registration` makes each round.
+//! the simulator alone (lease by lease and in batches), bare tasks, and one task renewing every
+//! lease (lease by lease, lease by lease with the key check the old `Registration` made each
+//! round, and in batches as the registrar does).
 
 use crate::sim_scale::{instance, Scale, TTL};
-use registry_api::Registry;
+use registry_api::limits::MAX_KEEP_ALIVE_BATCH;
+use registry_api::{LeaseId, Registry};
 use registry_memory::MemoryRegistry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,15 +13,20 @@ use std::time::{Duration, Instant};
 /// Walls of the same keep-alive schedule without the service layer.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Floors {
-    /// The simulator alone on its manual clock: one loop renews every lease.
+    /// The simulator alone on its manual clock: one loop renews every lease, one call each.
     pub(crate) manual: Duration,
+    /// The same, in batches of `MAX_KEEP_ALIVE_BATCH` (`lease_keep_alive_many`).
+    pub(crate) manual_batched: Duration,
     /// One bare task per instance on the paused tokio clock: sleep, keep-alive, nothing else.
     pub(crate) tasks: Duration,
-    /// One task for all instances on the paused clock, through `Arc<dyn Registry>`: keep-alive
-    /// only. What a shared keep-alive scheduler in the service layer could cost.
-    pub(crate) batched: Duration,
-    /// The same, also reading and comparing the key each round as a `Registration` does.
-    pub(crate) batched_checked: Duration,
+    /// One task for all instances on the paused clock, through `Arc<dyn Registry>`, one
+    /// keep-alive call per lease.
+    pub(crate) one_task: Duration,
+    /// The same, also reading and comparing the key each round, as registrations did before
+    /// their keys were checked from a watch.
+    pub(crate) one_task_checked: Duration,
+    /// One task for all, renewing in batches: what the registrar's rounds cost at the least.
+    pub(crate) one_task_batched: Duration,
 }
 
 /// The same keep-alive schedule without the service layer, to show where the time goes.
@@ -29,18 +36,28 @@ pub(crate) fn floors(scale: Scale) -> std::io::Result<Floors> {
     let rounds =
         (Duration::from_secs(scale.minutes * 60).as_nanos() / interval.as_nanos()) as usize;
     let ttl = TTL.as_secs() as i64;
-    let manual = futures::executor::block_on(async {
-        let registry = MemoryRegistry::with_manual_clock();
-        let leases = register_all(&registry, scale).await?;
-        let wall = Instant::now();
-        for _ in 0..rounds {
-            registry.advance(interval);
-            for lease in &leases {
-                registry.lease_keep_alive(*lease).await.map_err(io)?;
+    let manual_run = |batched: bool| {
+        futures::executor::block_on(async {
+            let registry = MemoryRegistry::with_manual_clock();
+            let leases = register_all(&registry, scale).await?;
+            let wall = Instant::now();
+            for _ in 0..rounds {
+                registry.advance(interval);
+                if batched {
+                    for chunk in leases.chunks(MAX_KEEP_ALIVE_BATCH) {
+                        renew_batch(&registry, chunk).await?;
+                    }
+                } else {
+                    for lease in &leases {
+                        registry.lease_keep_alive(*lease).await.map_err(io)?;
+                    }
+                }
             }
-        }
-        Ok::<_, std::io::Error>(wall.elapsed())
-    })?;
+            Ok::<_, std::io::Error>(wall.elapsed())
+        })
+    };
+    let manual = manual_run(false)?;
+    let manual_batched = manual_run(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -74,7 +91,7 @@ pub(crate) fn floors(scale: Scale) -> std::io::Result<Floors> {
         }
         Ok(wall.elapsed())
     })?;
-    let batched_run = |check: bool| {
+    let one_task_run = |mode: Mode| {
         runtime.block_on(async {
             let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
             let mut held = Vec::with_capacity(scale.instances);
@@ -95,11 +112,18 @@ pub(crate) fn floors(scale: Scale) -> std::io::Result<Floors> {
             }
             let wall = Instant::now();
             let start = tokio::time::Instant::now();
+            let leases: Vec<LeaseId> = held.iter().map(|(lease, _, _)| *lease).collect();
             for round in 1..=rounds as u32 {
                 tokio::time::sleep_until(start + interval * round).await;
+                if mode == Mode::Batched {
+                    for chunk in leases.chunks(MAX_KEEP_ALIVE_BATCH) {
+                        renew_batch(&*registry, chunk).await?;
+                    }
+                    continue;
+                }
                 for (lease, key, value) in &held {
                     registry.lease_keep_alive(*lease).await.map_err(io)?;
-                    if !check {
+                    if mode == Mode::Single {
                         continue;
                     }
                     let current = registry.get(key.as_bytes()).await.map_err(io)?;
@@ -111,14 +135,34 @@ pub(crate) fn floors(scale: Scale) -> std::io::Result<Floors> {
             Ok::<_, std::io::Error>(wall.elapsed())
         })
     };
-    let batched = batched_run(false)?;
-    let batched_checked = batched_run(true)?;
     Ok(Floors {
         manual,
+        manual_batched,
         tasks,
-        batched,
-        batched_checked,
+        one_task: one_task_run(Mode::Single)?,
+        one_task_checked: one_task_run(Mode::SingleChecked)?,
+        one_task_batched: one_task_run(Mode::Batched)?,
     })
+}
+
+/// How the one task renews.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Single,
+    SingleChecked,
+    Batched,
+}
+
+/// Renews one batch, failing if any lease of it was not renewed.
+async fn renew_batch(registry: &dyn Registry, leases: &[LeaseId]) -> std::io::Result<()> {
+    let answers = registry
+        .lease_keep_alive_many(leases)
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    if answers.len() != leases.len() || answers.iter().any(Result::is_err) {
+        return Err(std::io::Error::other("a batched keep-alive failed"));
+    }
+    Ok(())
 }
 
 /// Grants a lease per instance and puts the instance with it, as a registration would.

@@ -103,6 +103,7 @@ macro_rules! __conformance_cases {
             lease_grant_respects_minimum,
             lease_expiry_is_bounded,
             lease_keep_alive_extends_life,
+            keep_alive_many_renews_each_live_lease_and_answers_in_order,
             expired_lease_ops_fail,
             unknown_lease_ops_fail,
             put_moves_and_detaches_keys,

@@ -119,6 +119,8 @@ pub enum Outcome {
     },
     /// A keep-alive: the TTL it reported.
     KeepAlive(i64),
+    /// A batch of keep-alives: per lease, in the order sent, the TTL or the error.
+    KeepAliveMany(Vec<std::result::Result<i64, ErrorKind>>),
     /// A revoke: the relative revision after it.
     Revoke(i64),
     /// A time-to-live (the remaining TTL depends on timing and is checked, not recorded).
@@ -294,6 +296,14 @@ impl Normalizer {
         }
     }
 
+    /// The answers of a keep-alive batch, each normalised.
+    pub(crate) fn renewals(&self, answers: &[Result<i64, Error>]) -> Vec<Result<i64, ErrorKind>> {
+        answers
+            .iter()
+            .map(|a| a.as_ref().map(|ttl| *ttl).map_err(|e| self.error(e)))
+            .collect()
+    }
+
     pub(crate) fn error(&self, e: &Error) -> ErrorKind {
         match e {
             Error::LeaseNotFound(id) => ErrorKind::LeaseNotFound(self.lease(*id)),
@@ -320,6 +330,7 @@ fn invalid(why: &InvalidArgument) -> String {
         InvalidArgument::TtlNotPositive(ttl) => format!("TtlNotPositive({ttl})"),
         InvalidArgument::TtlTooLarge { ttl, .. } => format!("TtlTooLarge({ttl})"),
         InvalidArgument::LeaseId(id) => format!("LeaseId({id})"),
+        InvalidArgument::BatchTooLarge { len, .. } => format!("BatchTooLarge({len})"),
         InvalidArgument::Revision(_) => "Revision".into(),
         InvalidArgument::Config(_) => "Config".into(),
         other => format!("Other({other})"),

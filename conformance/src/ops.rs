@@ -97,6 +97,11 @@ pub enum Op {
         /// The lease.
         lease: LeaseSel,
     },
+    /// `lease_keep_alive_many`: a few leases, possibly repeated or unknown, renewed in one call.
+    KeepAliveMany {
+        /// The leases, in the order sent ([`LeaseSel::None`] sends an unknown lease).
+        leases: Vec<LeaseSel>,
+    },
     /// `lease_revoke`.
     Revoke {
         /// The lease.
@@ -149,6 +154,16 @@ fn lease_sel() -> impl Strategy<Value = LeaseSel> {
         8 => (0..8u8).prop_map(LeaseSel::Granted),
         1 => Just(LeaseSel::Unknown),
     ]
+}
+
+/// A keep-alive batch: up to four leases, mostly granted ones (so that several live leases
+/// share a batch), now and then an unknown one; the same lease may come twice.
+fn batch_sel() -> impl Strategy<Value = Vec<LeaseSel>> {
+    let lease = prop_oneof![
+        8 => (0..8u8).prop_map(LeaseSel::Granted),
+        1 => Just(LeaseSel::Unknown),
+    ];
+    proptest::collection::vec(lease, 0..=4)
 }
 
 fn prefix_sel() -> impl Strategy<Value = u8> {
@@ -215,6 +230,7 @@ pub fn op(caps: &Capabilities) -> BoxedStrategy<Op> {
         2 => prefix_sel().prop_map(|prefix| Op::DeletePrefix { prefix }),
         5 => ttl(caps).prop_map(|ttl| Op::Grant { ttl }),
         3 => lease_sel().prop_map(|lease| Op::KeepAlive { lease }),
+        2 => batch_sel().prop_map(|leases| Op::KeepAliveMany { leases }),
         3 => lease_sel().prop_map(|lease| Op::Revoke { lease }),
         2 => lease_sel().prop_map(|lease| Op::TimeToLive { lease }),
         3 => (prefix_sel(), rev_sel(), any::<bool>())

@@ -275,6 +275,27 @@ impl<'b, B: Backend + ?Sized> Session<'b, B> {
                 let expected = self.model.lease_keep_alive(id);
                 self.record(request, actual, expected, |_, ttl| Outcome::KeepAlive(*ttl))?;
             }
+            Op::KeepAliveMany { leases } => {
+                let ids: Vec<LeaseId> = leases
+                    .iter()
+                    .map(|sel| self.lease(*sel).unwrap_or(UNKNOWN_LEASE))
+                    .collect();
+                let named: Vec<_> = ids.iter().map(|id| self.norm.lease(*id)).collect();
+                let request = format!("keep_alive_many {named:?}");
+                let sent = Instant::now();
+                let actual = self.registry.lease_keep_alive_many(&ids).await;
+                let expected = self.model.lease_keep_alive_many(&ids);
+                let answers = self.record(request, actual, expected, |n, answers| {
+                    Outcome::KeepAliveMany(n.renewals(answers))
+                })?;
+                let renewed: Vec<LeaseId> = ids
+                    .iter()
+                    .zip(answers.iter().flatten())
+                    .filter(|(_, answer)| answer.is_ok())
+                    .map(|(id, _)| *id)
+                    .collect();
+                self.check_renewed(&renewed, sent).await?;
+            }
             Op::Revoke { lease } => {
                 let id = self.lease(*lease).unwrap_or(UNKNOWN_LEASE);
                 let request = format!("revoke {:?}", self.norm.lease(id));
@@ -325,6 +346,36 @@ impl<'b, B: Backend + ?Sized> Session<'b, B> {
             lease: n.lease(g.id),
             ttl: g.ttl,
         })?;
+        Ok(())
+    }
+
+    /// Answers that match the model do not show that a batch renewed anything (a missed
+    /// renewal shows only if a later advance happens to cross the old deadline): every lease
+    /// the batch answered for must have its whole TTL left at once.
+    async fn check_renewed(&self, ids: &[LeaseId], sent: Instant) -> Check {
+        let live: BTreeSet<LeaseId> = ids
+            .iter()
+            .copied()
+            .filter(|id| self.model.lease(*id).is_some())
+            .collect();
+        for id in live {
+            let granted = self.model.lease(id).map_or(0, |l| l.granted);
+            let left = self
+                .registry
+                .lease_time_to_live(id)
+                .await
+                .map_err(|e| format!("time_to_live of {id} after a batch renewed it: {e}"))?
+                .ttl;
+            let lowest = match self.caps.time {
+                Time::Virtual => granted,
+                Time::Real => granted - 1 - sent.elapsed().as_secs() as i64,
+            };
+            ensure!(
+                (lowest..=granted).contains(&left),
+                "L3: keep_alive_many answered for {:?} but left it {left} s of its {granted} s, expected {lowest}..={granted}",
+                self.norm.lease(id)
+            );
+        }
         Ok(())
     }
 

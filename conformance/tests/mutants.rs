@@ -4,12 +4,13 @@
 use async_trait::async_trait;
 use futures::stream::{self, StreamExt};
 use registry_api::{
-    DeleteResponse, Error, GetResponse, LeaseGrant, LeaseId, LeaseTimeToLive, ListOptions,
+    limits, DeleteResponse, Error, GetResponse, LeaseGrant, LeaseId, LeaseTimeToLive, ListOptions,
     ListResponse, PutOptions, PutResponse, Registry, Result, Revision, WatchBatch, WatchOptions,
     WatchStream,
 };
 use registry_conformance::{case_names, run_case, run_model_check, runtime, Backend, Capabilities};
 use registry_memory::MemoryRegistry;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +31,12 @@ enum Bug {
     AcceptsUnknownLease,
     /// Progress requests are accepted and never answered.
     IgnoresProgressRequests,
+    /// A keep-alive batch renews only its first lease; the others are answered from their
+    /// granted TTL as if renewed (a sender that stops after the first request of a burst).
+    RenewsOnlyTheFirstOfABatch,
+    /// A keep-alive batch is answered in lease id order, a repeated id once (replies gathered
+    /// in a map by lease id instead of matched to the requests).
+    AnswersABatchInIdOrder,
 }
 
 #[derive(Debug)]
@@ -118,6 +125,33 @@ impl Registry for Mutant {
             ttl - 1
         } else {
             ttl
+        })
+    }
+    async fn lease_keep_alive_many(&self, ids: &[LeaseId]) -> Result<Vec<Result<i64>>> {
+        if self.is(Bug::RenewsOnlyTheFirstOfABatch) {
+            limits::check_keep_alive_batch(ids.len())?;
+            let mut answers = Vec::with_capacity(ids.len());
+            for (i, id) in ids.iter().enumerate() {
+                answers.push(if i == 0 {
+                    self.inner.lease_keep_alive(*id).await
+                } else {
+                    self.inner
+                        .lease_time_to_live(*id)
+                        .await
+                        .map(|t| t.granted_ttl)
+                });
+            }
+            return Ok(answers);
+        }
+        let answers = self.inner.lease_keep_alive_many(ids).await?;
+        if self.is(Bug::AnswersABatchInIdOrder) {
+            let by_id: BTreeMap<LeaseId, Result<i64>> = ids.iter().copied().zip(answers).collect();
+            return Ok(by_id.into_values().collect());
+        }
+        Ok(if self.is(Bug::ExpiresASecondLate) {
+            answers.into_iter().map(|a| a.map(|ttl| ttl - 1)).collect()
+        } else {
+            answers
         })
     }
     async fn lease_revoke(&self, id: LeaseId) -> Result<Revision> {
@@ -285,6 +319,22 @@ fn catches_a_revision_bump_on_a_no_op_delete() {
 #[test]
 fn catches_a_put_with_an_unknown_lease() {
     assert_caught(Bug::AcceptsUnknownLease, "unknown_lease_ops_fail");
+}
+
+#[test]
+fn catches_a_keep_alive_batch_that_renews_only_its_first_lease() {
+    assert_caught(
+        Bug::RenewsOnlyTheFirstOfABatch,
+        "keep_alive_many_renews_each_live_lease_and_answers_in_order",
+    );
+}
+
+#[test]
+fn catches_a_keep_alive_batch_answered_in_lease_id_order() {
+    assert_caught(
+        Bug::AnswersABatchInIdOrder,
+        "keep_alive_many_renews_each_live_lease_and_answers_in_order",
+    );
 }
 
 #[test]

@@ -143,6 +143,14 @@ pub enum InvalidArgument {
     /// Lease ids are never zero or negative.
     #[error("lease id {0} is not valid")]
     LeaseId(i64),
+    /// A batch names more items than one call takes.
+    #[error("a batch of {len} is more than the {max} one call takes")]
+    BatchTooLarge {
+        /// The items in the batch.
+        len: usize,
+        /// The most one call takes.
+        max: usize,
+    },
     /// Revisions in requests are positive.
     #[error("revision {0} is not valid")]
     Revision(i64),

@@ -16,6 +16,24 @@ pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 /// etcd's default minimum lease TTL, in seconds: 1.5 × the default election timeout, rounded up.
 pub const DEFAULT_MIN_LEASE_TTL: i64 = 2;
 
+/// The most leases one [`lease_keep_alive_many`](crate::Registry::lease_keep_alive_many) call
+/// renews. A batch is answered as one unit (under one lock in the simulator, as one burst on
+/// etcd's keep-alive stream), so a bound keeps one caller from holding the others up; callers
+/// with more leases due at once send several batches.
+pub const MAX_KEEP_ALIVE_BATCH: usize = 1_000;
+
+/// Rejects a keep-alive batch of more than [`MAX_KEEP_ALIVE_BATCH`] leases.
+pub fn check_keep_alive_batch(len: usize) -> Result<()> {
+    if len > MAX_KEEP_ALIVE_BATCH {
+        return Err(InvalidArgument::BatchTooLarge {
+            len,
+            max: MAX_KEEP_ALIVE_BATCH,
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// Rejects an empty key.
 pub fn check_key(key: &[u8]) -> Result<()> {
     if key.is_empty() {

@@ -31,6 +31,36 @@ pub trait Registry: Debug + Send + Sync {
     /// [`LeaseNotFound`](crate::Error::LeaseNotFound) when the lease is gone.
     async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64>;
 
+    /// Renews several leases in one call: the answer holds one result per id, in the order
+    /// given, each what [`lease_keep_alive`](Registry::lease_keep_alive) would have answered
+    /// for that id (a lease that is gone fails alone; the others are renewed).
+    ///
+    /// The call fails as a whole, renewing nothing, for more than
+    /// [`MAX_KEEP_ALIVE_BATCH`](crate::limits::MAX_KEEP_ALIVE_BATCH) ids
+    /// ([`InvalidArgument::BatchTooLarge`](crate::InvalidArgument::BatchTooLarge)); a backend
+    /// that cannot be reached may fail the whole call or each id. The default makes the single
+    /// calls concurrently; backends override it to answer the batch at once (the simulator
+    /// under one lock, etcd as one burst on its shared keep-alive stream).
+    ///
+    /// ```
+    /// use registry_api::{Error, Registry};
+    /// use registry_memory::MemoryRegistry;
+    ///
+    /// # tokio_test::block_on(async {
+    /// let registry = MemoryRegistry::with_manual_clock();
+    /// let a = registry.lease_grant(10, None).await?.id;
+    /// let b = registry.lease_grant(20, None).await?.id;
+    /// registry.lease_revoke(a).await?;
+    /// let answers = registry.lease_keep_alive_many(&[a, b]).await?;
+    /// assert!(matches!(answers[..], [Err(Error::LeaseNotFound(gone)), Ok(20)] if gone == a));
+    /// # Ok::<(), Error>(())
+    /// # }).unwrap();
+    /// ```
+    async fn lease_keep_alive_many(&self, ids: &[LeaseId]) -> Result<Vec<Result<i64>>> {
+        crate::limits::check_keep_alive_batch(ids.len())?;
+        Ok(futures::future::join_all(ids.iter().map(|id| self.lease_keep_alive(*id))).await)
+    }
+
     /// Revokes a lease, deleting every key attached to it in one revision. Returns the store
     /// revision after the revoke (unchanged when the lease had no keys).
     async fn lease_revoke(&self, id: LeaseId) -> Result<Revision>;
@@ -81,6 +111,9 @@ macro_rules! forward_registry {
             }
             async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64> {
                 (**self).lease_keep_alive(id).await
+            }
+            async fn lease_keep_alive_many(&self, ids: &[LeaseId]) -> Result<Vec<Result<i64>>> {
+                (**self).lease_keep_alive_many(ids).await
             }
             async fn lease_revoke(&self, id: LeaseId) -> Result<Revision> {
                 (**self).lease_revoke(id).await

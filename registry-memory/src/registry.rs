@@ -39,6 +39,26 @@ impl MemoryRegistry {
         })
     }
 
+    /// One lock and one clock reading for the whole batch: what makes a registrar's round of
+    /// thousands of leases cheap.
+    fn keep_alive_many_now(&self, ids: &[LeaseId]) -> Result<Vec<Result<i64>>> {
+        let _span =
+            tracing::debug_span!("memory.lease_keep_alive_many", leases = ids.len()).entered();
+        limits::check_keep_alive_batch(ids.len())?;
+        self.shared.call(|state, now| {
+            Ok(ids
+                .iter()
+                .map(|&id| {
+                    limits::check_lease_id(id)?;
+                    state
+                        .leases
+                        .keep_alive(id, now)
+                        .ok_or(Error::LeaseNotFound(id))
+                })
+                .collect())
+        })
+    }
+
     fn revoke_now(&self, id: LeaseId) -> Result<Revision> {
         let span = tracing::debug_span!("memory.lease_revoke", lease = %id, revision = tracing::field::Empty);
         let _entered = span.enter();
@@ -170,6 +190,10 @@ impl Registry for MemoryRegistry {
 
     async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64> {
         self.keep_alive_now(id)
+    }
+
+    async fn lease_keep_alive_many(&self, ids: &[LeaseId]) -> Result<Vec<Result<i64>>> {
+        self.keep_alive_many_now(ids)
     }
 
     async fn lease_revoke(&self, id: LeaseId) -> Result<Revision> {

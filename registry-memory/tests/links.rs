@@ -2,7 +2,7 @@
 //! other clients go on while one client's link is cut, slow, held, lossy or stalled.
 
 use futures::StreamExt;
-use registry_api::wrap::{CallKind, Latency};
+use registry_api::wrap::{CallKind, Counting, Latency};
 use registry_api::{Error, PutOptions, Registry, WatchOptions};
 use registry_memory::MemoryRegistry;
 use registry_service::{
@@ -189,6 +189,43 @@ async fn a_lost_reply_to_a_keep_alive_still_renews_the_lease() {
     assert_eq!(ttl.granted_ttl, 2);
     sleep(Duration::from_millis(1_000)).await;
     assert!(server.lease_time_to_live(lease.id).await.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_keep_alive_batch_counts_as_its_leases_and_a_cut_link_fails_it_whole() {
+    let server = MemoryRegistry::new();
+    let counting = Counting::new();
+    let client = counting.wrap(server.client("instance"));
+    let mut ids = Vec::new();
+    for ttl in [4, 6, 8] {
+        ids.push(server.lease_grant(ttl, None).await.unwrap().id);
+    }
+    sleep(Duration::from_secs(2)).await;
+    let answers = client.lease_keep_alive_many(&ids).await.unwrap();
+    let ttls: Vec<i64> = answers.into_iter().map(Result::unwrap).collect();
+    assert_eq!(ttls, [4, 6, 8]);
+    let counts = counting.snapshot();
+    assert_eq!(
+        (counts.get(CallKind::LeaseKeepAlive), counts.total()),
+        (3, 3)
+    );
+
+    sleep(Duration::from_secs(1)).await;
+    server.link("instance").partition();
+    assert!(unavailable(client.lease_keep_alive_many(&ids).await));
+    // Counted as made, though the link cut it.
+    assert_eq!(counting.snapshot().get(CallKind::LeaseKeepAlive), 6);
+    // Not one of the batch reached the server: each lease has a second less than after the
+    // first batch.
+    for (id, left) in ids.iter().zip([3, 5, 7]) {
+        assert_eq!(server.lease_time_to_live(*id).await.unwrap().ttl, left);
+    }
+    sleep(Duration::from_secs(3)).await;
+    assert!(matches!(
+        server.lease_time_to_live(ids[0]).await,
+        Err(Error::LeaseNotFound(_))
+    ));
+    assert_eq!(server.leases().await.unwrap(), ids[1..].to_vec());
 }
 
 #[tokio::test(start_paused = true)]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{settle, truth, Partitioned};
+use common::{settle, truth};
 use proptest::prelude::*;
 use registry_api::Registry;
 use registry_memory::MemoryRegistry;
@@ -111,8 +111,13 @@ async fn run(ops: Vec<(usize, Op, u64)>) {
 
     let early = Discovery::start(registry.clone(), "churn", discovery_options.clone()).unwrap();
     let mut early_events = early.subscribe();
-    let link = Partitioned::new(registry.clone());
-    let flaky = Discovery::start(link.clone(), "churn", discovery_options.clone()).unwrap();
+    let link = memory.link("flaky");
+    let flaky = Discovery::start(
+        Arc::new(memory.client("flaky")),
+        "churn",
+        discovery_options.clone(),
+    )
+    .unwrap();
     let mut flaky_events = flaky.subscribe();
     let mut late_events = None;
     let mut link_up = true;
@@ -184,15 +189,15 @@ async fn run(ops: Vec<(usize, Op, u64)>) {
             }
             Op::Flap => {
                 if link_up {
-                    link.cut();
+                    link.partition();
                 } else {
-                    link.restore();
+                    link.heal();
                 }
                 link_up = !link_up;
             }
         }
     }
-    link.restore();
+    link.heal();
 
     // Quiescence: crashed leases expire, deleted keys are put back, lost leases replaced,
     // caches resynced.

@@ -7,7 +7,7 @@
 mod common;
 mod stalling;
 
-use common::{drain, hello, settle, truth, Partitioned};
+use common::{drain, hello, settle, truth};
 use registry_api::{KeyValue, PutOptions, Registry};
 use registry_memory::MemoryRegistry;
 use registry_service::{
@@ -288,13 +288,14 @@ async fn the_view_never_empties_on_an_error_only_on_a_successful_read() {
     let registry: Arc<dyn Registry> = Arc::new(memory.clone());
     let _a = register(&registry, "a").await;
     let b = register(&registry, "b").await;
-    let link = Partitioned::new(registry.clone());
-    let discovery = Discovery::start(link.clone(), "hello", options()).unwrap();
+    let link = memory.link("gateway");
+    let discovery =
+        Discovery::start(Arc::new(memory.client("gateway")), "hello", options()).unwrap();
     discovery.wait_synced().await;
     assert!(!discovery.is_stale());
     assert!(discovery.last_error().is_none());
 
-    link.cut();
+    link.partition();
     settle(Duration::from_secs(60)).await;
     assert_eq!(discovery.len(), 2, "a minute of errors empties nothing");
     assert!(discovery.is_stale());
@@ -308,7 +309,7 @@ async fn the_view_never_empties_on_an_error_only_on_a_successful_read() {
     settle(Duration::from_secs(10)).await;
     assert!(truth(&*registry, "hello").await.is_empty());
     assert_eq!(discovery.len(), 2, "still as last read");
-    link.restore();
+    link.heal();
     let empty = discovery
         .wait_for_len(0, Duration::from_secs(2))
         .await

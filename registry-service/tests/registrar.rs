@@ -5,7 +5,7 @@
 mod common;
 
 use common::{drain, hello, settle, truth};
-use registry_api::wrap::{CallKind, Counting};
+use registry_api::wrap::{CallKind, Counting, Intercept, Intercepted};
 use registry_api::Registry;
 use registry_memory::MemoryRegistry;
 use registry_service::{
@@ -486,4 +486,96 @@ async fn the_status_carries_the_last_keep_alive_round_trip_and_a_reader_sees_it(
     settle(Duration::from_millis(200)).await;
     assert_eq!(reader.status().state, RegistrationState::Deregistered);
     assert_eq!(reader.status().last_keep_alive_round_trip, None);
+}
+
+/// The keep-alive calls that reach the simulator: a batch's size, or 1 for a single call.
+#[derive(Debug, Default)]
+struct KeepAliveCalls {
+    batches: std::sync::Mutex<Vec<usize>>,
+    singles: std::sync::atomic::AtomicUsize,
+}
+
+impl KeepAliveCalls {
+    fn take(&self) -> (Vec<usize>, usize) {
+        let batches = std::mem::take(&mut *self.batches.lock().unwrap());
+        let singles = self.singles.swap(0, std::sync::atomic::Ordering::Relaxed);
+        (batches, singles)
+    }
+}
+
+#[registry_api::async_trait]
+impl Intercept for KeepAliveCalls {
+    async fn before(&self, kind: CallKind) -> registry_api::Result<()> {
+        if kind == CallKind::LeaseKeepAlive {
+            self.singles
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    async fn before_many(&self, _kind: CallKind, n: usize) -> registry_api::Result<()> {
+        self.batches.lock().unwrap().push(n);
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn leases_due_together_are_renewed_in_batches_each_answered_alone() {
+    let memory = MemoryRegistry::new();
+    let calls = Arc::new(Intercepted::new(
+        memory.client("app"),
+        KeepAliveCalls::default(),
+    ));
+    let registry: Arc<dyn Registry> = calls.clone();
+    let mut registrations = Vec::new();
+    for n in 0..2_500 {
+        registrations.push(
+            Registration::start(registry.clone(), hello(&format!("i{n}")), options())
+                .await
+                .unwrap(),
+        );
+    }
+    let leases: Vec<_> = registrations.iter().map(|r| r.lease().unwrap()).collect();
+    settle(TTL / 3 + Duration::from_millis(1)).await;
+    assert_eq!(
+        calls.intercept().take(),
+        (vec![1_000, 1_000, 500], 0),
+        "2,500 leases due at one instant: three batches, no single call"
+    );
+
+    // A lease gone from the server costs its registration alone.
+    memory.lease_revoke(leases[1_234]).await.unwrap();
+    settle(Duration::from_millis(500)).await;
+    for (n, registration) in registrations.iter().enumerate() {
+        let lease = registration.lease();
+        if n == 1_234 {
+            assert!(
+                lease.is_some_and(|lease| lease != leases[n]),
+                "re-registered"
+            );
+        } else {
+            assert_eq!(lease, Some(leases[n]), "registration {n} kept its lease");
+        }
+    }
+
+    // A round that fails as a whole (the client cut off) is retried at the next round, and a
+    // cut shorter than what is left of the TTL loses nothing.
+    memory.link("app").partition();
+    settle(TTL / 3).await;
+    assert!(registrations[0]
+        .status()
+        .last_error
+        .as_deref()
+        .is_some_and(registry_api::Error::is_retryable));
+    memory.link("app").heal();
+    settle(TTL / 3).await;
+    for (n, registration) in registrations
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| *n != 1_234)
+    {
+        assert_eq!(registration.lease(), Some(leases[n]));
+        assert_eq!(registration.status().lease_losses, 0);
+    }
+    assert_eq!(truth(&*registry, "hello").await.len(), 2_500);
 }

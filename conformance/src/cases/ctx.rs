@@ -199,6 +199,17 @@ impl<'b> Ctx<'b> {
         self.same(&format!("keep_alive {id}"), actual, expected, |_, t| *t)
     }
 
+    /// A keep-alive batch whose outcome, as a whole and lease by lease, the model decides.
+    pub(crate) async fn keep_alive_many(
+        &mut self,
+        ids: &[LeaseId],
+    ) -> Check<Result<Vec<Result<i64>>>> {
+        let actual = self.registry.lease_keep_alive_many(ids).await;
+        let expected = self.model.lease_keep_alive_many(ids);
+        let what = format!("keep_alive_many of {} leases", ids.len());
+        self.same(&what, actual, expected, |n, answers| n.renewals(answers))
+    }
+
     /// A revoke whose outcome the model decides.
     pub(crate) async fn revoke(&mut self, id: LeaseId) -> Check<Result<Revision>> {
         let actual = self.registry.lease_revoke(id).await;

@@ -4,7 +4,8 @@ use super::Ctx;
 use crate::backend::Time;
 use crate::failure::{ensure, ensure_eq, Check};
 use crate::run::UNKNOWN_LEASE;
-use registry_api::{Error, LeaseId, Revision, WatchOptions};
+use registry_api::limits::MAX_KEEP_ALIVE_BATCH;
+use registry_api::{Error, InvalidArgument, LeaseId, Revision, WatchOptions};
 use std::time::{Duration, Instant};
 
 const POLL_SLACK: Duration = Duration::from_millis(150);
@@ -170,6 +171,137 @@ pub(crate) async fn keep_alive_extends_life(cx: &mut Ctx<'_>) -> Check {
             let what = "L3: a kept-alive key went at its first deadline";
             cx.alive_until("k", kept_at + ttl, what).await?;
             expires_on_time(cx, "k", lease.id, lease.ttl, renewed_at).await?;
+        }
+    }
+    Ok(())
+}
+
+/// L3 for batches: `lease_keep_alive_many` answers every id in the order sent, each as
+/// `lease_keep_alive` would (a revoked, unknown or invalid id fails alone), renews every live
+/// lease in it for its whole TTL and uses no revision; a batch over the limit fails as a whole
+/// and renews nothing.
+pub(crate) async fn keep_alive_many_renews_each_live_lease_and_answers_in_order(
+    cx: &mut Ctx<'_>,
+) -> Check {
+    // Different TTLs, so that an answer given for another lease of the batch shows; on real
+    // time long enough to outlast the case's waits on a slow machine.
+    let base = match cx.caps.time {
+        Time::Virtual => cx.caps.min_ttl.max(3),
+        Time::Real => cx.caps.min_ttl.max(10),
+    };
+    let a = cx.grant(base).await?;
+    let b = cx.grant(base + 2).await?;
+    let c = cx.grant(base + 4).await?;
+    // Sent only in the refused batch: it must keep its first deadline.
+    let d = cx.grant(base + 2).await?;
+    for (rel, lease) in [("a", &a), ("b", &b), ("c", &c), ("d", &d)] {
+        cx.put(rel, "x", Some(lease.id)).await?;
+    }
+    cx.revoke(b.id).await?.map_err(|e| e.to_string())?;
+    // Time passes first, so that a renewal shows as time given back.
+    let waited = match cx.caps.time {
+        Time::Virtual => Duration::from_secs(1),
+        Time::Real => cx.caps.expiry_lateness + Duration::from_millis(500),
+    };
+    cx.pass(waited).await;
+
+    let before = cx.revision().await?;
+    let batch = [a.id, b.id, c.id, UNKNOWN_LEASE, LeaseId(0), a.id];
+    let kept_at = Instant::now();
+    cx.keep_alive_many(&batch)
+        .await?
+        .map_err(|e| format!("a batch of {} leases failed as a whole: {e}", batch.len()))?;
+    for lease in [&a, &c] {
+        let left = cx
+            .time_to_live(lease.id)
+            .await?
+            .map_err(|e| e.to_string())?;
+        let lowest = match cx.caps.time {
+            Time::Virtual => lease.ttl,
+            // Whole seconds that may have passed since the batch, on a slow machine.
+            Time::Real => lease.ttl - 1 - kept_at.elapsed().as_secs() as i64,
+        };
+        ensure!(
+            (lowest..=lease.ttl).contains(&left.ttl),
+            "L3: {} s left of a {} s lease just after a batch renewed it, expected {lowest}..={}",
+            left.ttl,
+            lease.ttl,
+            lease.ttl
+        );
+    }
+    cx.keep_alive_many(&[])
+        .await?
+        .map_err(|e| format!("an empty batch failed: {e}"))?;
+    let full = vec![UNKNOWN_LEASE; MAX_KEEP_ALIVE_BATCH];
+    cx.keep_alive_many(&full)
+        .await?
+        .map_err(|e| format!("a batch of exactly {MAX_KEEP_ALIVE_BATCH} leases failed: {e}"))?;
+    ensure_eq!(
+        cx.revision().await?,
+        before,
+        "W10: keep-alive batches used a revision"
+    );
+
+    let mut oversized = vec![d.id, a.id, c.id];
+    oversized.resize(MAX_KEEP_ALIVE_BATCH + 1, UNKNOWN_LEASE);
+    let refused = cx.keep_alive_many(&oversized).await?;
+    cx.expect_err(
+        &format!("a batch of {} leases", oversized.len()),
+        refused,
+        |e| {
+            matches!(e, Error::InvalidArgument(InvalidArgument::BatchTooLarge { len, max })
+                if *len == oversized.len() && *max == MAX_KEEP_ALIVE_BATCH)
+        },
+        "BatchTooLarge",
+    )?;
+    match cx.caps.time {
+        Time::Virtual => {
+            let left = cx.time_to_live(d.id).await?.map_err(|e| e.to_string())?;
+            ensure_eq!(
+                left.ttl,
+                d.ttl - waited.as_secs() as i64,
+                "L3: seconds left of a lease sent only in a refused batch"
+            );
+            // Each key goes on its lease's deadline: a and c from the batch, d from its grant.
+            let secs = |ttl: i64| Duration::from_secs(ttl as u64);
+            let mut due = [
+                ("a", waited + secs(a.ttl), "renewed by a batch"),
+                ("c", waited + secs(c.ttl), "renewed by a batch"),
+                ("d", secs(d.ttl), "sent only in a refused batch"),
+            ];
+            due.sort_by_key(|(_, deadline, _)| *deadline);
+            let mut now = waited;
+            for (rel, deadline, why) in due {
+                if now < deadline {
+                    let early = deadline - Duration::from_millis(1);
+                    cx.pass(early.saturating_sub(now)).await;
+                    now = now.max(early);
+                    ensure!(
+                        cx.exists(rel).await?,
+                        "L3: the key of a lease {why} went before its deadline at {deadline:?}"
+                    );
+                }
+                let late = deadline + cx.caps.expiry_lateness;
+                cx.pass(late.saturating_sub(now)).await;
+                now = now.max(late);
+                ensure!(
+                    !cx.exists(rel).await?,
+                    "L3: the key of a lease {why} outlived its deadline at {deadline:?} plus the \
+                     declared lateness of {:?}",
+                    cx.caps.expiry_lateness
+                );
+            }
+        }
+        Time::Real => {
+            // Nothing has had time to expire; the refused batch must not have ended anything.
+            ensure!(
+                cx.exists("d").await?,
+                "a lease sent in a refused batch lost its key"
+            );
+            ensure!(
+                cx.leases().await?.contains(&d.id),
+                "a lease sent in a refused batch is no longer listed"
+            );
         }
     }
     Ok(())

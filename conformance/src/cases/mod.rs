@@ -48,6 +48,8 @@ case_table! {
     lease_grant_respects_minimum => lease::grant_respects_minimum,
     lease_expiry_is_bounded => lease::expiry_is_bounded,
     lease_keep_alive_extends_life => lease::keep_alive_extends_life,
+    keep_alive_many_renews_each_live_lease_and_answers_in_order =>
+        lease::keep_alive_many_renews_each_live_lease_and_answers_in_order,
     expired_lease_ops_fail => lease::expired_lease_ops_fail,
     unknown_lease_ops_fail => lease::unknown_lease_ops_fail,
     put_moves_and_detaches_keys => lease::put_moves_and_detaches_keys,

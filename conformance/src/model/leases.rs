@@ -38,20 +38,31 @@ impl Model {
 
     /// `lease_keep_alive`.
     pub fn lease_keep_alive(&mut self, id: LeaseId) -> Result<i64> {
+        limits::check_lease_id(id)?;
         let now = self.now;
         let lease = self.leases.get_mut(&id).ok_or(Error::LeaseNotFound(id))?;
         lease.deadline = now.saturating_add(secs(lease.granted));
         Ok(lease.granted)
     }
 
+    /// `lease_keep_alive_many`: a batch over the limit is refused as a whole and renews
+    /// nothing; otherwise each id is answered, in order, as `lease_keep_alive` answers it, all
+    /// at the same moment (a repeated id is renewed again, to the same deadline).
+    pub fn lease_keep_alive_many(&mut self, ids: &[LeaseId]) -> Result<Vec<Result<i64>>> {
+        limits::check_keep_alive_batch(ids.len())?;
+        Ok(ids.iter().map(|&id| self.lease_keep_alive(id)).collect())
+    }
+
     /// `lease_revoke`.
     pub fn lease_revoke(&mut self, id: LeaseId) -> Result<Revision> {
+        limits::check_lease_id(id)?;
         let lease = self.leases.remove(&id).ok_or(Error::LeaseNotFound(id))?;
         Ok(self.delete_keys(lease.keys.into_iter().collect()).revision)
     }
 
     /// `lease_time_to_live`, with the remaining TTL rounded down.
     pub fn lease_time_to_live(&self, id: LeaseId) -> Result<LeaseTimeToLive> {
+        limits::check_lease_id(id)?;
         let lease = self.leases.get(&id).ok_or(Error::LeaseNotFound(id))?;
         Ok(LeaseTimeToLive {
             id,

@@ -82,6 +82,51 @@ fn revoke_and_expiry_delete_all_keys_in_one_revision() {
 }
 
 #[test]
+fn keep_alive_many_answers_each_id_in_order_and_refuses_an_oversized_batch_whole() {
+    let mut m = model();
+    m.lease_grant(4, LeaseId(1)).unwrap();
+    m.lease_grant(6, LeaseId(2)).unwrap();
+    m.lease_grant(8, LeaseId(3)).unwrap();
+    m.lease_revoke(LeaseId(2)).unwrap();
+    m.advance(Duration::from_secs(1));
+    let ids = [LeaseId(3), LeaseId(2), LeaseId(0), LeaseId(1), LeaseId(3)];
+    let answers = m.lease_keep_alive_many(&ids).unwrap();
+    assert_eq!(answers.len(), ids.len());
+    assert!(matches!(answers[0], Ok(8)));
+    assert!(matches!(answers[1], Err(Error::LeaseNotFound(LeaseId(2)))));
+    assert!(matches!(
+        answers[2],
+        Err(Error::InvalidArgument(
+            registry_api::InvalidArgument::LeaseId(0)
+        ))
+    ));
+    assert!(matches!(answers[3], Ok(4)));
+    assert!(matches!(answers[4], Ok(8)));
+    for (id, ttl) in [(1, 4), (3, 8)] {
+        assert_eq!(m.lease_time_to_live(LeaseId(id)).unwrap().ttl, ttl, "{id}");
+    }
+    assert!(m.lease_keep_alive_many(&[]).unwrap().is_empty());
+
+    m.advance(Duration::from_secs(1));
+    let max = limits::MAX_KEEP_ALIVE_BATCH;
+    assert_eq!(
+        m.lease_keep_alive_many(&vec![LeaseId(1); max])
+            .unwrap()
+            .len(),
+        max
+    );
+    let oversized = vec![LeaseId(3); max + 1];
+    assert!(matches!(
+        m.lease_keep_alive_many(&oversized),
+        Err(Error::InvalidArgument(
+            registry_api::InvalidArgument::BatchTooLarge { len, max: m }
+        )) if len == max + 1 && m == max
+    ));
+    // Renewed at 1 s to 9 s, not again at 2 s.
+    assert_eq!(m.lease_time_to_live(LeaseId(3)).unwrap().ttl, 7);
+}
+
+#[test]
 fn put_moves_and_detaches() {
     let mut m = model();
     m.lease_grant(10, LeaseId(1)).unwrap();

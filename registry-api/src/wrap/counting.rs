@@ -69,6 +69,14 @@ impl Intercept for Counting {
         self.counts[kind.index()].fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+
+    /// A batch counts as the requests it carries: the server handles each (etcd answers every
+    /// keep-alive of a batch on its own), so load figures do not change with batching.
+    async fn before_many(&self, kind: CallKind, n: usize) -> Result<()> {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        self.counts[kind.index()].fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 /// The counts of a [`Counting`] at one moment.

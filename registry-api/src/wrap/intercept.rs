@@ -21,6 +21,15 @@ pub trait Intercept: Debug + Send + Sync + 'static {
         Ok(())
     }
 
+    /// Runs before a call that carries `n` requests of `kind` to the inner registry in one
+    /// round trip ([`lease_keep_alive_many`](Registry::lease_keep_alive_many)). The default
+    /// runs [`before`](Intercept::before) once, as for one call: a link delays or cuts the
+    /// batch as a whole. A hook that counts requests overrides it to count `n`.
+    async fn before_many(&self, kind: CallKind, n: usize) -> Result<()> {
+        let _ = n;
+        self.before(kind).await
+    }
+
     /// Runs after the inner registry answered, with what it answered. An error replaces the
     /// answer (a reply that was lost: the call took effect, the caller does not know).
     async fn after(&self, kind: CallKind, outcome: Result<(), &Error>) -> Result<()> {
@@ -121,6 +130,15 @@ impl<R: Registry, I: Intercept> Registry for Intercepted<R, I> {
     async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64> {
         self.call(CallKind::LeaseKeepAlive, self.inner.lease_keep_alive(id))
             .await
+    }
+    async fn lease_keep_alive_many(&self, ids: &[LeaseId]) -> Result<Vec<Result<i64>>> {
+        let kind = CallKind::LeaseKeepAlive;
+        self.intercept.before_many(kind, ids.len()).await?;
+        let result = self.inner.lease_keep_alive_many(ids).await;
+        self.intercept
+            .after(kind, result.as_ref().map(|_| ()))
+            .await?;
+        result
     }
     async fn lease_revoke(&self, id: LeaseId) -> Result<Revision> {
         self.call(CallKind::LeaseRevoke, self.inner.lease_revoke(id))

@@ -85,6 +85,10 @@ impl<R: Registry> Registry for KeyPrefix<R> {
         self.inner.lease_keep_alive(id).await
     }
 
+    async fn lease_keep_alive_many(&self, ids: &[LeaseId]) -> Result<Vec<Result<i64>>> {
+        self.inner.lease_keep_alive_many(ids).await
+    }
+
     async fn lease_revoke(&self, id: LeaseId) -> Result<Revision> {
         self.inner.lease_revoke(id).await
     }

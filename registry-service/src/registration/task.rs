@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures::future::{AbortHandle, BoxFuture};
 use futures::stream::{BoxStream, FuturesUnordered, SelectAll};
 use futures::{FutureExt, StreamExt};
-use registry_api::limits::{check_put, DEFAULT_MAX_VALUE_BYTES};
+use registry_api::limits::{check_put, DEFAULT_MAX_VALUE_BYTES, MAX_KEEP_ALIVE_BATCH};
 use registry_api::{
     Error, EventKind, LeaseGrant, LeaseId, ListOptions, ListResponse, PutOptions, PutResponse,
     Registry, Revision, WatchBatch, WatchOptions, WatchStream,
@@ -125,6 +125,11 @@ enum Done {
         sent_at: Instant,
         result: registry_api::Result<i64>,
     },
+    KeepAlives {
+        renewals: Vec<Renewal>,
+        sent_at: Instant,
+        result: registry_api::Result<Vec<registry_api::Result<i64>>>,
+    },
     Put {
         id: u64,
         key: Bytes,
@@ -151,6 +156,17 @@ enum Done {
         result: registry_api::Result<WatchStream>,
     },
     Ignored,
+}
+
+/// A lease whose keep-alive is due in this round, and the token its answer must carry.
+#[derive(Clone, Copy)]
+struct Renewal {
+    slot: u32,
+    token: u64,
+    lease: LeaseId,
+    /// How long the answer is worth waiting for: until the lease's deadline, at most the
+    /// request timeout.
+    limit: Duration,
 }
 
 /// Why an instance is put.
@@ -317,6 +333,8 @@ pub(crate) struct Task<'r> {
     /// What the keep-alives answered at once in this round share: their renewed deadline,
     /// their next round and their stored renewal, computed once per (instant, TTL).
     round: Option<Round>,
+    /// The keep-alives due in this round, sent together once the round's timers are handled.
+    renewals: Vec<Renewal>,
 }
 
 #[derive(Clone, Copy)]
@@ -372,6 +390,7 @@ impl<'r> Task<'r> {
             tokens: 0,
             now: Instant::now(),
             round: None,
+            renewals: Vec::new(),
         }
     }
 
@@ -430,6 +449,7 @@ impl<'r> Task<'r> {
                     for item in due.drain(..) {
                         self.on_due(item);
                     }
+                    self.send_keep_alives();
                 }
             }
         }
@@ -746,69 +766,161 @@ impl<'r> Task<'r> {
             }
             Phase::Alive {
                 lease,
-                ttl,
                 deadline,
                 in_flight,
+                ..
             } if !*in_flight => {
-                let (lease, ttl) = (*lease, *ttl);
-                let mut keep_alive = self.registry.lease_keep_alive(lease);
-                // The hot path at scale: an answer that is there at once is handled here, on
-                // the slot already at hand, without a trip through the finished calls. It does
-                // what `on_keep_alive` does for a success sent now.
-                match (&mut keep_alive).now_or_never() {
-                    Some(Ok(_)) if !s.needs_put => {
-                        let round = match self.round {
-                            Some(round) if round.now == now && round.ttl == ttl => round,
-                            _ => {
-                                let renewed = now.checked_add(ttl).unwrap_or(*deadline);
-                                let round = Round {
-                                    now,
-                                    ttl,
-                                    renewed,
-                                    next: now.checked_add(ttl / 3).unwrap_or(renewed).min(renewed),
-                                    stored: s.clock.encode(now, ttl),
-                                };
-                                self.round = Some(round);
-                                round
-                            }
-                        };
-                        *deadline = round.renewed;
-                        s.clock.store(round.stored);
-                        s.clock.answered_after(Duration::ZERO);
-                        let next = round.next;
-                        self.tokens += 1;
-                        s.timer = self.tokens;
-                        self.wheel.schedule(
-                            next,
-                            Due::Lease {
-                                slot,
-                                token: self.tokens,
-                            },
-                        );
-                    }
-                    answered => {
-                        *in_flight = true;
-                        // A keep-alive answered after the deadline is worthless: wait no longer.
-                        let limit = deadline
-                            .saturating_duration_since(now)
-                            .min(s.request_timeout);
-                        self.tokens += 1;
-                        let call = self.tokens;
-                        s.call = call;
-                        match answered {
-                            Some(result) => self.on_keep_alive(slot, call, now, result),
-                            None => self.launch(limit, keep_alive, move |result| Done::KeepAlive {
-                                slot,
-                                token: call,
-                                sent_at: now,
-                                result,
-                            }),
-                        }
-                    }
-                }
+                *in_flight = true;
+                // A keep-alive answered after the deadline is worthless: wait no longer.
+                let limit = deadline
+                    .saturating_duration_since(now)
+                    .min(s.request_timeout);
+                let lease = *lease;
+                self.tokens += 1;
+                s.call = self.tokens;
+                self.renewals.push(Renewal {
+                    slot,
+                    token: self.tokens,
+                    lease,
+                    limit,
+                });
             }
             _ => {}
         }
+    }
+
+    /// Sends the keep-alives due in this round: one call for a lone lease, batches of up to
+    /// [`MAX_KEEP_ALIVE_BATCH`] for many (a fleet started together renews together, and a
+    /// batch is one round trip and one lock on the server instead of one per lease).
+    fn send_keep_alives(&mut self) {
+        let mut renewals = std::mem::take(&mut self.renewals);
+        let sent_at = self.now;
+        if let [one] = renewals[..] {
+            let call = self.registry.lease_keep_alive(one.lease);
+            self.launch(one.limit, call, move |result| Done::KeepAlive {
+                slot: one.slot,
+                token: one.token,
+                sent_at,
+                result,
+            });
+        } else {
+            for chunk in renewals.chunks(MAX_KEEP_ALIVE_BATCH) {
+                self.send_batch(chunk.to_vec(), sent_at);
+            }
+        }
+        renewals.clear();
+        self.renewals = renewals;
+    }
+
+    fn send_batch(&mut self, renewals: Vec<Renewal>, sent_at: Instant) {
+        let ids: Vec<LeaseId> = renewals.iter().map(|r| r.lease).collect();
+        let registry = self.registry;
+        let mut call: BoxFuture<'r, _> =
+            Box::pin(async move { registry.lease_keep_alive_many(&ids).await });
+        // The simulator answers at once: handle the batch here rather than through the
+        // finished calls, so that a round at scale costs no more than the renewals themselves.
+        if let Some(result) = (&mut call).now_or_never() {
+            self.on_keep_alives(renewals, sent_at, result);
+            return;
+        }
+        let limit = renewals
+            .iter()
+            .map(|r| r.limit)
+            .min()
+            .unwrap_or(self.options.request_timeout);
+        self.launch(limit, call, move |result| Done::KeepAlives {
+            renewals,
+            sent_at,
+            result,
+        });
+    }
+
+    fn on_keep_alives(
+        &mut self,
+        renewals: Vec<Renewal>,
+        sent_at: Instant,
+        result: registry_api::Result<Vec<registry_api::Result<i64>>>,
+    ) {
+        match result {
+            Ok(answers) => {
+                let short = answers.len() < renewals.len();
+                let mut answers = answers.into_iter();
+                for renewal in renewals {
+                    let answer = answers.next().unwrap_or_else(|| {
+                        Err(Error::backend(
+                            "the keep-alive batch was answered only in part",
+                        ))
+                    });
+                    match answer {
+                        Ok(granted) if sent_at == self.now => {
+                            self.renewed_at_once(renewal.slot, renewal.token, granted)
+                        }
+                        answer => self.on_keep_alive(renewal.slot, renewal.token, sent_at, answer),
+                    }
+                }
+                if short {
+                    tracing::warn!("the keep-alive batch was answered only in part");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, leases = renewals.len(), "keep-alive batch failed");
+                let error = Arc::new(e);
+                for renewal in renewals {
+                    self.keep_alive_failed(renewal.slot, renewal.token, error.clone());
+                }
+            }
+        }
+    }
+
+    /// The hot path at scale: a keep-alive answered at the instant it was sent. It does what
+    /// [`on_keep_alive`](Self::on_keep_alive) does for that success, with what the round's
+    /// renewals share computed once.
+    fn renewed_at_once(&mut self, slot: u32, token: u64, granted: i64) {
+        let now = self.now;
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if s.call != token || s.needs_put {
+            return self.on_keep_alive(slot, token, now, Ok(granted));
+        }
+        let Phase::Alive {
+            ttl,
+            deadline,
+            in_flight,
+            ..
+        } = &mut s.phase
+        else {
+            return;
+        };
+        *in_flight = false;
+        let ttl = *ttl;
+        let round = match self.round {
+            Some(round) if round.now == now && round.ttl == ttl => round,
+            _ => {
+                let renewed = now.checked_add(ttl).unwrap_or(*deadline);
+                let round = Round {
+                    now,
+                    ttl,
+                    renewed,
+                    next: now.checked_add(ttl / 3).unwrap_or(renewed).min(renewed),
+                    stored: s.clock.encode(now, ttl),
+                };
+                self.round = Some(round);
+                round
+            }
+        };
+        *deadline = round.renewed;
+        s.clock.store(round.stored);
+        s.clock.answered_after(Duration::ZERO);
+        self.tokens += 1;
+        s.timer = self.tokens;
+        self.wheel.schedule(
+            round.next,
+            Due::Lease {
+                slot,
+                token: self.tokens,
+            },
+        );
     }
 
     fn on_done(&mut self, done: Done) {
@@ -825,6 +937,11 @@ impl<'r> Task<'r> {
                 sent_at,
                 result,
             } => self.on_keep_alive(slot, token, sent_at, result),
+            Done::KeepAlives {
+                renewals,
+                sent_at,
+                result,
+            } => self.on_keep_alives(renewals, sent_at, result),
             Done::Put {
                 id,
                 key,
@@ -988,30 +1105,62 @@ impl<'r> Task<'r> {
         else {
             return;
         };
-        *in_flight = false;
         let (lease, ttl) = (*lease, *ttl);
         match result {
             Ok(_) => {
+                *in_flight = false;
                 *deadline = sent_at.checked_add(ttl).unwrap_or(*deadline);
                 s.clock.renewed(sent_at, ttl);
                 s.clock
                     .answered_after(now.saturating_duration_since(sent_at));
                 self.flush_puts(slot);
-            }
-            Err(Error::LeaseNotFound(_)) => {
-                self.lease_lost(slot);
-                return;
+                self.schedule_next_round(slot);
             }
             Err(e) => {
-                tracing::warn!(%lease, error = %e, "keep-alive failed");
-                let lost = now >= *deadline;
-                self.record_error(slot, e);
-                if lost {
-                    self.lease_lost(slot);
-                    return;
+                if !matches!(e, Error::LeaseNotFound(_)) {
+                    tracing::warn!(%lease, error = %e, "keep-alive failed");
                 }
+                self.keep_alive_failed(slot, token, Arc::new(e));
             }
         }
+    }
+
+    /// A keep-alive failed (alone, or with its whole batch, which shares one error): a lease
+    /// that is gone, or whose deadline passed, is lost; else the next round tries again.
+    fn keep_alive_failed(&mut self, slot: u32, token: u64, error: Arc<Error>) {
+        let now = self.now;
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if s.call != token {
+            return;
+        }
+        let Phase::Alive {
+            deadline,
+            in_flight,
+            ..
+        } = &mut s.phase
+        else {
+            return;
+        };
+        *in_flight = false;
+        if matches!(*error, Error::LeaseNotFound(_)) {
+            self.lease_lost(slot);
+            return;
+        }
+        tracing::debug!(error = %error, "keep-alive failed");
+        let lost = now >= *deadline;
+        self.record_error(slot, error);
+        if lost {
+            self.lease_lost(slot);
+            return;
+        }
+        self.schedule_next_round(slot);
+    }
+
+    /// Schedules the next keep-alive a third of the TTL from now (no later than the deadline).
+    fn schedule_next_round(&mut self, slot: u32) {
+        let now = self.now;
         let Some(Slot {
             phase: Phase::Alive { ttl, deadline, .. },
             ..
@@ -1049,11 +1198,11 @@ impl<'r> Task<'r> {
         }
     }
 
-    fn record_error(&mut self, slot: u32, error: Error) {
+    fn record_error(&mut self, slot: u32, error: impl Into<Arc<Error>>) {
         let Some(s) = self.slots.get(slot) else {
             return;
         };
-        let error = Arc::new(error);
+        let error = error.into();
         for id in &s.members {
             if let Some(reg) = self.regs.get(id) {
                 reg.shared.details().last_error = Some(error.clone());
