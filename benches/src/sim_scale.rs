@@ -430,60 +430,35 @@ pub(crate) fn run(quick: bool, seed: u64) -> Report {
     );
     match crate::sim_floors::floors(scale) {
         Ok(floors) => {
-            report.row(
-                PART,
-                "same schedule, simulator alone (manual clock, one loop)",
-                fmt_duration(floors.manual),
-                "",
-                "",
-                "",
-                Verdict::Info,
-            );
-            report.row(
-                PART,
-                "same schedule, simulator alone, in batches of 1,000",
-                fmt_duration(floors.manual_batched),
-                "",
-                "",
-                "",
-                Verdict::Info,
-            );
-            report.row(
-                PART,
-                "same schedule, one bare task per instance (paused clock)",
-                fmt_duration(floors.tasks),
-                "",
-                "",
-                "",
-                Verdict::Info,
-            );
-            report.row(
-                PART,
-                "same schedule, one task for all via dyn Registry: keep-alive only",
-                fmt_duration(floors.one_task),
-                "",
-                "",
-                "",
-                Verdict::Info,
-            );
-            report.row(
-                PART,
-                "same schedule, one task for all via dyn Registry: keep-alive + key check",
-                fmt_duration(floors.one_task_checked),
-                "",
-                "",
-                "",
-                Verdict::Info,
-            );
-            report.row(
-                PART,
-                "same schedule, one task for all via dyn Registry: batches of 1,000",
-                fmt_duration(floors.one_task_batched),
-                "",
-                "",
-                "",
-                Verdict::Info,
-            );
+            let rows = [
+                (
+                    "same schedule, simulator alone (manual clock, one loop)",
+                    floors.manual,
+                ),
+                (
+                    "same schedule, simulator alone, in batches of 1,000",
+                    floors.manual_batched,
+                ),
+                (
+                    "same schedule, one bare task per instance (paused clock)",
+                    floors.tasks,
+                ),
+                (
+                    "same schedule, one task for all via dyn Registry: keep-alive only",
+                    floors.one_task,
+                ),
+                (
+                    "same schedule, one task for all via dyn Registry: keep-alive + key check",
+                    floors.one_task_checked,
+                ),
+                (
+                    "same schedule, one task for all via dyn Registry: batches of 1,000",
+                    floors.one_task_batched,
+                ),
+            ];
+            for (measure, wall) in rows {
+                report.row(PART, measure, fmt_duration(wall), "", "", "", Verdict::Info);
+            }
         }
         Err(e) => report.note(format!("(c) the floor runs failed: {e}")),
     }

@@ -37,6 +37,12 @@ enum Bug {
     /// A keep-alive batch is answered in lease id order, a repeated id once (replies gathered
     /// in a map by lease id instead of matched to the requests).
     AnswersABatchInIdOrder,
+    /// A keep-alive batch over the limit renews its leases before it is refused (the limit
+    /// checked after the burst went out).
+    RenewsAnOversizedBatch,
+    /// A keep-alive batch writes a key of its own outside the case's prefix (bookkeeping
+    /// stored beside the data).
+    WritesOnABatch,
 }
 
 #[derive(Debug)]
@@ -128,6 +134,16 @@ impl Registry for Mutant {
         })
     }
     async fn lease_keep_alive_many(&self, ids: &[LeaseId]) -> Result<Vec<Result<i64>>> {
+        if self.is(Bug::RenewsAnOversizedBatch) {
+            for id in ids {
+                let _ = self.inner.lease_keep_alive(*id).await;
+            }
+        }
+        if self.is(Bug::WritesOnABatch) {
+            self.inner
+                .put(b"\xffmutant/batch", b"", PutOptions::default())
+                .await?;
+        }
         if self.is(Bug::RenewsOnlyTheFirstOfABatch) {
             limits::check_keep_alive_batch(ids.len())?;
             let mut answers = Vec::with_capacity(ids.len());
@@ -334,6 +350,38 @@ fn catches_a_keep_alive_batch_answered_in_lease_id_order() {
     assert_caught(
         Bug::AnswersABatchInIdOrder,
         "keep_alive_many_renews_each_live_lease_and_answers_in_order",
+    );
+}
+
+/// The arbitrary-input fuzz on its own catches `bug` (the batch case may too): the failure says
+/// `says` and is shrunk to a sequence with a keep-alive batch, so the fuzz's own batch checks
+/// are what failed.
+fn assert_fuzz_catches(bug: Bug, says: &str) {
+    let rt = runtime();
+    let backend = MutantBackend::new(Some(bug));
+    let failure = run_case("public_api_survives_arbitrary_input", &backend, &rt, None)
+        .expect_err("the fuzz passed");
+    let message = &failure.message;
+    let shrunk = message
+        .split("minimal failing input")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{bug:?}: no shrunk input: {message}"));
+    assert!(
+        message.contains(says) && shrunk.contains("KeepAliveMany"),
+        "{bug:?}: {message}"
+    );
+}
+
+#[test]
+fn the_fuzz_catches_a_keep_alive_batch_that_writes() {
+    assert_fuzz_catches(Bug::WritesOnABatch, "a keep-alive changed the store");
+}
+
+#[test]
+fn the_fuzz_catches_an_oversized_keep_alive_batch_that_renews() {
+    assert_fuzz_catches(
+        Bug::RenewsAnOversizedBatch,
+        "the failed call changed the store",
     );
 }
 

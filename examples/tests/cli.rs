@@ -5,20 +5,16 @@
 //! its instances in-process (through `registry_service::Registration` or a raw put), and runs
 //! the real binary. Children are killed when their handle drops; every wait is bounded.
 
+mod support;
+
 use registry_api::{PutOptions, Registry};
 use registry_etcd::testing::{shared_endpoints, unique_key_prefix};
 use registry_etcd::EtcdRegistry;
 use registry_service::{Registration, RegistrationOptions, ServiceInstance, Status};
 use serde_json::{json, Value};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
-use tokio::time::timeout;
-
-/// The longest a command may take, or a child may take to print an expected line.
-const WAIT: Duration = Duration::from_secs(20);
+use support::{http_get, Child};
 
 /// The etcd, key prefix and in-process registry of one test.
 struct Setup {
@@ -49,24 +45,12 @@ impl Setup {
 
     /// Runs `registry` with exactly `args` to completion: success, stdout, stderr.
     async fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let output = timeout(
-            WAIT,
-            Command::new(env!("CARGO_BIN_EXE_registry"))
-                .args(args)
-                .env("RUST_LOG", "error")
+        support::run(
+            support::command(env!("CARGO_BIN_EXE_registry"), args)
                 .env_remove("REGISTRY_ETCD")
-                .env_remove("REGISTRY_NAMESPACE")
-                .stdin(Stdio::null())
-                .kill_on_drop(true)
-                .output(),
+                .env_remove("REGISTRY_NAMESPACE"),
         )
         .await
-        .unwrap_or_else(|_| panic!("registry {args:?} did not finish"))
-        .expect("the registry CLI runs");
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        eprintln!("$ registry {}\n{stdout}{stderr}", args.join(" "));
-        (output.status.success(), stdout, stderr)
     }
 
     /// Runs `registry <args> --etcd ... --key-prefix ...` and parses its stdout as JSON.
@@ -79,23 +63,10 @@ impl Setup {
     }
 
     /// Starts a long-running `registry` command (its options after the subcommand).
-    fn spawn(&self, args: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_registry"))
-            .args(args)
-            .args(self.etcd_args())
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the registry CLI starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        Proc {
-            name: format!("registry {}", args.join(" ")),
-            child,
-            lines: BufReader::new(stdout).lines(),
-        }
+    fn spawn(&self, args: &[&str]) -> Child {
+        let mut all = args.to_vec();
+        all.extend(self.etcd_args());
+        support::spawn(env!("CARGO_BIN_EXE_registry"), &all)
     }
 
     async fn register(&self, service: &str, id: &str, address: &str) -> Registration {
@@ -118,59 +89,10 @@ impl Setup {
     }
 }
 
-/// A running child and the lines of its stdout.
-struct Proc {
-    name: String,
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-impl Proc {
-    /// The next stdout line, parsed as JSON.
-    async fn next_json(&mut self) -> Value {
-        let line = timeout(WAIT, self.lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("{}: no line in time", self.name))
-            .expect("stdout reads")
-            .unwrap_or_else(|| panic!("{}: exited before printing a line", self.name));
-        eprintln!("[{}] {line}", self.name);
-        serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", self.name))
-    }
-
-    /// SIGTERM, as Ctrl-C; waits for the exit and returns whether it succeeded.
-    async fn terminate(&mut self) -> bool {
-        let pid = self.child.id().expect("still running").to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .expect("kill runs");
-        assert!(sent.success());
-        timeout(WAIT, self.child.wait())
-            .await
-            .expect("exits after SIGTERM")
-            .expect("exit status")
-            .success()
-    }
-}
-
-/// One plain HTTP/1.1 GET on loopback; the body.
-async fn http_get(address: &str, path: &str) -> String {
-    let mut stream = timeout(WAIT, tokio::net::TcpStream::connect(address))
-        .await
-        .expect("connects in time")
-        .expect("connects");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("sends");
-    let mut response = String::new();
-    timeout(WAIT, stream.read_to_string(&mut response))
-        .await
-        .expect("answers in time")
-        .expect("reads");
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_owned()
+/// The next stdout line of `child`, parsed as JSON.
+async fn next_json(child: &mut Child) -> Value {
+    let line = child.next_line().await;
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,41 +239,42 @@ async fn every_subcommand_prints_json_with_json() {
     assert_eq!(status["services"][0]["service"], "hello");
 
     let mut watch = setup.spawn(&["watch", "hello", "--json"]);
-    let event = watch.next_json().await;
+    let event = next_json(&mut watch).await;
     assert_eq!(
         (&event["event"], &event["instance"]["id"]),
         (&json!("added"), &json!("a"))
     );
 
     let mut register = setup.spawn(&["register", "hello", "127.0.0.1:9002", "--id", "b", "--json"]);
-    let registered = register.next_json().await;
+    let registered = next_json(&mut register).await;
     assert_eq!(registered["registered"]["id"], "b", "{registered}");
     assert!(registered["key"]
         .as_str()
         .is_some_and(|k| k.ends_with("services/hello/b")));
-    let event = watch.next_json().await;
+    let event = next_json(&mut watch).await;
     assert_eq!(
         (&event["event"], &event["instance"]["id"]),
         (&json!("added"), &json!("b"))
     );
     assert!(register.terminate().await);
-    let deregistered = register.next_json().await;
+    let deregistered = next_json(&mut register).await;
     assert!(deregistered["deregistered"].is_string(), "{deregistered}");
 
     let deleted = setup.json(&["deregister", "hello", "a", "--json"]).await;
     assert_eq!(deleted["deleted"], true, "{deleted}");
 
     let mut ui = setup.spawn(&["ui", "--listen", "127.0.0.1:0", "--json"]);
-    let listening = ui.next_json().await;
+    let listening = next_json(&mut ui).await;
     let address = listening["listening"]
         .as_str()
         .expect("an address")
         .to_owned();
     assert!(address.starts_with("127.0.0.1:"), "{listening}");
     assert_eq!(listening["url"], format!("http://{address}/"));
-    let page = http_get(&address, "/").await;
+    let page = http_get(&address, "/").await.body;
     assert!(page.contains("<title>Service registry</title>"));
-    let fleet: Value = serde_json::from_str(&http_get(&address, "/api/fleet").await).expect("JSON");
+    let fleet: Value =
+        serde_json::from_str(&http_get(&address, "/api/fleet").await.body).expect("JSON");
     assert_eq!(fleet["namespace"], "services", "{fleet}");
     assert!(ui.terminate().await, "registry ui stops cleanly on SIGTERM");
 }

@@ -10,6 +10,8 @@
 //! test fails, never skips, without it. With `DASHBOARD_SCREENSHOT_DIR` set, it also saves a
 //! screenshot of the page there.
 
+mod support;
+
 use registry_api::{PutOptions, Registry};
 use registry_etcd::testing::{shared_endpoints, unique_key_prefix};
 use registry_etcd::EtcdRegistry;
@@ -19,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::{timeout, Instant};
 
@@ -259,38 +261,31 @@ fn base64_decode(text: &str) -> Vec<u8> {
     out
 }
 
-/// `registry ui` on the test's etcd prefix, and the lines it prints.
+/// `registry ui` on the test's etcd prefix.
 struct Ui {
-    _child: Child,
-    _lines: Lines<BufReader<ChildStdout>>,
+    _child: support::Child,
     url: String,
 }
 
 async fn start_ui(endpoint: &str, prefix: &str) -> Ui {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_registry"))
-        .args(["ui", "--listen", "127.0.0.1:0", "--json"])
-        .args(["--etcd", endpoint, "--key-prefix", prefix])
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("registry ui starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
-    let line = timeout(SHOW_TIMEOUT, lines.next_line())
-        .await
-        .expect("registry ui prints its address in time")
-        .expect("stdout reads")
-        .expect("registry ui prints its address");
+    let mut child = support::spawn(
+        env!("CARGO_BIN_EXE_registry"),
+        &[
+            "ui",
+            "--listen",
+            "127.0.0.1:0",
+            "--json",
+            "--etcd",
+            endpoint,
+            "--key-prefix",
+            prefix,
+        ],
+    );
+    let line = child.next_line().await;
     let listening: Value = serde_json::from_str(&line).expect("JSON");
     let url = listening["url"].as_str().expect("a URL").to_owned();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-    Ui {
-        _child: child,
-        _lines: lines,
-        url,
-    }
+    Ui { _child: child, url }
 }
 
 async fn register(registry: &Arc<dyn Registry>, instance: ServiceInstance) -> Registration {

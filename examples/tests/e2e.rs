@@ -4,23 +4,21 @@
 //! (`registry_etcd::testing::shared_endpoints`), so tests never see each other's keys. Child
 //! processes are killed when their handle drops, and every wait is bounded.
 
+mod support;
+
 use registry_etcd::testing::{shared_endpoints, unique_key_prefix};
 use registry_examples::gateway::{endpoint, RETRIED_FROM};
 use registry_examples::proto::greeter_client::GreeterClient;
 use registry_examples::proto::HelloRequest;
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use support::Child;
 use tokio::time::{timeout, Instant};
 use tonic::transport::Channel;
 
 /// The lease TTL of the hello services: how long a killed node stays registered.
 const TTL_SECS: u64 = 2;
-/// The longest a child may take to print an expected line.
-const LINE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The etcd and key prefix of one test.
 struct Setup {
@@ -37,36 +35,19 @@ impl Setup {
         }
     }
 
-    fn backend_args(&self) -> Vec<String> {
-        vec![
-            "--etcd".into(),
-            self.endpoint.clone(),
-            "--key-prefix".into(),
-            self.prefix.clone(),
-        ]
+    /// This setup's backend options, then `args`.
+    fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = vec!["--etcd", &self.endpoint, "--key-prefix", &self.prefix];
+        all.extend_from_slice(args);
+        all
     }
 
     /// Starts a binary with this setup's backend options before `args`.
-    fn spawn(&self, binary: &str, args: &[&str]) -> Proc {
-        let mut command = Command::new(binary);
-        command
-            .args(self.backend_args())
-            .args(args)
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        let mut child = command.spawn().expect("the binary starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        Proc {
-            name: format!("{binary} {}", args.join(" ")),
-            child,
-            lines: BufReader::new(stdout).lines(),
-        }
+    fn spawn(&self, binary: &str, args: &[&str]) -> Child {
+        support::spawn(binary, &self.args(args))
     }
 
-    fn hello(&self, id: &str) -> Proc {
+    fn hello(&self, id: &str) -> Child {
         let ttl = TTL_SECS.to_string();
         self.spawn(
             env!("CARGO_BIN_EXE_hello-service"),
@@ -76,23 +57,12 @@ impl Setup {
 
     /// Runs the `registry` CLI to completion: its exit status and stdout.
     async fn registry_cli(&self, args: &[&str]) -> (bool, String) {
-        let output = timeout(
-            LINE_TIMEOUT,
-            Command::new(env!("CARGO_BIN_EXE_registry"))
-                .args(self.backend_args())
-                .args(args)
-                .env("RUST_LOG", "error")
-                .stdin(Stdio::null())
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("registry {args:?} did not finish"))
-        .expect("the registry CLI runs");
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        eprintln!("$ registry {}\n{stdout}{stderr}", args.join(" "));
-        (output.status.success(), stdout)
+        let (ok, stdout, _) = support::run(&mut support::command(
+            env!("CARGO_BIN_EXE_registry"),
+            &self.args(args),
+        ))
+        .await;
+        (ok, stdout)
     }
 
     /// The instance ids `registry --json list <service>` prints.
@@ -111,53 +81,6 @@ impl Setup {
             .iter()
             .map(|instance| instance["id"].as_str().expect("an id").to_owned())
             .collect()
-    }
-}
-
-/// A running child and the lines of its stdout.
-struct Proc {
-    name: String,
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-impl Proc {
-    /// Reads stdout until a line starting with `prefix`; returns the rest of that line.
-    async fn wait_line(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + LINE_TIMEOUT;
-        loop {
-            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
-                .await
-                .unwrap_or_else(|_| panic!("{}: no line {prefix:?} in time", self.name))
-                .expect("stdout reads")
-                .unwrap_or_else(|| panic!("{}: exited before printing {prefix:?}", self.name));
-            eprintln!("[{}] {line}", self.name);
-            if let Some(rest) = line.strip_prefix(prefix) {
-                return rest.trim().to_owned();
-            }
-        }
-    }
-
-    /// SIGKILL, as a crash: no deregistration.
-    async fn kill(&mut self) {
-        self.child.start_kill().expect("the child can be killed");
-        let _ = timeout(LINE_TIMEOUT, self.child.wait()).await;
-    }
-
-    /// SIGTERM, as a clean stop; waits for the exit and returns whether it succeeded.
-    async fn terminate(&mut self) -> bool {
-        let pid = self.child.id().expect("still running").to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .expect("kill runs");
-        assert!(sent.success());
-        timeout(LINE_TIMEOUT, self.child.wait())
-            .await
-            .expect("exits after SIGTERM")
-            .expect("exit status")
-            .success()
     }
 }
 

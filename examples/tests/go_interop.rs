@@ -14,6 +14,8 @@
 //! this test runs `scripts/install-go.sh` itself (about 75 MB and a minute or more, once).
 //! It never skips: if Go cannot be installed, the tests fail and say why.
 
+mod support;
+
 use registry_api::{ListOptions, Registry};
 use registry_etcd::testing::EtcdServer;
 use registry_etcd::EtcdRegistry;
@@ -26,8 +28,7 @@ use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use support::{spawn_capturing_stderr, Child};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 
@@ -35,8 +36,6 @@ use tokio::time::{timeout, Instant};
 const GO_BIN_ENV: &str = "REGISTRY_GO_NAMING_BIN";
 /// The lease TTL of the Rust nodes: how long a killed node stays listed.
 const TTL_SECS: u64 = 2;
-/// The longest a child may take to print an expected line.
-const LINE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How many calls each Go client makes, 40 ms apart.
 const CALLS: u32 = 300;
 /// The longest a Go `call` run may take in all (its calls take about 12 s).
@@ -110,7 +109,7 @@ impl Setup {
     }
 
     /// A Rust hello node publishing under the Go target `hello` (or another one in `extra`).
-    fn hello(&self, id: &str, extra: &[&str]) -> Proc {
+    fn hello(&self, id: &str, extra: &[&str]) -> Child {
         let ttl = TTL_SECS.to_string();
         let mut args = vec![
             "--etcd",
@@ -126,18 +125,18 @@ impl Setup {
             args.extend(["--go-target", "hello"]);
         }
         args.extend_from_slice(extra);
-        Proc::spawn(env!("CARGO_BIN_EXE_hello-service"), &args)
+        spawn_capturing_stderr(env!("CARGO_BIN_EXE_hello-service"), &args)
     }
 
     /// The Go program: `etcd-naming --etcd <endpoints> <command> <target> <args>`.
-    fn go(&self, command: &str, target: &str, args: &[&str]) -> Proc {
+    fn go(&self, command: &str, target: &str, args: &[&str]) -> Child {
         let mut all = vec!["--etcd", &self.endpoints, command, target];
         all.extend_from_slice(args);
-        Proc::spawn(go_bin(), &all)
+        spawn_capturing_stderr(go_bin(), &all)
     }
 
     /// A Go client making `n` calls through `etcd:///hello` with `policy`.
-    fn go_call(&self, policy: &str, n: u32) -> Proc {
+    fn go_call(&self, policy: &str, n: u32) -> Child {
         let n = n.to_string();
         self.go(
             "call",
@@ -149,7 +148,7 @@ impl Setup {
     /// What Go's `endpoints.Manager.List` sees under `hello`: (key, addr, metadata).
     async fn go_list(&self) -> Vec<(String, String, String)> {
         let mut list = self.go("list", "hello", &[]);
-        let (ok, lines, stderr) = list.finish().await;
+        let (ok, lines, stderr) = list.finish(RUN_TIMEOUT).await;
         assert!(ok, "etcd-naming list failed: {stderr}");
         lines
             .iter()
@@ -165,113 +164,6 @@ impl Setup {
             })
             .collect()
     }
-}
-
-/// A running child: its stdout lines, its stderr collected in the background.
-struct Proc {
-    name: String,
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-    stderr: Option<JoinHandle<String>>,
-}
-
-impl Proc {
-    fn spawn(binary: &str, args: &[&str]) -> Proc {
-        let mut child = Command::new(binary)
-            .args(args)
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{binary} starts: {e}"));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        Proc {
-            name: format!(
-                "{} {}",
-                binary.rsplit('/').next().unwrap_or(binary),
-                args.join(" ")
-            ),
-            child,
-            lines: BufReader::new(stdout).lines(),
-            stderr: Some(tokio::spawn(read_all(stderr))),
-        }
-    }
-
-    /// The next stdout line, within [`LINE_TIMEOUT`].
-    async fn next_line(&mut self) -> String {
-        let line = timeout(LINE_TIMEOUT, self.lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("{}: no line in time", self.name))
-            .expect("stdout reads")
-            .unwrap_or_else(|| panic!("{}: exited early", self.name));
-        eprintln!("[{}] {line}", self.name);
-        line
-    }
-
-    /// Reads stdout until a line starting with `prefix`; returns the rest of that line.
-    async fn wait_line(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + LINE_TIMEOUT;
-        loop {
-            let line = tokio::time::timeout_at(deadline, self.next_line())
-                .await
-                .unwrap_or_else(|_| panic!("{}: no line {prefix:?} in time", self.name));
-            if let Some(rest) = line.strip_prefix(prefix) {
-                return rest.trim().to_owned();
-            }
-        }
-    }
-
-    /// Reads the rest of stdout and waits for the exit, within [`RUN_TIMEOUT`]: whether it
-    /// succeeded, the lines, and stderr.
-    async fn finish(&mut self) -> (bool, Vec<String>, String) {
-        let name = self.name.clone();
-        let run = async {
-            let mut lines = Vec::new();
-            while let Some(line) = self.lines.next_line().await.expect("stdout reads") {
-                lines.push(line);
-            }
-            let status = self.child.wait().await.expect("exit status");
-            let stderr = match self.stderr.take() {
-                Some(task) => task.await.unwrap_or_default(),
-                None => String::new(),
-            };
-            (status.success(), lines, stderr)
-        };
-        timeout(RUN_TIMEOUT, run)
-            .await
-            .unwrap_or_else(|_| panic!("{name}: did not finish in {RUN_TIMEOUT:?}"))
-    }
-
-    /// SIGKILL, as a crash: no deregistration.
-    async fn kill(&mut self) {
-        self.child.start_kill().expect("the child can be killed");
-        let _ = timeout(LINE_TIMEOUT, self.child.wait()).await;
-    }
-
-    /// SIGTERM, as a clean stop; waits for the exit and returns whether it succeeded.
-    async fn terminate(&mut self) -> bool {
-        let pid = self.child.id().expect("still running").to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .expect("kill runs");
-        assert!(sent.success());
-        timeout(LINE_TIMEOUT, self.child.wait())
-            .await
-            .expect("exits after SIGTERM")
-            .expect("exit status")
-            .success()
-    }
-}
-
-async fn read_all(mut stderr: ChildStderr) -> String {
-    let mut text = String::new();
-    let _ = stderr.read_to_string(&mut text).await;
-    text
 }
 
 /// One line of `etcd-naming call`: `call <seq> <unix ms> ok <node> <address>` or
@@ -301,7 +193,7 @@ fn parse_calls(lines: &[String]) -> Vec<Call> {
 }
 
 /// Reads stdout until the first answered call; returns its node and the lines read.
-async fn first_node(client: &mut Proc) -> (String, Vec<String>) {
+async fn first_node(client: &mut Child) -> (String, Vec<String>) {
     let mut read = Vec::new();
     loop {
         let line = client.next_line().await;
@@ -325,9 +217,9 @@ struct CallRun {
 }
 
 /// Runs `client` to the end in the background; `earlier` are the lines already read from it.
-fn collect(mut client: Proc, mut earlier: Vec<String>) -> JoinHandle<CallRun> {
+fn collect(mut client: Child, mut earlier: Vec<String>) -> JoinHandle<CallRun> {
     tokio::spawn(async move {
-        let (ok, rest, stderr) = client.finish().await;
+        let (ok, rest, stderr) = client.finish(RUN_TIMEOUT).await;
         earlier.extend(rest);
         let lines = earlier;
         CallRun {
@@ -635,7 +527,7 @@ async fn rust_reads_go_registered_nodes_beside_its_own_and_calls_them() {
 
     // The Rust gateway fronts the mixed fleet: `--go-target` follows the Go-registered
     // endpoints beside our own, and its calls are served by Go and Rust nodes alike.
-    let mut gateway = Proc::spawn(
+    let mut gateway = spawn_capturing_stderr(
         env!("CARGO_BIN_EXE_gateway"),
         &[
             "--etcd",
@@ -675,7 +567,7 @@ async fn rust_reads_go_registered_nodes_beside_its_own_and_calls_them() {
     drop(gateway);
 
     // The CLI lists the mixed fleet too.
-    let mut cli = Proc::spawn(
+    let mut cli = spawn_capturing_stderr(
         env!("CARGO_BIN_EXE_registry"),
         &[
             "list",
@@ -686,7 +578,7 @@ async fn rust_reads_go_registered_nodes_beside_its_own_and_calls_them() {
             &setup.endpoints,
         ],
     );
-    let (ok, lines, stderr) = cli.finish().await;
+    let (ok, lines, stderr) = cli.finish(RUN_TIMEOUT).await;
     assert!(ok, "registry list --go-target fails: {stderr}");
     let listed: Vec<ServiceInstance> =
         serde_json::from_str(&lines.join("\n")).expect("the CLI prints instances as JSON");
@@ -717,7 +609,7 @@ async fn a_go_target_with_a_slash_needs_an_authority_for_rust_servers() {
     node.wait_line("published team/hello/").await;
 
     let mut plain = setup.go("call", "team/hello", &["--n", "3", "--interval", "10ms"]);
-    let (ok, lines, stderr) = plain.finish().await;
+    let (ok, lines, stderr) = plain.finish(RUN_TIMEOUT).await;
     assert!(ok, "{stderr}");
     let calls = parse_calls(&lines);
     assert_eq!(calls.len(), 3);
@@ -732,7 +624,7 @@ async fn a_go_target_with_a_slash_needs_an_authority_for_rust_servers() {
         "team/hello",
         &["--n", "3", "--interval", "10ms", "--authority", "hello"],
     );
-    let (ok, lines, stderr) = with_authority.finish().await;
+    let (ok, lines, stderr) = with_authority.finish(RUN_TIMEOUT).await;
     assert!(ok, "{stderr}");
     let calls = parse_calls(&lines);
     assert_eq!(calls.len(), 3);

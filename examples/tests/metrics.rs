@@ -3,84 +3,32 @@
 //! the node's lease behind its back) and a resync (the gateway reaches etcd through a proxy that
 //! the test makes reset every connection for a while).
 
+mod support;
+
 use registry_api::Registry;
 use registry_etcd::testing::{shared_endpoints, unique_key_prefix, ProxyMode, TcpProxy};
 use registry_etcd::EtcdRegistry;
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use support::spawn;
 use tokio::time::{timeout, Instant};
 
-/// The longest a child may take to print a line, or a series to reach a value.
+/// The longest a series may take to reach a value.
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A running child and the lines of its stdout.
-struct Proc {
-    name: String,
-    _child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-fn spawn(binary: &str, args: &[&str]) -> Proc {
-    let mut child = Command::new(binary)
-        .args(args)
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
-    let stdout = child.stdout.take().expect("stdout is piped");
-    Proc {
-        name: format!("{binary} {}", args.join(" ")),
-        _child: child,
-        lines: BufReader::new(stdout).lines(),
-    }
-}
-
-impl Proc {
-    /// Reads stdout until a line starting with `prefix`; returns the rest of that line.
-    async fn wait_line(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
-                .await
-                .unwrap_or_else(|_| panic!("{}: no line {prefix:?} in time", self.name))
-                .expect("stdout reads")
-                .unwrap_or_else(|| panic!("{}: exited before printing {prefix:?}", self.name));
-            eprintln!("[{}] {line}", self.name);
-            if let Some(rest) = line.strip_prefix(prefix) {
-                return rest.trim().to_owned();
-            }
-        }
-    }
-}
 
 /// One scrape: the body of `GET <url>` (a `http://127.0.0.1:PORT/metrics` URL).
 async fn scrape(url: &str) -> String {
     let rest = url.strip_prefix("http://").expect("an http URL");
     let (address, path) = rest.split_once('/').expect("a path");
-    let mut stream = timeout(WAIT, tokio::net::TcpStream::connect(address))
-        .await
-        .expect("connects in time")
-        .expect("connects");
-    let request = format!("GET /{path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("sends");
-    let mut response = String::new();
-    timeout(WAIT, stream.read_to_string(&mut response))
-        .await
-        .expect("answers in time")
-        .expect("reads");
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let response = support::http_get(address, &format!("/{path}")).await;
     assert!(
-        head.to_ascii_lowercase()
+        response
+            .head
+            .to_ascii_lowercase()
             .contains("content-type: text/plain; version=0.0.4"),
-        "{head}"
+        "{}",
+        response.head
     );
-    body.to_owned()
+    response.body
 }
 
 /// The value of the series `name` whose labels include every `key="value"` of `labels`.

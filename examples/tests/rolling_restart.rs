@@ -6,105 +6,44 @@
 //! where a plain deregistration would leave calls on their way to a stopping server (the retry
 //! would hide those from the client, so the test counts retries too).
 
+mod support;
+
 use registry_etcd::testing::{shared_endpoints, unique_key_prefix};
 use registry_examples::gateway::{endpoint, RETRIED_FROM};
 use registry_examples::proto::greeter_client::GreeterClient;
 use registry_examples::proto::HelloRequest;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use support::Child;
 use tokio::time::{timeout, Instant};
 
-/// The longest a child may take to print an expected line or to exit.
-const LINE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a stopping node stays registered as draining while it still serves.
 const DRAIN_GRACE_MS: &str = "1000";
 
-/// A running child and the lines of its stdout.
-struct Proc {
-    name: String,
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
+/// Starts `binary` on the test's etcd and key prefix.
+fn spawn(etcd: &str, prefix: &str, binary: &str, args: &[&str]) -> Child {
+    let mut all = vec!["--etcd", etcd, "--key-prefix", prefix];
+    all.extend_from_slice(args);
+    support::spawn(binary, &all)
 }
 
-impl Proc {
-    fn spawn(etcd: &str, prefix: &str, binary: &str, args: &[&str]) -> Proc {
-        let mut child = Command::new(binary)
-            .args(["--etcd", etcd, "--key-prefix", prefix])
-            .args(args)
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the binary starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        Proc {
-            name: format!("{binary} {}", args.join(" ")),
-            child,
-            lines: BufReader::new(stdout).lines(),
-        }
-    }
-
-    fn hello(etcd: &str, prefix: &str, id: &str) -> Proc {
-        Proc::spawn(
-            etcd,
-            prefix,
-            env!("CARGO_BIN_EXE_hello-service"),
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--id",
-                id,
-                "--ttl",
-                "5",
-                "--drain-grace-ms",
-                DRAIN_GRACE_MS,
-            ],
-        )
-    }
-
-    /// Reads stdout until a line starting with `prefix`; returns the rest of that line.
-    async fn wait_line(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + LINE_TIMEOUT;
-        loop {
-            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
-                .await
-                .unwrap_or_else(|_| panic!("{}: no line {prefix:?} in time", self.name))
-                .expect("stdout reads")
-                .unwrap_or_else(|| panic!("{}: exited before printing {prefix:?}", self.name));
-            eprintln!("[{}] {line}", self.name);
-            if let Some(rest) = line.strip_prefix(prefix) {
-                return rest.trim().to_owned();
-            }
-        }
-    }
-
-    /// SIGTERM; waits for the exit, reading stdout meanwhile, and returns whether it succeeded.
-    async fn terminate(&mut self) -> bool {
-        let pid = self.child.id().expect("still running").to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .expect("kill runs");
-        assert!(sent.success());
-        let deadline = Instant::now() + LINE_TIMEOUT;
-        while let Ok(Ok(Some(line))) =
-            tokio::time::timeout_at(deadline, self.lines.next_line()).await
-        {
-            eprintln!("[{}] {line}", self.name);
-        }
-        timeout(LINE_TIMEOUT, self.child.wait())
-            .await
-            .expect("exits after SIGTERM")
-            .expect("exit status")
-            .success()
-    }
+fn hello(etcd: &str, prefix: &str, id: &str) -> Child {
+    spawn(
+        etcd,
+        prefix,
+        env!("CARGO_BIN_EXE_hello-service"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--id",
+            id,
+            "--ttl",
+            "5",
+            "--drain-grace-ms",
+            DRAIN_GRACE_MS,
+        ],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,11 +55,11 @@ async fn a_rolling_restart_behind_the_gateway_fails_no_call() {
     let ids = ["a", "b", "c"];
     let mut nodes = Vec::new();
     for id in ids {
-        let mut node = Proc::hello(&etcd, &prefix, id);
+        let mut node = hello(&etcd, &prefix, id);
         node.wait_line("registered").await;
         nodes.push(node);
     }
-    let mut gateway = Proc::spawn(
+    let mut gateway = spawn(
         &etcd,
         &prefix,
         env!("CARGO_BIN_EXE_gateway"),
@@ -171,8 +110,11 @@ async fn a_rolling_restart_behind_the_gateway_fails_no_call() {
 
     for (node, id) in nodes.iter_mut().zip(ids) {
         let before = ok.load(Ordering::SeqCst);
-        assert!(node.terminate().await, "{id} exits cleanly on SIGTERM");
-        *node = Proc::hello(&etcd, &prefix, id);
+        assert!(
+            node.terminate_echoing_rest().await,
+            "{id} exits cleanly on SIGTERM"
+        );
+        *node = hello(&etcd, &prefix, id);
         node.wait_line("registered").await;
         // Wait until the gateway routes to the new process before stopping the next one.
         loop {
@@ -201,6 +143,6 @@ async fn a_rolling_restart_behind_the_gateway_fails_no_call() {
     assert_eq!(failed, 0, "{failed} of {} calls failed", ok + failed);
     assert_eq!(retried, 0, "{retried} calls reached a stopping node first");
     for node in &mut nodes {
-        assert!(node.terminate().await);
+        assert!(node.terminate_echoing_rest().await);
     }
 }

@@ -106,18 +106,10 @@ impl From<StoreEvent<ServiceInstance>> for DiscoveryEvent {
 pub struct DiscoveryOptions {
     /// The key namespace (see [`KeyLayout`]).
     pub namespace: String,
-    /// Waits between re-list attempts after a watch fails.
-    pub backoff: Backoff,
-    /// Seeds the jitter (mixed with the prefix). `None` (the default) takes a seed of the
-    /// process's own (see [`WatcherConfig::seed`]), so a fleet's re-lists spread out; set one
-    /// to get the same waits on every run.
-    pub seed: Option<u64>,
-    /// How long one list, watch or progress request may take before it counts as failed.
-    pub request_timeout: Duration,
-    /// How long the watch may deliver nothing before it is asked for progress.
-    pub idle_timeout: Duration,
-    /// How long a progress request may go unanswered before the watch is given up.
-    pub progress_timeout: Duration,
+    /// How the watch under the view lists, watches, heals and backs off: the [`watcher`]'s
+    /// own configuration. Its `seed` is mixed with the prefix; `None` (the default) takes a
+    /// seed of the process's own, so a fleet's re-lists spread out.
+    pub watcher: WatcherConfig,
     /// How many batches of changes a subscriber may fall behind before it is resynced from the
     /// snapshot (see [`DiscoveryEvents`]). At least 1.
     pub capacity: usize,
@@ -127,11 +119,7 @@ impl Default for DiscoveryOptions {
     fn default() -> Self {
         DiscoveryOptions {
             namespace: DEFAULT_NAMESPACE.to_owned(),
-            backoff: Backoff::default(),
-            seed: None,
-            request_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(30),
-            progress_timeout: Duration::from_secs(5),
+            watcher: WatcherConfig::default(),
             capacity: store::DEFAULT_CAPACITY,
         }
     }
@@ -144,34 +132,38 @@ impl DiscoveryOptions {
         self
     }
 
-    /// Sets the backoff.
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
+    /// Sets the whole watcher configuration.
+    pub fn watcher(mut self, watcher: WatcherConfig) -> Self {
+        self.watcher = watcher;
         self
     }
 
-    /// Sets the jitter seed: the same seed gives the same waits.
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
-        self
+    /// Sets the watcher's backoff ([`WatcherConfig::backoff`]).
+    pub fn backoff(self, backoff: Backoff) -> Self {
+        self.map_watcher(|w| w.backoff(backoff))
     }
 
-    /// Sets the per-call timeout.
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
+    /// Sets the watcher's jitter seed ([`WatcherConfig::seed`]): the same seed gives the same
+    /// waits.
+    pub fn seed(self, seed: u64) -> Self {
+        self.map_watcher(|w| w.seed(seed))
     }
 
-    /// Sets how long the watch may be silent before it is asked for progress.
-    pub fn idle_timeout(mut self, idle: Duration) -> Self {
-        self.idle_timeout = idle;
-        self
+    /// Sets the watcher's per-call timeout ([`WatcherConfig::request_timeout`]).
+    pub fn request_timeout(self, timeout: Duration) -> Self {
+        self.map_watcher(|w| w.request_timeout(timeout))
     }
 
-    /// Sets how long a progress request may go unanswered.
-    pub fn progress_timeout(mut self, timeout: Duration) -> Self {
-        self.progress_timeout = timeout;
-        self
+    /// Sets how long the watch may be silent before it is asked for progress
+    /// ([`WatcherConfig::idle_timeout`]).
+    pub fn idle_timeout(self, idle: Duration) -> Self {
+        self.map_watcher(|w| w.idle_timeout(idle))
+    }
+
+    /// Sets how long a progress request may go unanswered
+    /// ([`WatcherConfig::progress_timeout`]).
+    pub fn progress_timeout(self, timeout: Duration) -> Self {
+        self.map_watcher(|w| w.progress_timeout(timeout))
     }
 
     /// Sets how many batches a subscriber may fall behind before it is resynced.
@@ -180,15 +172,9 @@ impl DiscoveryOptions {
         self
     }
 
-    /// The watcher configuration these options give.
-    pub fn watcher_config(&self) -> WatcherConfig {
-        WatcherConfig {
-            backoff: self.backoff.clone(),
-            seed: self.seed,
-            request_timeout: self.request_timeout,
-            idle_timeout: self.idle_timeout,
-            progress_timeout: self.progress_timeout,
-        }
+    fn map_watcher(mut self, change: impl FnOnce(WatcherConfig) -> WatcherConfig) -> Self {
+        self.watcher = change(self.watcher);
+        self
     }
 }
 
@@ -272,7 +258,7 @@ impl Discovery {
         let counters = Arc::new(task::Counters::default());
         let (stop, stopped) = watch::channel(false);
         let feed = task::Feed {
-            watcher: watcher(registry, layout.prefix(), options.watcher_config()),
+            watcher: watcher(registry, layout.prefix(), options.watcher.clone()),
             writer,
             layout,
             malformed: malformed.clone(),

@@ -142,7 +142,7 @@ async fn a_silent_watch_is_detected_and_the_view_healed_within_the_idle_bound() 
     assert!(discovery.is_empty(), "the frozen watch delivers nothing");
     assert!(discovery.is_synced(), "and nothing has noticed yet");
 
-    let bound = options.idle_timeout + options.progress_timeout + options.backoff.max;
+    let bound = options.watcher.stall_bound() + options.watcher.backoff.max;
     let found = discovery
         .wait_for_instance("a", bound)
         .await
@@ -150,7 +150,7 @@ async fn a_silent_watch_is_detected_and_the_view_healed_within_the_idle_bound() 
     assert_eq!(found, hello("a"));
     let healed = frozen_at.elapsed();
     assert!(
-        healed >= options.idle_timeout && healed <= bound,
+        healed >= options.watcher.idle_timeout && healed <= bound,
         "{healed:?}"
     );
     assert!(matches!(

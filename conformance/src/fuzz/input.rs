@@ -1,7 +1,8 @@
 //! What the fuzz case sends, as proptest generates it: keys of any bytes (under the case's
 //! prefix, or the empty key), TTLs, lease ids and revisions from the whole `i64` range, values
-//! sized around the backend's limit. Lease ids and revisions may also be picked relative to
-//! what the sequence has seen, so that calls meet each other's leases and history.
+//! sized around the backend's limit, keep-alive batches of a few ids or at the batch limit.
+//! Lease ids and revisions may also be picked relative to what the sequence has seen, so that
+//! calls meet each other's leases and history.
 
 use crate::backend::{Capabilities, Time};
 use proptest::collection::vec;
@@ -35,6 +36,18 @@ pub(super) enum LeaseRef {
     Raw(i64),
 }
 
+/// The ids of a keep-alive batch.
+#[derive(Clone, Debug)]
+pub(super) enum Batch {
+    /// These leases, in this order.
+    Of(Vec<LeaseRef>),
+    /// These leases over and over, `MAX_KEEP_ALIVE_BATCH` ids in all: the largest batch the
+    /// contract takes (built when sent, so a shrunk input stays readable).
+    Full(Vec<LeaseRef>),
+    /// The same, one id past the limit: refused whole.
+    Oversized(Vec<LeaseRef>),
+}
+
 /// A revision.
 #[derive(Clone, Debug)]
 pub(super) enum RevRef {
@@ -52,6 +65,7 @@ pub(super) enum Call {
         id: Option<i64>,
     },
     KeepAlive(LeaseRef),
+    KeepAliveMany(Batch),
     Revoke(LeaseRef),
     TimeToLive(LeaseRef),
     Leases,
@@ -141,6 +155,16 @@ fn lease_ref(caps: &Capabilities) -> impl Strategy<Value = LeaseRef> {
     ]
 }
 
+/// Mostly a few leases (none too), each as a single keep-alive picks it; now and then a batch
+/// at the limit or one past it, made of a few leases repeated so that it meets live ones.
+fn batch(caps: &Capabilities) -> impl Strategy<Value = Batch> {
+    prop_oneof![
+        10 => vec(lease_ref(caps), 0..6).prop_map(Batch::Of),
+        1 => vec(lease_ref(caps), 1..4).prop_map(Batch::Full),
+        2 => vec(lease_ref(caps), 1..4).prop_map(Batch::Oversized),
+    ]
+}
+
 fn rev_ref(caps: &Capabilities) -> impl Strategy<Value = RevRef> {
     prop_oneof![
         3 => (-4i64..3).prop_map(RevRef::Near),
@@ -156,6 +180,7 @@ fn call(caps: &Capabilities) -> BoxedStrategy<Call> {
         2 => (ttl(caps), proptest::option::weighted(0.2, number(caps)))
             .prop_map(|(ttl, id)| Call::Grant { ttl, id }),
         1 => lease.clone().prop_map(Call::KeepAlive),
+        1 => batch(caps).prop_map(Call::KeepAliveMany),
         1 => lease.clone().prop_map(Call::Revoke),
         1 => lease.clone().prop_map(Call::TimeToLive),
         1 => Just(Call::Leases),

@@ -2,7 +2,9 @@
 //! (keys of any bytes, every `i64` as a TTL, lease id or revision, values around the size
 //! limit). Every call returns a result or one of the contract's typed errors and never panics;
 //! bad input is refused with its documented error; a call that fails changes nothing that can
-//! be looked at (revision, compaction point, keys under the case's prefix, the case's leases).
+//! be looked at (revision, compaction point, keys under the case's prefix, the case's leases and,
+//! on virtual time, the seconds they have left). A keep-alive batch answers each id as a single
+//! keep-alive would, and keep-alives change nothing but the time leases have left.
 //!
 //! Every sequence works under a fresh prefix, so the case can run on a shared server. Time
 //! moves only on virtual time; on real time short TTLs are raised so nothing expires mid-run.
@@ -18,10 +20,11 @@ use crate::proptest_setup::{case_runner, cases_from_env, full_mode};
 use futures::{FutureExt, StreamExt};
 use input::Call;
 use proptest::test_runner::TestCaseError;
+use registry_api::limits::MAX_KEEP_ALIVE_BATCH;
 use registry_api::{
     Error, LeaseId, ListOptions, PutOptions, Registry, Result, WatchOptions, WatchStream,
 };
-use request::{is_typed, Refusal, Request, Scope};
+use request::{is_typed, Refusal, Renewal, Request, Scope};
 use snapshot::{Compaction, Snapshot};
 use std::cell::Cell;
 use std::collections::BTreeSet;
@@ -154,6 +157,7 @@ impl<B: Backend + ?Sized> Sequence<'_, B> {
             &self.known,
             exclusive,
             read_compaction,
+            self.caps.time == Time::Virtual,
         )
         .await
     }
@@ -210,6 +214,10 @@ impl<B: Backend + ?Sized> Sequence<'_, B> {
             !failed || after == before,
             "the failed call changed the store\n  before: {before:?}\n   after: {after:?}"
         );
+        ensure!(
+            !request.only_renews() || after.same_but_time_left(&before),
+            "a keep-alive changed the store\n  before: {before:?}\n   after: {after:?}"
+        );
         Ok(())
     }
 
@@ -223,6 +231,32 @@ impl<B: Backend + ?Sized> Sequence<'_, B> {
                 self.known.insert(grant.id);
             }),
             Request::KeepAlive(id) => r.lease_keep_alive(*id).await.map(drop),
+            Request::KeepAliveMany(ids) => match r.lease_keep_alive_many(ids).await {
+                Ok(answers) => {
+                    ensure!(
+                        answers.len() == ids.len(),
+                        "a batch of {} ids answered {} times",
+                        ids.len(),
+                        answers.len()
+                    );
+                    for (i, (&id, answer)) in ids.iter().zip(&answers).enumerate() {
+                        let owed = Renewal::owed(id, before.lease(id));
+                        ensure!(
+                            owed.admits(id, answer),
+                            "id {i} of the batch ({id:?}) answered {answer:?}, not {owed:?}"
+                        );
+                    }
+                    Ok(())
+                }
+                // The step judges this refusal as it judges bad input.
+                Err(e) if ids.len() > MAX_KEEP_ALIVE_BATCH => Err(e),
+                Err(e) => {
+                    return Err(format!(
+                        "a batch of {} ids, within the limit, failed as a whole: {e:?}",
+                        ids.len()
+                    ))
+                }
+            },
             Request::Revoke(id) => r.lease_revoke(*id).await.map(drop),
             Request::TimeToLive(id) => r.lease_time_to_live(*id).await.map(drop),
             Request::Leases => r.leases().await.map(drop),

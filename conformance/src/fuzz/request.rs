@@ -1,9 +1,11 @@
 //! A generated [`Call`] made concrete against the sequence so far (its prefix, the leases it
 //! was granted, the current revision), and what the contract says about it before it is sent.
 
-use super::input::{Call, Key, LeaseRef, RevRef, Value};
+use super::input::{Batch, Call, Key, LeaseRef, RevRef, Value};
+use super::snapshot::LeaseSeen;
 use crate::backend::Capabilities;
-use registry_api::{Error, InvalidArgument, LeaseId, Revision};
+use registry_api::limits::MAX_KEEP_ALIVE_BATCH;
+use registry_api::{Error, InvalidArgument, LeaseId, Result, Revision};
 use std::time::Duration;
 
 /// What the sequence knows when it resolves a call.
@@ -21,6 +23,7 @@ pub(super) enum Request {
         id: Option<LeaseId>,
     },
     KeepAlive(LeaseId),
+    KeepAliveMany(Vec<LeaseId>),
     Revoke(LeaseId),
     TimeToLive(LeaseId),
     Leases,
@@ -46,6 +49,14 @@ pub(super) enum Request {
     Advance(Duration),
 }
 
+impl Request {
+    /// Whether the request is a keep-alive: it may give a lease time back and must change
+    /// nothing else, whether it succeeds or not.
+    pub(super) fn only_renews(&self) -> bool {
+        matches!(self, Request::KeepAlive(_) | Request::KeepAliveMany(_))
+    }
+}
+
 impl Scope<'_> {
     pub(super) fn resolve(&self, call: &Call) -> Request {
         let lease = |l: &LeaseRef| self.lease(l);
@@ -56,6 +67,7 @@ impl Scope<'_> {
                 id: id.map(LeaseId),
             },
             Call::KeepAlive(l) => Request::KeepAlive(lease(l)),
+            Call::KeepAliveMany(batch) => Request::KeepAliveMany(self.batch(batch)),
             Call::Revoke(l) => Request::Revoke(lease(l)),
             Call::TimeToLive(l) => Request::TimeToLive(lease(l)),
             Call::Leases => Request::Leases,
@@ -132,6 +144,20 @@ impl Scope<'_> {
         }
     }
 
+    fn batch(&self, batch: &Batch) -> Vec<LeaseId> {
+        let (leases, len) = match batch {
+            Batch::Of(leases) => (leases, leases.len()),
+            Batch::Full(leases) => (leases, MAX_KEEP_ALIVE_BATCH),
+            Batch::Oversized(leases) => (leases, MAX_KEEP_ALIVE_BATCH + 1),
+        };
+        leases
+            .iter()
+            .map(|l| self.lease(l))
+            .cycle()
+            .take(len)
+            .collect()
+    }
+
     fn revision(&self, rev: &RevRef) -> Revision {
         match rev {
             RevRef::Near(delta) => Revision(self.current.0.saturating_add(*delta)),
@@ -148,6 +174,8 @@ pub(super) enum Refusal {
     EmptyKey,
     TooLarge,
     Revision,
+    /// A keep-alive batch of this many ids, over the limit: refused whole.
+    BatchTooLarge(usize),
 }
 
 impl Refusal {
@@ -158,6 +186,10 @@ impl Refusal {
             // Zero and below are granted the minimum, as etcd does: not bad input.
             Request::Grant { ttl, .. } if *ttl > caps.max_ttl => Some(Refusal::Ttl),
             Request::Grant { id: Some(id), .. } if bad_lease(id) => Some(Refusal::LeaseId),
+            // Before any id in it: a batch refused whole answers for none of them.
+            Request::KeepAliveMany(ids) if ids.len() > MAX_KEEP_ALIVE_BATCH => {
+                Some(Refusal::BatchTooLarge(ids.len()))
+            }
             Request::KeepAlive(id) | Request::Revoke(id) | Request::TimeToLive(id)
                 if bad_lease(id) =>
             {
@@ -200,6 +232,55 @@ impl Refusal {
             Refusal::Revision => {
                 matches!(err, Error::InvalidArgument(InvalidArgument::Revision(_)))
             }
+            Refusal::BatchTooLarge(sent) => matches!(
+                err,
+                Error::InvalidArgument(InvalidArgument::BatchTooLarge { len, max })
+                    if *len == sent && *max == MAX_KEEP_ALIVE_BATCH
+            ),
+        }
+    }
+}
+
+/// How the contract says one id of a keep-alive batch is answered: as a single keep-alive of
+/// it would be, judged from the look at the store taken just before the batch.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Renewal {
+    /// An id of zero or below: refused as bad input.
+    BadId,
+    /// Gone, or never granted.
+    NotFound,
+    /// Live: renewed, answering its whole granted TTL.
+    Renewed(i64),
+    /// An id the case does not know, on a store it shares: someone else's lease, renewed, or
+    /// none at all.
+    Unseen,
+}
+
+impl Renewal {
+    /// The answer owed for `id`, which the store looked like `seen` just before the batch.
+    pub(super) fn owed(id: LeaseId, seen: LeaseSeen) -> Self {
+        if id.0 <= 0 {
+            return Renewal::BadId;
+        }
+        match seen {
+            LeaseSeen::Live(granted) => Renewal::Renewed(granted),
+            LeaseSeen::Absent => Renewal::NotFound,
+            LeaseSeen::Unseen => Renewal::Unseen,
+        }
+    }
+
+    /// Whether `answer` is that answer. Errors must name `id` itself: an answer meant for
+    /// another id of the batch is wrong even when its kind is right.
+    pub(super) fn admits(self, id: LeaseId, answer: &Result<i64>) -> bool {
+        let not_found = matches!(answer, Err(Error::LeaseNotFound(gone)) if *gone == id);
+        match self {
+            Renewal::BadId => matches!(
+                answer,
+                Err(Error::InvalidArgument(InvalidArgument::LeaseId(bad))) if *bad == id.0
+            ),
+            Renewal::NotFound => not_found,
+            Renewal::Renewed(granted) => matches!(answer, Ok(ttl) if *ttl == granted),
+            Renewal::Unseen => not_found || answer.is_ok(),
         }
     }
 }

@@ -308,6 +308,18 @@ impl<T> Slab<T> {
 
 type WatchItem = (u32, u64, Option<registry_api::Result<WatchBatch>>);
 
+/// The slot that keep-alive `token` was sent for, its in-flight mark cleared; `None` when the
+/// answer no longer counts (the slot stopped, lost its lease or sent another since). A function
+/// of the slots alone, so that the caller can go on using the task's other fields.
+fn answered(slots: &mut Slab<Slot>, slot: u32, token: u64) -> Option<&mut Slot> {
+    let s = slots.get_mut(slot).filter(|s| s.call == token)?;
+    let Phase::Alive { in_flight, .. } = &mut s.phase else {
+        return None;
+    };
+    *in_flight = false;
+    Some(s)
+}
+
 pub(crate) struct Task<'r> {
     /// Borrowed from the `Arc` that [`run`] owns, so that a call's future borrows it instead
     /// of holding a clone of the `Arc` in a box of its own: at scale the keep-alive round is
@@ -852,8 +864,8 @@ impl<'r> Task<'r> {
                         ))
                     });
                     match answer {
-                        Ok(granted) if sent_at == self.now => {
-                            self.renewed_at_once(renewal.slot, renewal.token, granted)
+                        Ok(_) if sent_at == self.now => {
+                            self.renewed_at_once(renewal.slot, renewal.token)
                         }
                         answer => self.on_keep_alive(renewal.slot, renewal.token, sent_at, answer),
                     }
@@ -875,24 +887,17 @@ impl<'r> Task<'r> {
     /// The hot path at scale: a keep-alive answered at the instant it was sent. It does what
     /// [`on_keep_alive`](Self::on_keep_alive) does for that success, with what the round's
     /// renewals share computed once.
-    fn renewed_at_once(&mut self, slot: u32, token: u64, granted: i64) {
+    fn renewed_at_once(&mut self, slot: u32, token: u64) {
         let now = self.now;
-        let Some(s) = self.slots.get_mut(slot) else {
-            return;
-        };
-        if s.call != token || s.needs_put {
-            return self.on_keep_alive(slot, token, now, Ok(granted));
+        if self.slots.get(slot).is_some_and(|s| s.needs_put) {
+            return self.keep_alive_succeeded(slot, token, now);
         }
-        let Phase::Alive {
-            ttl,
-            deadline,
-            in_flight,
-            ..
-        } = &mut s.phase
-        else {
+        let Some(s) = answered(&mut self.slots, slot, token) else {
             return;
         };
-        *in_flight = false;
+        let Phase::Alive { ttl, deadline, .. } = &mut s.phase else {
+            return;
+        };
         let ttl = *ttl;
         let round = match self.round {
             Some(round) if round.now == now && round.ttl == ttl => round,
@@ -1089,69 +1094,54 @@ impl<'r> Task<'r> {
         sent_at: Instant,
         result: registry_api::Result<i64>,
     ) {
+        let error = match result {
+            Ok(_) => return self.keep_alive_succeeded(slot, token, sent_at),
+            Err(error) => error,
+        };
+        if !matches!(error, Error::LeaseNotFound(_)) {
+            let counts = self.slots.get(slot).filter(|s| s.call == token);
+            if let Some(lease) = counts.and_then(Slot::lease) {
+                tracing::warn!(%lease, error = %error, "keep-alive failed");
+            }
+        }
+        self.keep_alive_failed(slot, token, Arc::new(error));
+    }
+
+    fn keep_alive_succeeded(&mut self, slot: u32, token: u64, sent_at: Instant) {
         let now = self.now;
-        let Some(s) = self.slots.get_mut(slot) else {
+        let Some(s) = answered(&mut self.slots, slot, token) else {
             return;
         };
-        if s.call != token {
-            return;
-        }
-        let Phase::Alive {
-            lease,
-            ttl,
-            deadline,
-            in_flight,
-        } = &mut s.phase
-        else {
+        let Phase::Alive { ttl, deadline, .. } = &mut s.phase else {
             return;
         };
-        let (lease, ttl) = (*lease, *ttl);
-        match result {
-            Ok(_) => {
-                *in_flight = false;
-                *deadline = sent_at.checked_add(ttl).unwrap_or(*deadline);
-                s.clock.renewed(sent_at, ttl);
-                s.clock
-                    .answered_after(now.saturating_duration_since(sent_at));
-                self.flush_puts(slot);
-                self.schedule_next_round(slot);
-            }
-            Err(e) => {
-                if !matches!(e, Error::LeaseNotFound(_)) {
-                    tracing::warn!(%lease, error = %e, "keep-alive failed");
-                }
-                self.keep_alive_failed(slot, token, Arc::new(e));
-            }
-        }
+        let ttl = *ttl;
+        *deadline = sent_at.checked_add(ttl).unwrap_or(*deadline);
+        s.clock.renewed(sent_at, ttl);
+        s.clock
+            .answered_after(now.saturating_duration_since(sent_at));
+        self.flush_puts(slot);
+        self.schedule_next_round(slot);
     }
 
     /// A keep-alive failed (alone, or with its whole batch, which shares one error): a lease
     /// that is gone, or whose deadline passed, is lost; else the next round tries again.
     fn keep_alive_failed(&mut self, slot: u32, token: u64, error: Arc<Error>) {
         let now = self.now;
-        let Some(s) = self.slots.get_mut(slot) else {
+        let Some(s) = answered(&mut self.slots, slot, token) else {
             return;
         };
-        if s.call != token {
-            return;
-        }
-        let Phase::Alive {
-            deadline,
-            in_flight,
-            ..
-        } = &mut s.phase
-        else {
-            return;
+        let past_deadline = match s.phase {
+            Phase::Alive { deadline, .. } => now >= deadline,
+            _ => return,
         };
-        *in_flight = false;
         if matches!(*error, Error::LeaseNotFound(_)) {
             self.lease_lost(slot);
             return;
         }
         tracing::debug!(error = %error, "keep-alive failed");
-        let lost = now >= *deadline;
         self.record_error(slot, error);
-        if lost {
+        if past_deadline {
             self.lease_lost(slot);
             return;
         }
