@@ -7,14 +7,17 @@
 //! lease per TTL/3 (1,080 an hour at TTL 10 s) and nothing else; what registering costs once
 //! (grant, put, and one list and watch per service) is printed beside it.
 //!
-//! The counter is `registry_api::wrap::Counting`, which works over any backend.
+//! The counter is `registry_api::wrap::Counting`, which works over any backend; a batch of
+//! keep-alives counts as the leases it renews. Beside it, [`RoundTrips`] counts keep-alive
+//! calls, a batch once: what batching saves in round trips.
 
 use crate::report::{Report, Verdict};
-use registry_api::wrap::{CallKind, Counting};
+use registry_api::wrap::{CallKind, Counting, Intercept, Intercepted};
 use registry_api::Registry;
 use registry_etcd::EtcdRegistry;
 use registry_memory::MemoryRegistry;
 use registry_service::{Registrar, RegistrarOptions, RegistrationOptions, ServiceInstance};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +36,39 @@ fn take(counts: &Counting) -> (u64, u64, u64) {
     (keep_alive, total - keep_alive, total)
 }
 
+/// Keep-alive calls made, a batch counting once.
+#[derive(Debug, Default, Clone)]
+struct RoundTrips(Arc<AtomicU64>);
+
+impl RoundTrips {
+    fn take(&self) -> u64 {
+        self.0.swap(0, Ordering::Relaxed)
+    }
+}
+
+#[registry_api::async_trait]
+impl Intercept for RoundTrips {
+    async fn before(&self, kind: CallKind) -> registry_api::Result<()> {
+        if kind == CallKind::LeaseKeepAlive {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    async fn before_many(&self, _kind: CallKind, _n: usize) -> registry_api::Result<()> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// `inner`, with its requests counted by kind and its keep-alive round trips.
+fn counted<R: Registry + 'static>(inner: R) -> (Arc<dyn Registry>, Counting, RoundTrips) {
+    let counts = Counting::new();
+    let trips = RoundTrips::default();
+    let registry = Intercepted::new(counts.wrap(inner), trips.clone());
+    (Arc::new(registry), counts, trips)
+}
+
 /// What one measurement gave.
 #[derive(Debug, Clone, Copy)]
 struct Cost {
@@ -40,6 +76,8 @@ struct Cost {
     per_instance_hour: f64,
     /// Of which keep-alives.
     keep_alives_per_instance_hour: f64,
+    /// The keep-alive calls those took (a batch is one), per instance-hour.
+    round_trips_per_instance_hour: f64,
     /// Requests to register, per instance.
     setup_per_instance: f64,
 }
@@ -47,8 +85,7 @@ struct Cost {
 /// Registers `n` instances of `services` services on `registry`, resets the counts, lets them
 /// live for `stretch` (virtual or real), and scales the counts to an hour.
 async fn measure(
-    registry: Arc<dyn Registry>,
-    counts: &Counting,
+    (registry, counts, trips): (Arc<dyn Registry>, Counting, RoundTrips),
     n: usize,
     shared: bool,
     stretch: Duration,
@@ -59,7 +96,7 @@ async fn measure(
         .seed(5);
     let registrar = Registrar::new(registry, options).map_err(|e| e.to_string())?;
     let registration = RegistrationOptions::default().ttl(TTL).seed(5);
-    take(counts);
+    take(&counts);
     let mut held = Vec::with_capacity(n);
     for i in 0..n {
         let instance = ServiceInstance::new(
@@ -74,9 +111,11 @@ async fn measure(
                 .map_err(|e| e.to_string())?,
         );
     }
-    let (_, _, setup) = take(counts);
+    let (_, _, setup) = take(&counts);
+    trips.take();
     tokio::time::sleep(stretch).await;
-    let (keep_alives, _, total) = take(counts);
+    let (keep_alives, _, total) = take(&counts);
+    let round_trips = trips.take();
     let scale = HOUR.as_secs_f64() / stretch.as_secs_f64() / n as f64;
     for registration in &held {
         registration.deregister().await.map_err(|e| e.to_string())?;
@@ -84,6 +123,7 @@ async fn measure(
     Ok(Cost {
         per_instance_hour: total as f64 * scale,
         keep_alives_per_instance_hour: keep_alives as f64 * scale,
+        round_trips_per_instance_hour: round_trips as f64 * scale,
         setup_per_instance: setup as f64 / n as f64,
     })
 }
@@ -100,8 +140,11 @@ fn row(report: &mut Report, backend: &str, stretch: &str, n: usize, shared: bool
         PART,
         format!("{backend}: {n} registration(s), {leases}: requests per instance-hour ({stretch})"),
         format!(
-            "{:.1} ({:.1} keep-alives; registering cost {:.2} each, once)",
-            cost.per_instance_hour, cost.keep_alives_per_instance_hour, cost.setup_per_instance
+            "{:.1} ({:.1} keep-alives in {:.1} calls; registering cost {:.2} each, once)",
+            cost.per_instance_hour,
+            cost.keep_alives_per_instance_hour,
+            cost.round_trips_per_instance_hour,
+            cost.setup_per_instance
         ),
         "",
         "",
@@ -128,11 +171,8 @@ pub(crate) fn simulator(quick: bool) -> Report {
                     return report;
                 }
             };
-            let outcome = runtime.block_on(async {
-                let counts = Counting::new();
-                let registry: Arc<dyn Registry> = Arc::new(counts.wrap(MemoryRegistry::new()));
-                measure(registry, &counts, n, shared, HOUR).await
-            });
+            let outcome = runtime
+                .block_on(async { measure(counted(MemoryRegistry::new()), n, shared, HOUR).await });
             match outcome {
                 Ok(cost) => row(&mut report, "simulator", "a virtual hour", n, shared, cost),
                 Err(e) => report.note(format!("(h) simulator, {n}: {e}")),
@@ -162,10 +202,8 @@ pub(crate) async fn etcd(endpoint: String, quick: bool) -> Report {
                     return report;
                 }
             };
-            let counts = Counting::new();
-            let counted: Arc<dyn Registry> = Arc::new(counts.wrap(registry));
             eprintln!("(h) etcd: {n} registration(s), shared lease {shared}, {label}");
-            match measure(counted, &counts, n, shared, stretch).await {
+            match measure(counted(registry), n, shared, stretch).await {
                 Ok(cost) => row(&mut report, "etcd", &label, n, shared, cost),
                 Err(e) => report.note(format!("(h) etcd, {n}: {e}")),
             }
@@ -186,12 +224,11 @@ mod tests {
             .build()
             .expect("runtime");
         let (separate, shared) = runtime.block_on(async {
-            let counts = Counting::new();
-            let registry: Arc<dyn Registry> = Arc::new(counts.wrap(MemoryRegistry::new()));
-            let separate = measure(registry.clone(), &counts, 20, false, HOUR)
+            let memory = MemoryRegistry::new();
+            let separate = measure(counted(memory.clone()), 20, false, HOUR)
                 .await
                 .expect("separate");
-            let shared = measure(registry, &counts, 20, true, HOUR)
+            let shared = measure(counted(memory), 20, true, HOUR)
                 .await
                 .expect("shared");
             (separate, shared)
@@ -200,6 +237,8 @@ mod tests {
         // 1,079 rounds rather than 1,080: never more than one per TTL/3.
         assert_eq!(separate.per_instance_hour, GOAL - 1.0);
         assert_eq!(separate.keep_alives_per_instance_hour, GOAL - 1.0);
+        // Started at one virtual instant, the 20 leases are renewed in one call a round.
+        assert_eq!(separate.round_trips_per_instance_hour, (GOAL - 1.0) / 20.0);
         assert_eq!(shared.per_instance_hour, (GOAL - 1.0) / 20.0);
         // A grant and a put each, and one list and one watch per service (10 services).
         assert_eq!(separate.setup_per_instance, 2.0 + 20.0 / 20.0);

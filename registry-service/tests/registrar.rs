@@ -579,3 +579,30 @@ async fn leases_due_together_are_renewed_in_batches_each_answered_alone() {
     }
     assert_eq!(truth(&*registry, "hello").await.len(), 2_500);
 }
+
+#[tokio::test(start_paused = true)]
+async fn registrations_started_apart_fall_into_step_and_are_renewed_together() {
+    let memory = MemoryRegistry::new();
+    let calls = Arc::new(Intercepted::new(memory.clone(), KeepAliveCalls::default()));
+    let registry: Arc<dyn Registry> = calls.clone();
+    let mut registrations = Vec::new();
+    // Ten starts 30 ms apart, as on real time one after another.
+    for n in 0..10 {
+        registrations.push(
+            Registration::start(registry.clone(), hello(&format!("i{n}")), options())
+                .await
+                .unwrap(),
+        );
+        settle(Duration::from_millis(30)).await;
+    }
+    // Each round may take leases due up to 100 ms later: the first round (at 2 s) takes the
+    // starts at 0-90 ms, the next (at 2.12 s) 120-210 ms, the last 240-270 ms.
+    settle(TTL / 3).await;
+    assert_eq!(calls.intercept().take(), (vec![4, 4, 2], 0));
+    // And they stay in step: the next round is the same three calls, not ten.
+    settle(TTL / 3).await;
+    assert_eq!(calls.intercept().take(), (vec![4, 4, 2], 0));
+    for registration in &registrations {
+        assert_eq!(registration.status().lease_losses, 0);
+    }
+}

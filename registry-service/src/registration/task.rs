@@ -158,6 +158,10 @@ enum Done {
     Ignored,
 }
 
+/// How much earlier than its own time a lease may be renewed to join a round that is going
+/// out: a tenth of a second, against rounds seconds apart at the usual TTLs.
+const RENEW_EARLY_AT_MOST: Duration = Duration::from_millis(100);
+
 /// A lease whose keep-alive is due in this round, and the token its answer must carry.
 #[derive(Clone, Copy)]
 struct Renewal {
@@ -461,6 +465,7 @@ impl<'r> Task<'r> {
                     for item in due.drain(..) {
                         self.on_due(item);
                     }
+                    self.join_round_early();
                     self.send_keep_alives();
                 }
             }
@@ -798,6 +803,43 @@ impl<'r> Task<'r> {
                 });
             }
             _ => {}
+        }
+    }
+
+    /// Lets leases that come due a moment after this round go out with it, a little early.
+    /// Renewing early costs nothing (a lease's deadline counts from its renewal), and the
+    /// leases renewed together are due together from then on: registrations started one after
+    /// another on real time fall into step, and their rounds become batches instead of one
+    /// call each. At most [`RENEW_EARLY_AT_MOST`], and at most an eighth of the lease's own
+    /// interval, so no lease is renewed noticeably more often than every TTL/3.
+    fn join_round_early(&mut self) {
+        if self.renewals.is_empty() {
+            return;
+        }
+        let now = self.now;
+        let Some(until) = now.checked_add(RENEW_EARLY_AT_MOST) else {
+            return;
+        };
+        let mut early = Vec::new();
+        self.wheel.take_leases_between(now, until, &mut early);
+        for (at, due) in early {
+            let Due::Lease { slot, token } = due else {
+                continue;
+            };
+            let Some(s) = self.slots.get(slot).filter(|s| s.timer == token) else {
+                continue; // rescheduled or gone since: a stale timer
+            };
+            let joins = match s.phase {
+                Phase::Alive { ttl, in_flight, .. } => {
+                    !in_flight && at.saturating_duration_since(now) <= ttl / 24
+                }
+                _ => false,
+            };
+            if joins {
+                self.on_lease_timer(slot, token);
+            } else {
+                self.wheel.schedule(at, due);
+            }
         }
     }
 

@@ -89,6 +89,42 @@ impl Wheel {
         }
     }
 
+    /// Takes the lease rounds due after `after` and at or before `until`, with their instants,
+    /// earliest first; everything else stays. For a round that is going out anyway: leases
+    /// that come due a moment later can join it.
+    pub(super) fn take_leases_between(
+        &mut self,
+        after: Instant,
+        until: Instant,
+        into: &mut Vec<(Instant, Due)>,
+    ) {
+        use std::ops::Bound::{Excluded, Included};
+        if until <= after {
+            return;
+        }
+        self.unstage();
+        let mut emptied = Vec::new();
+        for (at, batch) in self.due.range_mut((Excluded(after), Included(until))) {
+            batch.retain(|due| match due {
+                Due::Lease { .. } => {
+                    into.push((*at, *due));
+                    false
+                }
+                Due::Drain { .. } | Due::Watch { .. } => true,
+            });
+            if batch.is_empty() {
+                emptied.push(*at);
+            }
+        }
+        for at in emptied {
+            if let Some(batch) = self.due.remove(&at) {
+                if self.spare.len() < 8 {
+                    self.spare.push(batch);
+                }
+            }
+        }
+    }
+
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.due.values().map(Vec::len).sum::<usize>()
@@ -120,5 +156,30 @@ mod tests {
         );
         assert_eq!(wheel.len(), 1);
         assert_eq!(wheel.next(), Some(t0 + Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn takes_only_lease_rounds_from_a_later_window() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut wheel = Wheel::default();
+        wheel.schedule(at(10), Due::Lease { slot: 1, token: 1 });
+        wheel.schedule(at(10), Due::Drain { registration: 7 });
+        wheel.schedule(at(50), Due::Lease { slot: 2, token: 2 });
+        wheel.schedule(at(200), Due::Lease { slot: 3, token: 3 });
+        let mut early = Vec::new();
+        wheel.take_leases_between(t0, at(100), &mut early);
+        assert_eq!(
+            early,
+            vec![
+                (at(10), Due::Lease { slot: 1, token: 1 }),
+                (at(50), Due::Lease { slot: 2, token: 2 })
+            ]
+        );
+        assert_eq!(wheel.len(), 2, "the drain and the later round stay");
+        assert_eq!(wheel.next(), Some(at(10)));
+        let mut due = Vec::new();
+        wheel.take_due(at(10), &mut due);
+        assert_eq!(due, vec![Due::Drain { registration: 7 }]);
     }
 }
