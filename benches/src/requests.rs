@@ -8,16 +8,15 @@
 //! (grant, put, and one list and watch per service) is printed beside it.
 //!
 //! The counter is `registry_api::wrap::Counting`, which works over any backend; a batch of
-//! keep-alives counts as the leases it renews. Beside it, [`RoundTrips`] counts keep-alive
-//! calls, a batch once: what batching saves in round trips.
+//! keep-alives counts as the leases it renews, and once among the calls: what batching saves
+//! in round trips.
 
 use crate::report::{Report, Verdict};
-use registry_api::wrap::{CallKind, Counting, Intercept, Intercepted};
+use registry_api::wrap::{CallKind, Counting};
 use registry_api::Registry;
 use registry_etcd::EtcdRegistry;
 use registry_memory::MemoryRegistry;
 use registry_service::{Registrar, RegistrarOptions, RegistrationOptions, ServiceInstance};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,46 +26,18 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// One keep-alive per TTL/3 for an hour.
 const GOAL: f64 = 1_080.0;
 
-/// (keep-alives, everything else, total) since the last call, and back to zero.
+/// (keep-alives, the calls they took, all requests) since the last call, and back to zero.
 fn take(counts: &Counting) -> (u64, u64, u64) {
     let taken = counts.snapshot();
     counts.reset();
-    let keep_alive = taken.get(CallKind::LeaseKeepAlive);
-    let total = taken.total();
-    (keep_alive, total - keep_alive, total)
+    let kind = CallKind::LeaseKeepAlive;
+    (taken.get(kind), taken.calls(kind), taken.total())
 }
 
-/// Keep-alive calls made, a batch counting once.
-#[derive(Debug, Default, Clone)]
-struct RoundTrips(Arc<AtomicU64>);
-
-impl RoundTrips {
-    fn take(&self) -> u64 {
-        self.0.swap(0, Ordering::Relaxed)
-    }
-}
-
-#[registry_api::async_trait]
-impl Intercept for RoundTrips {
-    async fn before(&self, kind: CallKind) -> registry_api::Result<()> {
-        if kind == CallKind::LeaseKeepAlive {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-
-    async fn before_many(&self, _kind: CallKind, _n: usize) -> registry_api::Result<()> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-/// `inner`, with its requests counted by kind and its keep-alive round trips.
-fn counted<R: Registry + 'static>(inner: R) -> (Arc<dyn Registry>, Counting, RoundTrips) {
+/// `inner`, with its requests counted.
+fn counted<R: Registry + 'static>(inner: R) -> (Arc<dyn Registry>, Counting) {
     let counts = Counting::new();
-    let trips = RoundTrips::default();
-    let registry = Intercepted::new(counts.wrap(inner), trips.clone());
-    (Arc::new(registry), counts, trips)
+    (Arc::new(counts.wrap(inner)), counts)
 }
 
 /// What one measurement gave.
@@ -85,7 +56,7 @@ struct Cost {
 /// Registers `n` instances of `services` services on `registry`, resets the counts, lets them
 /// live for `stretch` (virtual or real), and scales the counts to an hour.
 async fn measure(
-    (registry, counts, trips): (Arc<dyn Registry>, Counting, RoundTrips),
+    (registry, counts): (Arc<dyn Registry>, Counting),
     n: usize,
     shared: bool,
     stretch: Duration,
@@ -112,10 +83,8 @@ async fn measure(
         );
     }
     let (_, _, setup) = take(&counts);
-    trips.take();
     tokio::time::sleep(stretch).await;
-    let (keep_alives, _, total) = take(&counts);
-    let round_trips = trips.take();
+    let (keep_alives, round_trips, total) = take(&counts);
     let scale = HOUR.as_secs_f64() / stretch.as_secs_f64() / n as f64;
     for registration in &held {
         registration.deregister().await.map_err(|e| e.to_string())?;

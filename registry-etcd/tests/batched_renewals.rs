@@ -4,54 +4,20 @@
 
 mod common;
 
-use registry_api::wrap::{CallKind, Intercept, Intercepted};
+use registry_api::wrap::{CallKind, Counting};
 use registry_api::Registry;
 use registry_service::{Registration, RegistrationOptions, ServiceInstance};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 const REGISTRATIONS: usize = 100;
 const TTL: Duration = Duration::from_secs(6);
 
-/// Keep-alive calls (a batch is one) and the leases they renewed.
-#[derive(Debug, Default)]
-struct KeepAliveCalls {
-    calls: AtomicUsize,
-    leases: AtomicUsize,
-}
-
-impl KeepAliveCalls {
-    fn take(&self) -> (usize, usize) {
-        (
-            self.calls.swap(0, Ordering::Relaxed),
-            self.leases.swap(0, Ordering::Relaxed),
-        )
-    }
-}
-
-#[registry_api::async_trait]
-impl Intercept for KeepAliveCalls {
-    async fn before(&self, kind: CallKind) -> registry_api::Result<()> {
-        if kind == CallKind::LeaseKeepAlive {
-            self.calls.fetch_add(1, Ordering::Relaxed);
-            self.leases.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-
-    async fn before_many(&self, _kind: CallKind, n: usize) -> registry_api::Result<()> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.leases.fetch_add(n, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn registrations_started_one_after_another_are_renewed_in_batches() {
     let etcd = common::registry("batched-renewals").await;
-    let counted = Arc::new(Intercepted::new(etcd.clone(), KeepAliveCalls::default()));
-    let registry: Arc<dyn Registry> = counted.clone();
+    let counts = Counting::new();
+    let registry: Arc<dyn Registry> = Arc::new(counts.wrap(etcd.clone()));
     let options = RegistrationOptions::default().ttl(TTL);
     let mut registrations = Vec::new();
     for n in 0..REGISTRATIONS {
@@ -64,12 +30,16 @@ async fn registrations_started_one_after_another_are_renewed_in_batches() {
     }
     // The first round (TTL/3 after each start) puts them in step; count the two after it.
     tokio::time::sleep(TTL / 3 + TTL / 12).await;
-    counted.intercept().take();
+    counts.reset();
     tokio::time::sleep(TTL * 2 / 3).await;
-    let (calls, leases) = counted.intercept().take();
+    let counted = counts.snapshot();
+    let (calls, leases) = (
+        counted.calls(CallKind::LeaseKeepAlive),
+        counted.get(CallKind::LeaseKeepAlive),
+    );
     println!("two rounds after the first: {calls} keep-alive calls renewed {leases} leases");
     assert!(
-        leases >= REGISTRATIONS * 3 / 2,
+        leases >= (REGISTRATIONS * 3 / 2) as u64,
         "{leases} renewals in two rounds of {REGISTRATIONS} leases"
     );
     assert!(

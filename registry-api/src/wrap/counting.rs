@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Counts the requests that pass through it, by [`CallKind`]: every call made, whatever its
-/// outcome. A cheap handle: clones share the counts, so keep one and wrap with another.
+/// outcome, a batch of keep-alives counting as the leases it renews; and, beside them, the
+/// calls themselves, a batch counting once ([`CallCounts::calls`]). A cheap handle: clones
+/// share the counts, so keep one and wrap with another.
 ///
 /// ```
 /// use registry_api::wrap::{CallKind, Counting};
@@ -29,6 +31,7 @@ use std::sync::Arc;
 #[derive(Clone, Default)]
 pub struct Counting {
     counts: Arc<[AtomicU64; CallKind::ALL.len()]>,
+    calls: Arc<[AtomicU64; CallKind::ALL.len()]>,
 }
 
 impl Counting {
@@ -46,12 +49,13 @@ impl Counting {
     pub fn snapshot(&self) -> CallCounts {
         CallCounts {
             counts: std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed)),
+            calls: std::array::from_fn(|i| self.calls[i].load(Ordering::Relaxed)),
         }
     }
 
     /// Sets every count back to zero.
     pub fn reset(&self) {
-        for count in self.counts.iter() {
+        for count in self.counts.iter().chain(self.calls.iter()) {
             count.store(0, Ordering::Relaxed);
         }
     }
@@ -67,6 +71,7 @@ impl fmt::Debug for Counting {
 impl Intercept for Counting {
     async fn before(&self, kind: CallKind) -> Result<()> {
         self.counts[kind.index()].fetch_add(1, Ordering::Relaxed);
+        self.calls[kind.index()].fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -75,6 +80,7 @@ impl Intercept for Counting {
     async fn before_many(&self, kind: CallKind, n: usize) -> Result<()> {
         let n = u64::try_from(n).unwrap_or(u64::MAX);
         self.counts[kind.index()].fetch_add(n, Ordering::Relaxed);
+        self.calls[kind.index()].fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -83,12 +89,18 @@ impl Intercept for Counting {
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub struct CallCounts {
     counts: [u64; CallKind::ALL.len()],
+    calls: [u64; CallKind::ALL.len()],
 }
 
 impl CallCounts {
-    /// Requests of `kind`.
+    /// Requests of `kind` (a batch counts as what it carries).
     pub fn get(&self, kind: CallKind) -> u64 {
         self.counts[kind.index()]
+    }
+
+    /// Calls of `kind`, a batch counting once: the round trips the requests took.
+    pub fn calls(&self, kind: CallKind) -> u64 {
+        self.calls[kind.index()]
     }
 
     /// Requests of every kind.
@@ -113,6 +125,7 @@ impl CallCounts {
     pub fn since(&self, earlier: &CallCounts) -> CallCounts {
         CallCounts {
             counts: std::array::from_fn(|i| self.counts[i].saturating_sub(earlier.counts[i])),
+            calls: std::array::from_fn(|i| self.calls[i].saturating_sub(earlier.calls[i])),
         }
     }
 }
