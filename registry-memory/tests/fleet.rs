@@ -245,24 +245,21 @@ fn seed_4967_a_gateway_that_sees_a_re_registration_before_any_client_could_tell(
     };
     let report = run_seed(&simulator, 4967, &options);
     assert!(report.passed(), "{:#?}", report.violations);
-    // The run still goes through the situation: the deletion, the re-registration during the
-    // outage's last moments, and gw1's pick of i1 right after it.
+    // The run still goes through the situation: the deletion, the outage, the re-registration
+    // right after it, and gw1's pick of i1 before a client cut off by the outage could know.
+    // (Should the service layer's timing change and the seed stop doing so, a seed that does
+    // is one the lagging truth below fails on.)
     let at = |time: &str, what: &str| {
-        report
+        let found = report
             .log
             .iter()
-            .any(|line| line.starts_with(&format!("[{time:>8}s]")) && line.ends_with(what))
+            .any(|line| line.starts_with(&format!("[{time:>8}s]")) && line.contains(what));
+        assert!(found, "seed 4967 no longer shows `{what}` at {time}s");
     };
-    assert!(at(
-        "97.500",
-        "server r62 at 97.487s: delete services/svc0/i1"
-    ));
-    assert!(at("104.435", "fault OutageEnd"));
-    assert!(at(
-        "104.500",
-        "server r72 at 104.474s: put services/svc0/i1 (lease 24)"
-    ));
-    assert!(at("104.500", "gw1 svc0 -> i1"));
+    at("97.500", "server r62 at 97.487s: delete services/svc0/i1");
+    at("104.435", "fault OutageEnd");
+    at("104.500", "server r72 at 104.474s: put services/svc0/i1 ");
+    at("104.500", "gw1 svc0 -> i1");
 
     // And a truth that lags behind the server as that client did (nothing new during an
     // outage, nor for 100 ms after it) blames gw1 for exactly that pick.
@@ -273,8 +270,8 @@ fn seed_4967_a_gateway_that_sees_a_re_registration_before_any_client_could_tell(
     let blamed = run_seed(&lagging, 4967, &options);
     assert!(
         blamed.violations.iter().any(|v| v.contains(
-            "[ 104.500s] gw1 routed to \
-             services/svc0/i1 7.013s after the server deleted it (at 97.487s"
+            "[ 104.500s] gw1 routed to services/svc0/i1 7.013s after the server deleted it (at \
+             97.487s"
         )),
         "{:#?}",
         blamed.violations
