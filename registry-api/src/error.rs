@@ -69,6 +69,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// The backend refused the call for this client's identity: the user (or client
+    /// certificate) may not read or write that key or range. Nothing was written. Not worth
+    /// retrying as is: it fails the same way until an operator changes the permissions.
+    #[error("permission denied: {source}")]
+    PermissionDenied {
+        /// What the backend reported.
+        #[source]
+        source: BoxError,
+    },
+
     /// The backend cannot do what was asked (for example, answer a progress request).
     #[error("not supported: {what}")]
     NotSupported {
@@ -89,6 +99,13 @@ impl Error {
     /// An [`Error::Unavailable`] from any error or message.
     pub fn unavailable(source: impl Into<BoxError>) -> Self {
         Error::Unavailable {
+            source: source.into(),
+        }
+    }
+
+    /// An [`Error::PermissionDenied`] from any error or message.
+    pub fn permission_denied(source: impl Into<BoxError>) -> Self {
+        Error::PermissionDenied {
             source: source.into(),
         }
     }
