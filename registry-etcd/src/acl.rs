@@ -190,6 +190,7 @@ impl fmt::Display for Access {
 
 /// One thing a call changed in etcd's auth store.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Change {
     /// A user was created (with a password, or for certificate identity).
     UserAdded {
