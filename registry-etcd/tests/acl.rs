@@ -395,14 +395,15 @@ async fn a_registration_that_loses_its_permission_ends_with_the_error() {
     let deadline = Instant::now() + WAIT;
     loop {
         let status = registration.status();
-        let live = match status.state {
+        // Any state but these ends a registration (a new terminal state included).
+        let live = matches!(
+            status.state,
             RegistrationState::WaitingForReady
-            | RegistrationState::Registering
-            | RegistrationState::Registered { .. }
-            | RegistrationState::LeaseLost
-            | RegistrationState::ReRegistering { .. } => true,
-            _ => false,
-        };
+                | RegistrationState::Registering
+                | RegistrationState::Registered { .. }
+                | RegistrationState::LeaseLost
+                | RegistrationState::ReRegistering { .. }
+        );
         if !live {
             let error = status.last_error.expect("the error that ended it");
             assert!(
