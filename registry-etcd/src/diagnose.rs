@@ -8,15 +8,24 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long the plaintext check may take per endpoint.
-const CHECK_WAIT: Duration = Duration::from_secs(2);
+const CHECK_WAIT: Duration = Duration::from_secs(1);
 
 /// A retryable connect failure explained, if it can be: an `http://` endpoint that answers
 /// as a TLS server does gives [`TlsError::PlaintextToTls`]; a TLS connection closed right
 /// after the handshake gives [`TlsError::ClosedDuringHandshake`]. Otherwise `err` as it is.
 pub(crate) async fn explain(err: Error, endpoints: &[String], tls: bool) -> Error {
-    if !err.is_retryable() || never_reached(&err) {
+    if !err.is_retryable() {
         return err;
     }
+    // Only a connection the server closed is worth a look: a refused or silent one (nothing
+    // listens, a black hole, a timeout) is what `Unavailable` already says.
+    let text = chain_text(&err);
+    let Some(how) = CLOSED_BY_PEER
+        .into_iter()
+        .find(|needle| text.contains(needle))
+    else {
+        return err;
+    };
     for endpoint in endpoints {
         if let Some(address) = endpoint.strip_prefix("http://") {
             if speaks_tls(address.trim_end_matches('/')).await {
@@ -24,23 +33,16 @@ pub(crate) async fn explain(err: Error, endpoints: &[String], tls: bool) -> Erro
             }
         }
     }
-    if tls {
-        let text = chain_text(&err);
-        let closed = ["connection closed", "broken pipe", "Connection reset"]
-            .into_iter()
-            .find(|needle| text.contains(needle));
-        if let Some(how) = closed {
-            return Error::backend(TlsError::ClosedDuringHandshake(how.to_owned()));
-        }
+    // etcd refusing a client certificate closes the connection cleanly ("connection closed",
+    // "broken pipe"); a reset is left to the network.
+    if tls && how != "Connection reset" {
+        return Error::backend(TlsError::ClosedDuringHandshake(how.to_owned()));
     }
     err
 }
 
-/// True when no server answered at all: nothing to explain.
-fn never_reached(err: &Error) -> bool {
-    let text = chain_text(err);
-    text.contains("tcp connect error") || text.contains("Connection refused")
-}
+/// How the transport words a connection the other side closed.
+const CLOSED_BY_PEER: [&str; 3] = ["connection closed", "broken pipe", "Connection reset"];
 
 fn chain_text(err: &Error) -> String {
     let mut text = err.to_string();
