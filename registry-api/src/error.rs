@@ -69,21 +69,21 @@ pub enum Error {
         reason: String,
     },
 
-    /// The backend refused the call for this client's identity: the user (or client
-    /// certificate) may not read or write that key or range. Nothing was written. Not worth
-    /// retrying as is: it fails the same way until an operator changes the permissions.
-    #[error("permission denied: {source}")]
-    PermissionDenied {
-        /// What the backend reported.
-        #[source]
-        source: BoxError,
-    },
-
     /// The backend cannot do what was asked (for example, answer a progress request).
     #[error("not supported: {what}")]
     NotSupported {
         /// What is not supported.
         what: String,
+    },
+
+    /// The server refused the operation for this client's identity (etcd's RBAC: the user's
+    /// roles do not cover the key or prefix). Retrying as is cannot succeed; nothing was
+    /// written. A registration that meets it ends (see `registry-service`'s registrar).
+    #[error("permission denied: {source}")]
+    PermissionDenied {
+        /// What the server reported.
+        #[source]
+        source: BoxError,
     },
 
     /// Anything else the backend reports, with its own error kept as the source.
