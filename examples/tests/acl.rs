@@ -47,14 +47,7 @@ impl Setup {
     }
 
     async fn cli(&self, creds: Option<(&str, &str)>, args: &[&str]) -> (bool, String, String) {
-        let all = self.args(creds, args);
-        let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        support::run(
-            support::command(env!("CARGO_BIN_EXE_registry"), &all)
-                .env_remove("REGISTRY_ETCD")
-                .env_remove("REGISTRY_NAMESPACE"),
-        )
-        .await
+        support::run_registry(&self.args(creds, args)).await
     }
 
     async fn json(&self, creds: Option<(&str, &str)>, args: &[&str]) -> Value {

@@ -44,13 +44,7 @@ fn args(server: &EtcdServer, who: Option<&Identity>, args: &[&str]) -> Vec<Strin
 }
 
 async fn cli(all: Vec<String>) -> (bool, String, String) {
-    let all: Vec<&str> = all.iter().map(String::as_str).collect();
-    support::run(
-        support::command(env!("CARGO_BIN_EXE_registry"), &all)
-            .env_remove("REGISTRY_ETCD")
-            .env_remove("REGISTRY_NAMESPACE"),
-    )
-    .await
+    support::run_registry(&all).await
 }
 
 fn spawn(binary: &str, all: Vec<String>) -> Child {
