@@ -27,10 +27,11 @@
 pub mod backoff;
 pub mod discovery;
 mod error;
+mod owned;
 pub mod instance;
 pub mod pick;
 pub mod registration;
-mod rng;
+mod seed;
 pub mod store;
 #[cfg(feature = "tower")]
 pub mod tower;

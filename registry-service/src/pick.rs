@@ -77,7 +77,7 @@ pub use strategy::Strategy;
 
 use crate::discovery::Discovery;
 use crate::instance::ServiceInstance;
-use crate::rng::SplitMix64;
+use crate::seed::{process_seed, SplitMix64};
 use ejection::Outlier;
 use ewma::PeakEwma;
 use std::collections::HashMap;
@@ -112,7 +112,9 @@ pub struct PickerOptions {
     /// The strategy.
     pub strategy: Strategy,
     /// Seeds the random strategies: the same seed and the same calls give the same picks.
-    pub seed: u64,
+    /// `None` (the default): a seed of the process's own, so that a fleet of clients does not
+    /// draw the same picks in step (see [`seed`](Self::seed)).
+    pub seed: Option<u64>,
     /// When failing nodes are left out, and for how long.
     pub ejection: EjectionOptions,
     /// The latency estimate behind [`Strategy::PowerOfTwoChoices`].
@@ -131,9 +133,9 @@ impl PickerOptions {
         }
     }
 
-    /// Sets the seed.
+    /// Sets the seed: the same seed gives the same picks.
     pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
+        self.seed = Some(seed);
         self
     }
 
@@ -302,7 +304,7 @@ impl Picker {
                     eligible: Vec::new(),
                     is_eligible: Vec::new(),
                     out: Vec::new(),
-                    rng: SplitMix64::new(options.seed),
+                    rng: SplitMix64::new(options.seed.unwrap_or_else(process_seed)),
                     turn: 0,
                 }),
                 options,

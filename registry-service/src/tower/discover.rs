@@ -4,7 +4,7 @@
 use crate::backoff::Backoff;
 use crate::discovery::{Discovery, DiscoveryEvent, DiscoveryEvents};
 use crate::instance::ServiceInstance;
-use crate::rng::{seed_for, SplitMix64};
+use crate::seed::{seed_for, SplitMix64};
 use crate::{Error, Result};
 use ::tower::discover::Change;
 use ::tower::load::Load;
@@ -27,8 +27,8 @@ pub struct DiscoverOptions {
     /// Waits before an evicted endpoint is inserted again, growing with each eviction in a
     /// row of the same instance.
     pub reinsert: Backoff,
-    /// Seeds the backoff's jitter.
-    pub seed: u64,
+    /// Seeds the backoff's jitter; `None` (the default): a seed of the process's own.
+    pub seed: Option<u64>,
 }
 
 impl Default for DiscoverOptions {
@@ -36,7 +36,7 @@ impl Default for DiscoverOptions {
     fn default() -> Self {
         DiscoverOptions {
             reinsert: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
-            seed: 0,
+            seed: None,
         }
     }
 }
@@ -48,9 +48,9 @@ impl DiscoverOptions {
         self
     }
 
-    /// Sets the jitter seed.
+    /// Sets the jitter seed: the same seed gives the same waits.
     pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
+        self.seed = Some(seed);
         self
     }
 }
@@ -274,7 +274,7 @@ where
     let events = discovery.subscribe();
     let task = Feeder {
         shared: shared.clone(),
-        rng: SplitMix64::new(seed_for(options.seed, &[discovery.service()])),
+        rng: SplitMix64::new(seed_for(options.seed, discovery.service())),
         options,
         listed: HashMap::new(),
         retries: BTreeMap::new(),
