@@ -44,7 +44,7 @@ mod events;
 mod filter;
 mod hub;
 mod subset;
-mod task;
+mod feed;
 mod view;
 
 pub use decode::{InstanceLayout, JsonLayout};
@@ -56,6 +56,7 @@ pub use view::{DiscoveryView, View};
 
 use crate::backoff::Backoff;
 use crate::instance::{validate_service, KeyLayout, ServiceInstance, DEFAULT_NAMESPACE};
+use crate::owned::OwnedTask;
 use crate::store::{self, Snapshot, Store, StoreEvent, StoreStatus};
 use crate::watcher::{watcher, WatcherConfig};
 use crate::{Error, Result};
@@ -185,8 +186,10 @@ struct Shared {
     service: String,
     store: Store<ServiceInstance>,
     malformed: Arc<AtomicU64>,
-    counters: Arc<task::Counters>,
+    counters: Arc<feed::Counters>,
     stop: watch::Sender<bool>,
+    /// The feed, owned: if it dies, the store's status says so at once.
+    task: OwnedTask,
 }
 
 /// A handle on a live view of one service's instances. Clones share the store, its watch and
@@ -255,9 +258,9 @@ impl Discovery {
         let service = layout.service().to_owned();
         let (writer, store) = store::store(options.capacity);
         let malformed = Arc::new(AtomicU64::new(0));
-        let counters = Arc::new(task::Counters::default());
+        let counters = Arc::new(feed::Counters::default());
         let (stop, stopped) = watch::channel(false);
-        let feed = task::Feed {
+        let feed = feed::Feed {
             watcher: watcher(registry, layout.prefix(), options.watcher.clone()),
             writer,
             layout,
@@ -265,8 +268,14 @@ impl Discovery {
             counters: counters.clone(),
             listed: false,
         };
-        let span = tracing::info_span!("discovery", service = %service);
-        runtime.spawn(tracing::Instrument::instrument(feed.run(stopped), span));
+        let failed = store.clone();
+        let task = OwnedTask::spawn(
+            &runtime,
+            "discovery",
+            tracing::info_span!("discovery", service = %service),
+            feed.run(stopped),
+            move |error| failed.fail(error),
+        );
         Ok(Discovery {
             shared: Arc::new(Shared {
                 service,
@@ -274,6 +283,7 @@ impl Discovery {
                 malformed,
                 counters,
                 stop,
+                task,
             }),
         })
     }
@@ -348,8 +358,10 @@ impl Discovery {
         self.shared.store.last_error()
     }
 
-    /// The state of the view and its task: revision, synced, stale, last error, and whether
-    /// the task has stopped ([`StoreStatus::closed`]).
+    /// The state of the view and its task: revision, synced, stale, last error, whether the
+    /// task has stopped ([`StoreStatus::closed`]) and whether it died instead of being shut
+    /// down ([`StoreStatus::failed`]: a panic, even inside a backend's call, or its runtime
+    /// gone; the cause is the last error, and the waits return it).
     pub fn status(&self) -> StoreStatus {
         self.shared.store.status()
     }

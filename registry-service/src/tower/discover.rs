@@ -4,6 +4,7 @@
 use crate::backoff::Backoff;
 use crate::discovery::{Discovery, DiscoveryEvent, DiscoveryEvents};
 use crate::instance::ServiceInstance;
+use crate::owned::OwnedTask;
 use crate::seed::{seed_for, SplitMix64};
 use crate::{Error, Result};
 use ::tower::discover::Change;
@@ -15,7 +16,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -97,6 +98,10 @@ struct TaskShared {
     evictions: AtomicU64,
     reinserted: AtomicU64,
     running: watch::Sender<bool>,
+    /// What the task died of, when it did not end by stopping.
+    failure: Mutex<Option<Arc<Error>>>,
+    /// The task, owned by every handle.
+    task: OnceLock<OwnedTask>,
 }
 
 impl TaskShared {
@@ -115,6 +120,23 @@ impl TaskShared {
         if let Some(waker) = book.waker.take() {
             waker.wake();
         }
+    }
+
+    /// The task ended: the stream ends once what is pending is taken.
+    fn end(&self) {
+        let mut book = self.book();
+        book.ended = true;
+        if let Some(waker) = book.waker.take() {
+            waker.wake();
+        }
+        drop(book);
+        self.running.send_replace(false);
+    }
+
+    /// The task died of `error`: every handle reports it, and the stream ends.
+    fn fail(&self, error: Error) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(error));
+        self.end();
     }
 
     fn report_eviction(&self, id: &str, generation: u64) {
@@ -145,9 +167,20 @@ impl DiscoverHandle {
         }
     }
 
-    /// True until the task has ended (stopped, the discovery gone, or the stream dropped).
+    /// True until the task has ended (stopped, the discovery gone, the stream dropped, or
+    /// the task died: see [`failure`](Self::failure)).
     pub fn is_running(&self) -> bool {
         *self.shared.running.borrow()
+    }
+
+    /// What the task died of, when it ended by failing (a panic, or its runtime shut down)
+    /// rather than by stopping. The stream has ended then.
+    pub fn failure(&self) -> Option<Arc<Error>> {
+        self.shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Asks the task to stop; the stream then ends.
@@ -270,6 +303,8 @@ where
         evictions: AtomicU64::new(0),
         reinserted: AtomicU64::new(0),
         running: watch::channel(true).0,
+        failure: Mutex::new(None),
+        task: OnceLock::new(),
     });
     let events = discovery.subscribe();
     let task = Feeder {
@@ -281,7 +316,11 @@ where
         evictions_in_a_row: HashMap::new(),
     };
     let span = tracing::info_span!("tower.discover", service = %discovery.service());
-    runtime.spawn(tracing::Instrument::instrument(task.run(events), span));
+    let failed = shared.clone();
+    let task = OwnedTask::spawn(&runtime, "tower discover", span, task.run(events), move |e| {
+        failed.fail(e)
+    });
+    shared.task.set(task).ok();
     Ok(Discover {
         make_service,
         shared,
@@ -444,13 +483,7 @@ impl Feeder {
                 () = sleep_until(next_retry), if next_retry.is_some() => self.reinsert_due(),
             }
         }
-        let mut book = shared.book();
-        book.ended = true;
-        if let Some(waker) = book.waker.take() {
-            waker.wake();
-        }
-        drop(book);
-        shared.running.send_replace(false);
+        shared.end();
     }
 
     fn apply(&mut self, event: DiscoveryEvent) {
