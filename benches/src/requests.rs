@@ -61,12 +61,13 @@ async fn measure(
     shared: bool,
     stretch: Duration,
 ) -> std::result::Result<Cost, String> {
-    let options = RegistrarOptions::default()
-        .shared_lease(shared)
-        .ttl(TTL)
-        .seed(5);
-    let registrar = Registrar::new(registry, options).map_err(|e| e.to_string())?;
     let registration = RegistrationOptions::default().ttl(TTL).seed(5);
+    let options = if shared {
+        RegistrarOptions::default().shared_lease(registration.clone())
+    } else {
+        RegistrarOptions::default()
+    };
+    let registrar = Registrar::new(registry, options).map_err(|e| e.to_string())?;
     take(&counts);
     let mut held = Vec::with_capacity(n);
     for i in 0..n {

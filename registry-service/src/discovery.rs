@@ -41,10 +41,10 @@
 
 mod decode;
 mod events;
+mod feed;
 mod filter;
 mod hub;
 mod subset;
-mod feed;
 mod view;
 
 pub use decode::{InstanceLayout, JsonLayout};

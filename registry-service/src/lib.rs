@@ -27,8 +27,8 @@
 pub mod backoff;
 pub mod discovery;
 mod error;
-mod owned;
 pub mod instance;
+mod owned;
 pub mod pick;
 pub mod registration;
 mod seed;

@@ -113,7 +113,10 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
-    fn recorder() -> (Arc<Mutex<Option<Error>>>, impl FnOnce(Error) + Send + 'static) {
+    fn recorder() -> (
+        Arc<Mutex<Option<Error>>>,
+        impl FnOnce(Error) + Send + 'static,
+    ) {
         let seen = Arc::new(Mutex::new(None));
         let into = seen.clone();
         (seen, move |e| *into.lock().unwrap() = Some(e))

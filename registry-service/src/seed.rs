@@ -38,7 +38,11 @@ mod tests {
     fn a_given_seed_is_the_same_run_and_names_separate_it() {
         assert_eq!(seed_for(Some(5), "x"), seed_for(Some(5), "x"));
         assert_ne!(seed_for(Some(0), "svc/a"), seed_for(Some(0), "svc/b"));
-        assert_eq!(seed_for(None, "x"), seed_for(None, "x"), "one seed per process");
+        assert_eq!(
+            seed_for(None, "x"),
+            seed_for(None, "x"),
+            "one seed per process"
+        );
         assert_ne!(seed_for(None, "x"), seed_for(None, "y"));
     }
 }

@@ -139,10 +139,13 @@ async fn a_registration_whose_permission_is_taken_away_ends_with_the_error() {
     // The role loses the prefix; someone deletes the key; the put-back is refused.
     registry.intercept().refuse(CallKind::Put, denied);
     memory.delete(b"services/hello/a").await.unwrap();
-    tokio::time::timeout(TTL * 3, states.wait_for(|s| *s == RegistrationState::Failed))
-        .await
-        .expect("the registration ends")
-        .unwrap();
+    tokio::time::timeout(
+        TTL * 3,
+        states.wait_for(|s| *s == RegistrationState::Failed),
+    )
+    .await
+    .expect("the registration ends")
+    .unwrap();
     let status = registration.status();
     assert!(
         matches!(
@@ -161,7 +164,11 @@ async fn a_registration_whose_permission_is_taken_away_ends_with_the_error() {
         Err(Error::Registry(e)) if matches!(*e, ApiError::PermissionDenied { .. })
     ));
     settle(TTL * 3).await;
-    assert_eq!(registry.intercept().calls(), 1, "refused once, never retried");
+    assert_eq!(
+        registry.intercept().calls(),
+        1,
+        "refused once, never retried"
+    );
     assert!(
         memory.leases().await.unwrap().is_empty(),
         "its lease is revoked rather than kept alive"
@@ -198,15 +205,23 @@ async fn a_keep_alive_refused_for_good_ends_the_registration_but_unavailable_hea
             what: "keep-alive".into(),
         });
     let mut states = registration.subscribe();
-    tokio::time::timeout(TTL * 3, states.wait_for(|s| *s == RegistrationState::Failed))
-        .await
-        .expect("the registration ends")
-        .unwrap();
+    tokio::time::timeout(
+        TTL * 3,
+        states.wait_for(|s| *s == RegistrationState::Failed),
+    )
+    .await
+    .expect("the registration ends")
+    .unwrap();
     registry.intercept().allow();
     settle(TTL * 3).await;
     assert_eq!(registration.state(), RegistrationState::Failed);
     assert!(memory.leases().await.unwrap().is_empty());
-    assert!(registry.get(b"services/hello/a").await.unwrap().kv.is_none());
+    assert!(registry
+        .get(b"services/hello/a")
+        .await
+        .unwrap()
+        .kv
+        .is_none());
 }
 
 #[tokio::test(start_paused = true)]
@@ -259,7 +274,11 @@ async fn a_deleted_key_is_put_back_even_when_the_key_watch_went_silent() {
     assert_eq!(back.lease, Some(lease));
     assert_eq!(back.value, hello("a").to_json());
     assert_eq!(stalled.intercept().lists(), 2, "healed by one re-list");
-    assert_eq!(registration.lease(), Some(lease), "the lease was never lost");
+    assert_eq!(
+        registration.lease(),
+        Some(lease),
+        "the lease was never lost"
+    );
 }
 
 /// Panics inside the call of one kind once armed, as a buggy backend or wrapper would.
@@ -325,7 +344,9 @@ async fn a_backend_panicking_in_a_registrar_call_fails_every_registration_within
             "{waited:?}"
         );
         assert!(matches!(
-            registration.set_status(registry_service::Status::Draining).await,
+            registration
+                .set_status(registry_service::Status::Draining)
+                .await,
             Err(Error::TaskFailed { .. })
         ));
     }
@@ -339,7 +360,10 @@ async fn a_backend_panicking_in_a_registrar_call_fails_every_registration_within
     let fresh = Registration::start(registry.clone(), hello("d"), options())
         .await
         .unwrap();
-    assert!(matches!(fresh.state(), RegistrationState::Registered { .. }));
+    assert!(matches!(
+        fresh.state(),
+        RegistrationState::Registered { .. }
+    ));
 }
 
 #[tokio::test(start_paused = true)]
@@ -356,7 +380,10 @@ async fn a_registrar_reports_its_own_death_and_so_do_late_registrations() {
         matches!(refused, Err(Error::TaskFailed { .. })),
         "{refused:?}"
     );
-    assert!(matches!(registrar.failure(), Some(Error::TaskFailed { .. })));
+    assert!(matches!(
+        registrar.failure(),
+        Some(Error::TaskFailed { .. })
+    ));
     let late = registrar.register(hello("b"), options()).await;
     assert!(matches!(late, Err(Error::TaskFailed { .. })), "{late:?}");
 }
@@ -377,10 +404,17 @@ async fn a_discovery_feed_whose_backend_panics_reports_the_failure_within_a_seco
     assert_eq!(healthy.len(), 1);
 
     // A second feed over a registry that panics when listed: its first list panics.
-    let panicking = Arc::new(Intercepted::new(memory.clone(), PanicsOn::new(CallKind::List)));
+    let panicking = Arc::new(Intercepted::new(
+        memory.clone(),
+        PanicsOn::new(CallKind::List),
+    ));
     panicking.intercept().armed.store(true, Ordering::SeqCst);
-    let discovery =
-        Discovery::start(panicking.clone(), "hello", DiscoveryOptions::default().seed(3)).unwrap();
+    let discovery = Discovery::start(
+        panicking.clone(),
+        "hello",
+        DiscoveryOptions::default().seed(3),
+    )
+    .unwrap();
     let started = Instant::now();
     let waited = discovery.wait_for_len(1, Duration::from_secs(30)).await;
     assert!(
@@ -389,7 +423,10 @@ async fn a_discovery_feed_whose_backend_panics_reports_the_failure_within_a_seco
     );
     assert!(Instant::now() - started < Duration::from_secs(1));
     let status = discovery.status();
-    assert!(status.failed && status.closed && !status.synced, "{status:?}");
+    assert!(
+        status.failed && status.closed && !status.synced,
+        "{status:?}"
+    );
     assert!(matches!(
         status.last_error.as_deref(),
         Some(Error::TaskFailed { .. })

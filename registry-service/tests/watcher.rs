@@ -176,7 +176,11 @@ async fn a_silent_watch_is_detected_and_healed_within_the_idle_bound() {
         "detected after {detected:?}, bound {:?}",
         config().stall_bound()
     );
-    assert_eq!(link.intercept().progress_requests(), 1, "asked once before giving up");
+    assert_eq!(
+        link.intercept().progress_requests(),
+        1,
+        "asked once before giving up"
+    );
 
     let items = until_synced(&mut stream, bound).await;
     let healed = frozen_at.elapsed();
@@ -240,7 +244,11 @@ async fn a_quiet_live_watch_answers_progress_and_is_kept() {
         "{}",
         link.intercept().progress_requests()
     );
-    assert_eq!(link.intercept().lists(), 1, "a quiet watch is not re-listed");
+    assert_eq!(
+        link.intercept().lists(),
+        1,
+        "a quiet watch is not re-listed"
+    );
     assert_eq!(link.intercept().watches(), 1);
 
     put(&server, "p/a", "1").await;

@@ -5,7 +5,7 @@ use super::plan::{FaultPlan, Profile};
 use super::play::{heal_all, play};
 use crate::service::ServiceBackend;
 use futures::StreamExt;
-use registry_api::wrap::SplitMix64;
+use registry_api::rng::{Fnv64, SplitMix64};
 use registry_api::{EventKind, ListOptions, Registry, WatchOptions};
 use registry_service::{
     Backoff, Discovery, DiscoveryEvent, DiscoveryOptions, Picker, PickerOptions, Registration,
@@ -13,6 +13,7 @@ use registry_service::{
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::hash::Hasher;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -180,10 +181,9 @@ impl Log {
             lines.push(format!("[{:>8.3}s] {line}", now.as_secs_f64()));
         }
         let at = self.at().as_millis().to_le_bytes();
-        for byte in at.iter().chain(line.as_bytes()).chain(b"\n") {
-            self.hash ^= u64::from(*byte);
-            self.hash = self.hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        let mut hash = Fnv64::with_key(self.hash);
+        hash.write(&[&at[..], line.as_bytes(), b"\n"].concat());
+        self.hash = hash.finish();
     }
 
     fn violation(&mut self, what: String) {
@@ -443,7 +443,7 @@ pub async fn run_fleet<B: ServiceBackend>(
     let start = Instant::now();
     let log = Arc::new(Mutex::new(Log {
         start,
-        hash: 0xcbf2_9ce4_8422_2325,
+        hash: Fnv64::default().finish(),
         routes: 0,
         events: 0,
         violations: Vec::new(),

@@ -98,6 +98,23 @@ impl Answer {
         }
     }
 
+    /// The leases this answer renewed: a grant's new lease, or those of `asked` (the call's
+    /// [`leases`](Call::leases)) whose keep-alive succeeded. What a wrapper that times leases
+    /// from their last renewal needs.
+    pub fn renewed(&self, asked: &[LeaseId]) -> Vec<LeaseId> {
+        match self {
+            Answer::LeaseGrant(Ok(grant)) => vec![grant.id],
+            Answer::LeaseKeepAlive(Ok(_)) => asked.to_vec(),
+            Answer::LeaseKeepAliveMany(Ok(answers)) => asked
+                .iter()
+                .zip(answers)
+                .filter(|(_, answer)| answer.is_ok())
+                .map(|(lease, _)| *lease)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// This answer with its result replaced by `error` (a reply that was lost: the call took
     /// effect, the caller does not know).
     pub fn with_error(self, error: Error) -> Answer {

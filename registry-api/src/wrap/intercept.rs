@@ -107,9 +107,7 @@ impl<R: Registry, I: Intercept> Intercepted<R, I> {
     /// Runs `call` through the hook; `unpack` takes the answer of the call's own variant.
     async fn run<T>(&self, call: Call<'_>, unpack: fn(Answer) -> Option<Result<T>>) -> Result<T> {
         let kind = call.kind();
-        let next = Next {
-            inner: &self.inner,
-        };
+        let next = Next { inner: &self.inner };
         let answer = self.intercept.around(call, next).await;
         let answered = answer.kind();
         unpack(answer).unwrap_or_else(|| {
@@ -173,8 +171,11 @@ impl<R: Registry, I: Intercept> Registry for Intercepted<R, I> {
             .await
     }
     async fn lease_keep_alive_many(&self, ids: &[LeaseId]) -> Result<Vec<Result<i64>>> {
-        self.run(Call::LeaseKeepAliveMany { ids }, unpack!(LeaseKeepAliveMany))
-            .await
+        self.run(
+            Call::LeaseKeepAliveMany { ids },
+            unpack!(LeaseKeepAliveMany),
+        )
+        .await
     }
     async fn lease_revoke(&self, id: LeaseId) -> Result<Revision> {
         self.run(Call::LeaseRevoke { id }, unpack!(LeaseRevoke))
@@ -213,8 +214,7 @@ impl<R: Registry, I: Intercept> Registry for Intercepted<R, I> {
             .await
     }
     async fn compact(&self, revision: Revision) -> Result<Revision> {
-        self.run(Call::Compact { revision }, unpack!(Compact))
-            .await
+        self.run(Call::Compact { revision }, unpack!(Compact)).await
     }
     async fn watch(&self, prefix: &[u8], opts: WatchOptions) -> Result<WatchStream> {
         let call = Call::Watch {

@@ -11,6 +11,7 @@
 //! - [`Link`]: a network link between one client and its server, under the test's control:
 //!   partitions, latency, hold and release, lost replies, stalled watches, injected errors.
 //! - [`KeyPrefix`]: every key under a fixed prefix, stripped from what comes back.
+//! - [`Renewals`]: when each lease was last renewed through the client (to time its expiry).
 //!
 //! A wrapper of ten lines that fails every write while a flag is set:
 //!
@@ -49,12 +50,14 @@ mod counting;
 mod intercept;
 mod key_prefix;
 mod link;
+mod renewals;
 
+/// The workspace's seeded random source, also at [`crate::rng::SplitMix64`].
+pub use crate::rng::SplitMix64;
 pub use answer::{Answer, Next};
 pub use call::{Call, CallKind};
 pub use counting::{CallCounts, Counting};
 pub use intercept::{Intercept, Intercepted};
 pub use key_prefix::KeyPrefix;
 pub use link::{Latency, Link};
-/// The workspace's seeded random source, also at [`crate::rng::SplitMix64`].
-pub use crate::rng::SplitMix64;
+pub use renewals::{Renewal, Renewals};

@@ -115,10 +115,9 @@ impl<'r> Driver<'r> {
     fn take_commands(&mut self, closing: &mut bool) {
         loop {
             match self.commands.try_recv() {
-                Ok(command) => {
-                    self.machines
-                        .on_command(command, Instant::now(), &mut self.calls)
-                }
+                Ok(command) => self
+                    .machines
+                    .on_command(command, Instant::now(), &mut self.calls),
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     *closing = true;
                     break;

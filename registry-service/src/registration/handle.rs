@@ -199,9 +199,7 @@ impl Registration {
 
     /// What ended the registration: its failure, or the task gone.
     fn ended(&self) -> Error {
-        self.shared
-            .failure()
-            .unwrap_or_else(|| self.mailbox.gone())
+        self.shared.failure().unwrap_or_else(|| self.mailbox.gone())
     }
 }
 

@@ -119,7 +119,9 @@ impl KeyWatches {
 
     /// The revision the watch has shown everything up to.
     pub(super) fn seen(&self, group: GroupId) -> Revision {
-        self.groups.get(group).map_or(Revision::default(), |g| g.seen)
+        self.groups
+            .get(group)
+            .map_or(Revision::default(), |g| g.seen)
     }
 
     /// One event of the watch of `group`.
@@ -214,7 +216,9 @@ mod tests {
         assert_eq!((same, call.is_none()), (g, true));
         let (other, call) = watches.join("s/b/", Bytes::from_static(b"s/b/1"), 3, config);
         assert!(other != g && call.is_some());
-        assert!(watches.leave(g, &Bytes::from_static(b"s/a/1"), false).is_none());
+        assert!(watches
+            .leave(g, &Bytes::from_static(b"s/a/1"), false)
+            .is_none());
         assert!(matches!(
             watches.leave(g, &Bytes::from_static(b"s/a/2"), false),
             Some(Call::Unwatch { group }) if group == g

@@ -213,7 +213,10 @@ impl Machines {
                 ttl,
                 backoff: options.backoff.clone(),
                 request_timeout: options.request_timeout,
-                seed: seed_for(options.seed, &format!("{}/{}", instance.service, instance.id)),
+                seed: seed_for(
+                    options.seed,
+                    &format!("{}/{}", instance.service, instance.id),
+                ),
                 clock: shared.clock.clone(),
                 shared: false,
             }),
@@ -265,7 +268,11 @@ impl Machines {
             Granted::Alive(lease) => {
                 tracing::debug!(%lease, "lease granted");
                 for id in self.slots.members(slot).to_vec() {
-                    if self.members.get(id).is_some_and(|m| m.phase == Phase::Pending) {
+                    if self
+                        .members
+                        .get(id)
+                        .is_some_and(|m| m.phase == Phase::Pending)
+                    {
                         self.put(id, lease, Purpose::Register, out);
                     }
                 }
@@ -826,7 +833,10 @@ mod tests {
     fn a_start_grants_puts_and_registers() {
         let t0 = Instant::now();
         let (mut machines, shared, calls) = started(t0);
-        assert!(matches!(calls[0], Call::Watch { .. }), "the service's key watch");
+        assert!(
+            matches!(calls[0], Call::Watch { .. }),
+            "the service's key watch"
+        );
         assert!(matches!(calls[1], Call::Grant { ttl: 6, .. }));
         registered(&mut machines, calls, t0);
         assert_eq!(
@@ -865,16 +875,27 @@ mod tests {
         registered(&mut machines, calls, t0);
         let mut calls = Vec::new();
         machines.on_answer(deleted(3), t0, &mut calls);
-        let after = answer_put(&mut machines, calls, Err(registry_api::Error::backend("")), t0);
+        let after = answer_put(
+            &mut machines,
+            calls,
+            Err(registry_api::Error::backend("")),
+            t0,
+        );
         assert_eq!(*shared.state.borrow(), RegistrationState::Failed);
         assert!(matches!(
             shared.failure().as_ref().and_then(Error::as_registry),
             Some(registry_api::Error::PermissionDenied { .. })
         ));
+        assert!(after.iter().any(|call| matches!(
+            call,
+            Call::Revoke {
+                lease: LeaseId(7),
+                ..
+            }
+        )));
         assert!(after
             .iter()
-            .any(|call| matches!(call, Call::Revoke { lease: LeaseId(7), .. })));
-        assert!(after.iter().any(|call| matches!(call, Call::Unwatch { .. })));
+            .any(|call| matches!(call, Call::Unwatch { .. })));
         assert!(machines.is_empty());
     }
 

@@ -149,7 +149,12 @@ impl Member {
 
     /// A put on `lease` succeeded at `revision` (`current`: the slot's lease is still that
     /// one). True when it registered the member.
-    pub(super) fn put_succeeded(&mut self, lease: LeaseId, current: bool, revision: Revision) -> bool {
+    pub(super) fn put_succeeded(
+        &mut self,
+        lease: LeaseId,
+        current: bool,
+        revision: Revision,
+    ) -> bool {
         self.last_put = self.last_put.max(revision);
         self.shared.details().revision = Some(revision);
         if self.phase != Phase::Pending || !current {
@@ -198,9 +203,7 @@ impl Member {
                 details.lease_losses += 1;
                 details.lease = None;
             }
-            self.shared
-                .state
-                .send_replace(RegistrationState::LeaseLost);
+            self.shared.state.send_replace(RegistrationState::LeaseLost);
         }
     }
 
@@ -248,7 +251,13 @@ impl Member {
 
     /// Starts draining: written as draining from now on, stopping once `grace` is over and the
     /// watch has shown it (at most `limit` later).
-    pub(super) fn start_drain(&mut self, now: Instant, grace: Duration, limit: Duration, reply: Reply) -> Instant {
+    pub(super) fn start_drain(
+        &mut self,
+        now: Instant,
+        grace: Duration,
+        limit: Duration,
+        reply: Reply,
+    ) -> Instant {
         let grace_end = deadline_after_from(now, grace);
         self.drain = Some(Drain {
             reply,
@@ -304,7 +313,11 @@ impl Member {
         if let Some(first) = self.first.take() {
             first.send(Err(first_outcome())).ok();
         }
-        self.drain.take().map(|drain| drain.reply).into_iter().collect()
+        self.drain
+            .take()
+            .map(|drain| drain.reply)
+            .into_iter()
+            .collect()
     }
 }
 
@@ -381,7 +394,13 @@ mod tests {
         let (reply, mut answer) = oneshot::channel();
         let mut m = member(Some(reply));
         let call = m.put(1, LeaseId(7), Purpose::Register, Duration::from_secs(1));
-        assert!(matches!(call, Call::Put { lease: LeaseId(7), .. }));
+        assert!(matches!(
+            call,
+            Call::Put {
+                lease: LeaseId(7),
+                ..
+            }
+        ));
         m.put_answered();
         assert!(m.put_succeeded(LeaseId(7), true, Revision(3)));
         assert!(matches!(answer.try_recv(), Ok(Ok(()))));
@@ -450,7 +469,10 @@ mod tests {
             DrainCheck::Wait(Some(t0 + grace + limit))
         );
         assert_eq!(m.check_drain(t0 + grace, Revision(9)), DrainCheck::Over);
-        assert_eq!(m.check_drain(t0 + grace + limit, Revision(8)), DrainCheck::Over);
+        assert_eq!(
+            m.check_drain(t0 + grace + limit, Revision(8)),
+            DrainCheck::Over
+        );
     }
 
     #[test]

@@ -144,7 +144,10 @@ impl Shared {
             details.lease = None;
         }
         self.state.send_if_modified(|state| {
-            if matches!(state, RegistrationState::Deregistered | RegistrationState::Failed) {
+            if matches!(
+                state,
+                RegistrationState::Deregistered | RegistrationState::Failed
+            ) {
                 return false;
             }
             *state = RegistrationState::Failed;

@@ -317,9 +317,13 @@ where
     };
     let span = tracing::info_span!("tower.discover", service = %discovery.service());
     let failed = shared.clone();
-    let task = OwnedTask::spawn(&runtime, "tower discover", span, task.run(events), move |e| {
-        failed.fail(e)
-    });
+    let task = OwnedTask::spawn(
+        &runtime,
+        "tower discover",
+        span,
+        task.run(events),
+        move |e| failed.fail(e),
+    );
     shared.task.set(task).ok();
     Ok(Discover {
         make_service,

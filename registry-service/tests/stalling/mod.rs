@@ -39,17 +39,20 @@ pub struct Stalling {
 impl Stalling {
     /// Over `inner`; `answers` says whether progress requests are answered.
     pub fn new(inner: Arc<dyn Registry>, answers: bool) -> Arc<Stalled> {
-        Arc::new(Intercepted::new(inner, Stalling {
-            generation: watch::channel(0).0,
-            lag_generation: watch::channel(0).0,
-            answers,
-            list_delay: Mutex::new(Duration::ZERO),
-            lists: AtomicUsize::new(0),
-            listing: AtomicUsize::new(0),
-            max_listing: AtomicUsize::new(0),
-            watches: AtomicUsize::new(0),
-            progress_requests: Arc::new(AtomicUsize::new(0)),
-        }))
+        Arc::new(Intercepted::new(
+            inner,
+            Stalling {
+                generation: watch::channel(0).0,
+                lag_generation: watch::channel(0).0,
+                answers,
+                list_delay: Mutex::new(Duration::ZERO),
+                lists: AtomicUsize::new(0),
+                listing: AtomicUsize::new(0),
+                max_listing: AtomicUsize::new(0),
+                watches: AtomicUsize::new(0),
+                progress_requests: Arc::new(AtomicUsize::new(0)),
+            },
+        ))
     }
 
     /// Every watch open now stays open but delivers nothing more and answers no progress
