@@ -39,24 +39,25 @@
 //! with a `tracing` warning and counted in [`malformed`](Discovery::malformed); if it replaced
 //! an instance, that instance is removed.
 
-mod decode;
 mod events;
 mod feed;
 mod filter;
 mod hub;
+mod layout;
 mod subset;
 mod view;
 
-pub use decode::{InstanceLayout, JsonLayout};
 pub use events::DiscoveryEvents;
 pub use filter::Filter;
 pub use hub::DiscoveryHub;
+pub use layout::{InstanceLayout, JsonLayout};
 pub use subset::Subset;
 pub use view::{DiscoveryView, View};
 
 use crate::backoff::Backoff;
 use crate::instance::{validate_service, KeyLayout, ServiceInstance, DEFAULT_NAMESPACE};
 use crate::owned::OwnedTask;
+use crate::pick::InstanceSource;
 use crate::store::{self, Snapshot, Store, StoreEvent, StoreStatus};
 use crate::watcher::{watcher, WatcherConfig};
 use crate::{Error, Result};
@@ -66,39 +67,22 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// A change to a service's instances.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DiscoveryEvent {
-    /// A new instance.
-    Added(ServiceInstance),
-    /// An instance's value changed (address, metadata or status).
-    Updated {
-        /// What it was.
-        old: ServiceInstance,
-        /// What it is now.
-        new: ServiceInstance,
-    },
-    /// An instance left: deregistered, expired, deleted, or its value became unreadable.
-    Removed(ServiceInstance),
-}
+/// A change to a service's instances: the [store](crate::store)'s event over
+/// [`ServiceInstance`]s (`Added`, `Updated { old, new }`, `Removed`), so that a discovery's
+/// events and its store's are one type.
+pub type DiscoveryEvent = StoreEvent<ServiceInstance>;
 
-impl DiscoveryEvent {
-    /// The instance as it is after the event (for `Removed`, as it was).
-    pub fn instance(&self) -> &ServiceInstance {
-        match self {
-            DiscoveryEvent::Added(instance) | DiscoveryEvent::Removed(instance) => instance,
-            DiscoveryEvent::Updated { new, .. } => new,
-        }
+/// A picker reads a discovery's instances as they are now.
+impl InstanceSource for Discovery {
+    fn instances(&self) -> Arc<[ServiceInstance]> {
+        self.snapshot()
     }
 }
 
-impl From<StoreEvent<ServiceInstance>> for DiscoveryEvent {
-    fn from(event: StoreEvent<ServiceInstance>) -> Self {
-        match event {
-            StoreEvent::Added(new) => DiscoveryEvent::Added(new),
-            StoreEvent::Updated { old, new } => DiscoveryEvent::Updated { old, new },
-            StoreEvent::Removed(old) => DiscoveryEvent::Removed(old),
-        }
+impl StoreEvent<ServiceInstance> {
+    /// The instance as it is after the event (for `Removed`, as it was).
+    pub fn instance(&self) -> &ServiceInstance {
+        self.value()
     }
 }
 

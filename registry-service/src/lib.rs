@@ -34,7 +34,7 @@ pub mod registration;
 mod seed;
 pub mod store;
 #[cfg(feature = "tower")]
-pub mod tower;
+pub mod tower_discover;
 pub mod watcher;
 
 pub use backoff::Backoff;

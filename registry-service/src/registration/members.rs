@@ -208,14 +208,15 @@ impl Member {
     }
 
     /// True when `seen` calls for putting the instance back: the member is registered, no
-    /// put of its own is under way or newer than what was seen, and the key is missing or
-    /// not its own (another value, another lease).
+    /// put of its own is under way, what was seen is newer than its last put, and the key is
+    /// missing or not its own (another value, another lease).
     pub(super) fn needs_restore(&self, seen: &Observation) -> bool {
         let Phase::Registered(lease) = self.phase else {
             return false;
         };
-        if self.puts > 0 || seen.at < self.last_put {
-            // Overtaken by a put under way, or older than the last one: says nothing now.
+        if self.puts > 0 || seen.at <= self.last_put {
+            // Overtaken by a put under way, or no newer than the last one (that put's own
+            // effect, whatever the backend made of it): says nothing now.
             return false;
         }
         let intact = seen
@@ -431,6 +432,7 @@ mod tests {
         m.put_answered();
         m.put_succeeded(LeaseId(7), true, Revision(5));
         assert!(!m.needs_restore(&gone(4)), "older than its put");
+        assert!(!m.needs_restore(&gone(5)), "its put itself");
         assert!(m.needs_restore(&gone(6)));
         let own = Observation {
             member: 1,
@@ -438,7 +440,7 @@ mod tests {
                 lease: Some(LeaseId(7)),
                 value: m.value.clone(),
             }),
-            at: Revision(5),
+            at: Revision(6),
         };
         assert!(!m.needs_restore(&own));
         let overwritten = Observation {

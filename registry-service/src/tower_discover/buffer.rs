@@ -244,7 +244,7 @@ impl<F> fmt::Debug for Discover<F> {
 /// with each eviction in a row.
 ///
 /// ```
-/// use registry_service::tower::discover;
+/// use registry_service::tower_discover::discover;
 /// use registry_service::{Discovery, DiscoveryOptions, Registration, RegistrationOptions,
 ///     ServiceInstance};
 /// use registry_memory::MemoryRegistry;
@@ -290,8 +290,8 @@ pub fn discover_with<F, S>(
 where
     F: FnMut(&ServiceInstance) -> S,
 {
-    let runtime =
-        tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime("tower::discover"))?;
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|_| Error::NoRuntime("tower_discover::discover"))?;
     let shared = Arc::new(TaskShared {
         book: Mutex::new(Book::default()),
         evicted: Mutex::new(HashMap::new()),
