@@ -53,6 +53,9 @@ struct Driver<'r> {
     machines: Machines,
     commands: mpsc::Receiver<Command>,
     inbox: Arc<Inbox>,
+    /// The calls under way. Bounded by the registrations: at most one grant or keep-alive per
+    /// lease slot (the slot waits for its answer), the puts of a member's changes (each
+    /// answered before a handle can ask again), one revoke or delete per leaving member.
     in_flight: FuturesUnordered<BoxFuture<'r, Answer>>,
     /// One watcher per registered service, tagged with its group and serial.
     watches: SelectAll<BoxStream<'static, WatchItem>>,

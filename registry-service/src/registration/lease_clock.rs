@@ -29,8 +29,16 @@ impl LeaseClock {
 
     /// Records how long the last good keep-alive (or grant) took to be answered.
     pub(crate) fn answered_after(&self, round_trip: Duration) {
-        let nanos = u64::try_from(round_trip.as_nanos()).unwrap_or(u64::MAX - 1);
-        self.round_trip.store(nanos + 1, Ordering::Relaxed);
+        self.store_round_trip(Self::encode_round_trip(round_trip));
+    }
+
+    /// The stored form of a round trip: computed once for a round's leases answered together.
+    pub(crate) fn encode_round_trip(round_trip: Duration) -> u64 {
+        u64::try_from(round_trip.as_nanos()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    pub(crate) fn store_round_trip(&self, encoded: u64) {
+        self.round_trip.store(encoded, Ordering::Relaxed);
     }
 
     pub(crate) fn round_trip(&self) -> Option<Duration> {

@@ -119,6 +119,7 @@ struct Round {
     deadline: Instant,
     next: Instant,
     stored: (u64, u64),
+    round_trip: u64,
 }
 
 /// Every lease slot of a registrar.
@@ -256,7 +257,7 @@ impl Slots {
                 s.clock
                     .answered_after(now.saturating_duration_since(sent_at));
                 s.timer = timer;
-                timers.schedule(next, Due::Lease { slot, token: timer });
+                timers.schedule(next, lease_due(slot, timer));
                 Granted::Alive(grant.id)
             }
             Err(e) if ends_registration(&e) => {
@@ -281,10 +282,7 @@ impl Slots {
         s.attempt = s.attempt.saturating_add(1);
         let wait = s.backoff.delay(s.attempt, &mut s.rng);
         s.timer = timer;
-        timers.schedule(
-            deadline_after_from(now, wait),
-            Due::Lease { slot, token: timer },
-        );
+        timers.schedule(deadline_after_from(now, wait), lease_due(slot, timer));
     }
 
     /// The lease is gone: a backoff, counted from the first attempt, before a new grant.
@@ -383,6 +381,7 @@ impl Slots {
             let Due::Lease { slot, token } = due else {
                 continue;
             };
+            let slot = slot as SlotId;
             let joins = self.slab.get(slot).is_some_and(|s| {
                 s.timer == token
                     && matches!(s.phase, Phase::Alive { ttl, in_flight: false, .. }
@@ -417,6 +416,7 @@ impl Slots {
 
     /// A keep-alive sent at `sent_at` was answered now: the same transition whenever and from
     /// whichever backend the answer came.
+    #[inline]
     pub(super) fn renewed(
         &mut self,
         renewal: Renewal,
@@ -444,29 +444,33 @@ impl Slots {
         let ttl = *ttl;
         let error = match answer {
             Ok(_) => {
-                let round = match self.round {
-                    Some(r) if r.sent_at == sent_at && r.now == now && r.ttl == ttl => r,
-                    _ => {
-                        let deadline = deadline_after_from(sent_at, ttl);
-                        let round = Round {
-                            sent_at,
-                            now,
-                            ttl,
-                            deadline,
-                            next: deadline_after_from(now, ttl / 3).min(deadline),
-                            stored: s.clock.encode(sent_at, ttl),
-                        };
-                        self.round = Some(round);
-                        round
-                    }
+                let cached = self
+                    .round
+                    .as_ref()
+                    .is_some_and(|r| r.sent_at == sent_at && r.now == now && r.ttl == ttl);
+                if !cached {
+                    let deadline = deadline_after_from(sent_at, ttl);
+                    self.round = Some(Round {
+                        sent_at,
+                        now,
+                        ttl,
+                        deadline,
+                        next: deadline_after_from(now, ttl / 3).min(deadline),
+                        stored: s.clock.encode(sent_at, ttl),
+                        round_trip: LeaseClock::encode_round_trip(
+                            now.saturating_duration_since(sent_at),
+                        ),
+                    });
+                }
+                let Some(round) = &self.round else {
+                    return Renewed::Stale;
                 };
                 *deadline = round.deadline;
                 s.clock.store(round.stored);
-                s.clock
-                    .answered_after(now.saturating_duration_since(sent_at));
+                s.clock.store_round_trip(round.round_trip);
                 s.timer = timer;
                 self.tokens = timer;
-                timers.schedule(round.next, Due::Lease { slot, token: timer });
+                timers.schedule(round.next, lease_due(slot, timer));
                 return Renewed::Alive {
                     puts_held_back: std::mem::take(&mut s.needs_put),
                 };
@@ -492,8 +496,17 @@ impl Slots {
         s.timer = timer;
         self.tokens = timer;
         let next = deadline_after_from(now, ttl / 3).min(deadline);
-        timers.schedule(next, Due::Lease { slot, token: timer });
+        timers.schedule(next, lease_due(slot, timer));
         Renewed::Failed(error)
+    }
+}
+
+/// A slot's timer. Slot indices are small (a slab reuses them), so 32 bits keep a timer to 16
+/// bytes: a round at scale moves thousands of them.
+pub(super) fn lease_due(slot: SlotId, token: u64) -> Due {
+    Due::Lease {
+        slot: u32::try_from(slot).unwrap_or(u32::MAX),
+        token,
     }
 }
 

@@ -166,6 +166,7 @@ impl Machines {
         for item in due.drain(..) {
             match item {
                 Due::Lease { slot, token } => {
+                    let slot = slot as SlotId;
                     if let Fired::BackoffOver { attempt } =
                         self.slots.fire(slot, token, now, &mut renewals)
                     {
@@ -297,6 +298,7 @@ impl Machines {
         }
     }
 
+    #[inline]
     fn renewed(
         &mut self,
         renewal: Renewal,

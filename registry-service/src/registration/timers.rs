@@ -5,7 +5,7 @@
 //! due instants, so one entry holds them all and one wake-up serves them all: the cost of a
 //! round is one map operation per instant, not one timer per registration.
 
-use super::calls::{MemberId, SlotId};
+use super::calls::MemberId;
 use std::collections::BTreeMap;
 use tokio::time::Instant;
 
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Due {
     /// A lease's keep-alive round, or the end of its backoff wait.
-    Lease { slot: SlotId, token: u64 },
+    Lease { slot: u32, token: u64 },
     /// A draining registration's grace period, or its last wait for the watch, ends.
     Drain { registration: MemberId },
 }

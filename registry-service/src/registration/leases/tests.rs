@@ -45,7 +45,7 @@ fn round(slots: &mut Slots, timers: &mut Timers, at: Instant) -> Vec<Renewal> {
     let mut renewals = Vec::new();
     for due in due {
         if let Due::Lease { slot, token } = due {
-            slots.fire(slot, token, at, &mut renewals);
+            slots.fire(slot as SlotId, token, at, &mut renewals);
         }
     }
     slots.join_early(at, timers, &mut renewals);
