@@ -32,11 +32,14 @@ fn options() -> RegistrationOptions {
         .seed(7)
 }
 
+/// A kind of call and the error it gets.
+type Rule = (CallKind, fn() -> ApiError);
+
 /// Refuses one kind of call with an error of the test's choosing, and counts the calls of
 /// that kind that reached it.
 #[derive(Debug, Default)]
 struct Refuse {
-    rule: Mutex<Option<(CallKind, fn() -> ApiError)>>,
+    rule: Mutex<Option<Rule>>,
     calls: AtomicU64,
 }
 

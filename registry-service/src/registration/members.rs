@@ -243,8 +243,7 @@ impl Member {
     }
 
     /// The registry refused a changed value: back to the one before.
-    pub(super) fn revert(&mut self, previous: Box<(ServiceInstance, Bytes)>) {
-        let (instance, value) = *previous;
+    pub(super) fn revert(&mut self, (instance, value): (ServiceInstance, Bytes)) {
         self.shared.details().status = instance.status;
         self.instance = instance;
         self.value = value;
@@ -484,7 +483,7 @@ mod tests {
         let previous = m.change(|i| i.status = Status::Draining).unwrap();
         assert_ne!(m.value, before);
         assert_eq!(m.shared.details().status, Status::Draining);
-        m.revert(previous);
+        m.revert(*previous);
         assert_eq!(m.value, before);
         assert_eq!(m.shared.details().status, Status::Serving);
         let huge = "x".repeat(DEFAULT_MAX_VALUE_BYTES + 1);

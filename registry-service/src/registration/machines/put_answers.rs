@@ -85,7 +85,7 @@ impl Machines {
             Purpose::Change { reply, previous } if value_refused => {
                 // The backend refused the new value itself: the registration goes on with the
                 // one before.
-                m.revert(previous);
+                m.revert(*previous);
                 reply.send(Err(Error::clone(&error))).ok();
                 self.drain_put_failed(id, now, out);
             }
