@@ -6,31 +6,19 @@
 mod common;
 mod stalling;
 
-use common::{hello, settle};
+use common::{hello, options, settle, TTL};
 use registry_api::wrap::{CallKind, Intercept, Intercepted};
 use registry_api::{Error as ApiError, Registry, Result as ApiResult};
 use registry_memory::MemoryRegistry;
 use registry_service::{
     Backoff, Discovery, DiscoveryHub, DiscoveryOptions, Error, Registrar, RegistrarOptions,
-    Registration, RegistrationOptions, RegistrationState, WatcherConfig,
+    Registration, RegistrationState, WatcherConfig,
 };
 use stalling::Stalling;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
-
-const TTL: Duration = Duration::from_secs(6);
-
-fn options() -> RegistrationOptions {
-    RegistrationOptions::default()
-        .ttl(TTL)
-        .backoff(Backoff::new(
-            Duration::from_millis(200),
-            Duration::from_secs(2),
-        ))
-        .seed(7)
-}
 
 /// A kind of call and the error it gets.
 type Rule = (CallKind, fn() -> ApiError);

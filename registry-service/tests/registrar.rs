@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{drain, hello, settle, truth};
+use common::{drain, hello, options, settle, truth, TTL};
 use registry_api::wrap::{CallKind, Counting, Intercept, Intercepted};
 use registry_api::Registry;
 use registry_memory::MemoryRegistry;
@@ -16,18 +16,6 @@ use registry_service::{
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-
-const TTL: Duration = Duration::from_secs(6);
-
-fn options() -> RegistrationOptions {
-    RegistrationOptions::default()
-        .ttl(TTL)
-        .backoff(Backoff::new(
-            Duration::from_millis(200),
-            Duration::from_secs(2),
-        ))
-        .seed(7)
-}
 
 fn discovery_options() -> DiscoveryOptions {
     DiscoveryOptions::default()
