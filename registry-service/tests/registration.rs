@@ -9,7 +9,7 @@ mod common;
 use common::{hello, options, settle, truth, TTL};
 use registry_api::Registry;
 use registry_memory::MemoryRegistry;
-use registry_service::{Backoff, Registration, RegistrationOptions, RegistrationState};
+use registry_service::{Registration, RegistrationState};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
