@@ -67,7 +67,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// A change to a service's instances: the [store](crate::store)'s event over
+/// A change to a service's instances: the [store](mod@crate::store)'s event over
 /// [`ServiceInstance`]s (`Added`, `Updated { old, new }`, `Removed`), so that a discovery's
 /// events and its store's are one type.
 pub type DiscoveryEvent = StoreEvent<ServiceInstance>;

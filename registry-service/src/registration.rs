@@ -44,7 +44,7 @@
 //! first use and gone when its last registration is; [`Registrar::new`] makes one with other
 //! options, e.g. [`RegistrarOptions::shared_lease`]: every registration on one lease, one
 //! keep-alive per TTL/3 for all of them (as etcd's `concurrency.Session` does). Each registered
-//! service's keys are watched through a [`watcher`](crate::watcher), whose stall detection
+//! service's keys are watched through a [`watcher`](mod@crate::watcher), whose stall detection
 //! catches a silent watch: the re-list that follows shows a key deleted meanwhile, and it is
 //! put back.
 //!
@@ -52,7 +52,7 @@
 //!
 //! [`Registration::start_when_ready`] returns at once and puts the instance only once the app's
 //! readiness future completes: an instance that is not ready is never visible.
-//! [`Registration::shutdown`] drains: it writes the instance with [`Status::Draining`] (pickers
+//! [`Registration::shutdown`] drains: it writes the instance with [`Status::Draining`](crate::Status::Draining) (pickers
 //! stop choosing it), waits a grace period and until its own watch has seen the change, then
 //! revokes the lease. [`Registration::set_status`] changes the status at any time.
 //!

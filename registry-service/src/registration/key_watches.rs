@@ -1,4 +1,4 @@
-//! Key watches: one [`watcher`](crate::watcher) per registered service's prefix, shared by the
+//! Key watches: one [`watcher`](mod@crate::watcher) per registered service's prefix, shared by the
 //! registrar's registrations of that service, with the watcher's stall detection and herd
 //! gate. A key deleted or overwritten while its lease lives is put back as soon as a watch
 //! shows it, and a watch gone silent is caught by the watcher, whose re-list then shows it.

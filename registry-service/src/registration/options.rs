@@ -79,7 +79,7 @@ impl RegistrationOptions {
 }
 
 /// How a [`Registrar`](super::Registrar) keeps its registrations. `Default`: a lease per
-/// registration, and key watches with the [`watcher`](crate::watcher)'s default configuration.
+/// registration, and key watches with the [`watcher`](mod@crate::watcher)'s default configuration.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RegistrarOptions {
     /// `Some`: every registration on one lease, kept alive by one keep-alive per TTL/3 for all
@@ -89,7 +89,7 @@ pub struct RegistrarOptions {
     /// registration has its own lease, with its own options.
     pub shared_lease: Option<RegistrationOptions>,
     /// How the registrar watches each registered service's prefix to put back a key someone
-    /// deleted or overwrote: a [`watcher`](crate::watcher), with its stall detection and herd
+    /// deleted or overwrote: a [`watcher`](mod@crate::watcher), with its stall detection and herd
     /// gate. Without a seed of its own, a service's watch takes the seed of the registration
     /// that opened it (so a seeded registration is a seeded run, its key watch included).
     pub key_watch: WatcherConfig,
