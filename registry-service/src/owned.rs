@@ -55,7 +55,11 @@ impl OwnedTask {
                 .await;
                 match outcome {
                     Ok(()) => report.finished(),
-                    Err(panic) => report.fail(format!("it panicked: {}", panic_message(&*panic))),
+                    Err(panic) => {
+                        let cause = format!("it panicked: {}", panic_message(&*panic));
+                        tracing::error!(task, %cause, "a background task failed");
+                        report.fail(cause);
+                    }
                 }
             }
             .instrument(span),
@@ -83,7 +87,6 @@ impl<R: FnOnce(Error)> Report<R> {
 
     fn fail(&mut self, cause: String) {
         if let Some(on_failure) = self.on_failure.take() {
-            tracing::error!(task = self.task, %cause, "a background task failed");
             on_failure(Error::TaskFailed {
                 task: self.task,
                 cause,
@@ -94,6 +97,14 @@ impl<R: FnOnce(Error)> Report<R> {
 
 impl<R: FnOnce(Error)> Drop for Report<R> {
     fn drop(&mut self) {
+        if self.on_failure.is_some() {
+            // Every process ends this way for the tasks still running when its runtime stops:
+            // worth telling the handles that may outlive it, not worth an alarm in the log.
+            tracing::debug!(
+                task = self.task,
+                "the runtime shut down before the task finished"
+            );
+        }
         self.fail("its runtime shut down before it finished".to_owned());
     }
 }

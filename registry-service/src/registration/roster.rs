@@ -44,7 +44,6 @@ impl Roster {
     /// The task died of `error`: every live registration fails with it, and so does every
     /// later command.
     pub(super) fn fail(&self, error: Error) {
-        tracing::error!(%error, "the registrar's task died; every registration on it fails");
         let error = Arc::new(error);
         let live = {
             let mut inner = self.lock();
