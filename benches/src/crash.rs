@@ -86,7 +86,7 @@ pub(crate) async fn crash_run(
         if let DiscoveryEvent::Removed(instance) = event {
             if let Some((at, lease)) = crashed.get(&instance.id) {
                 out.from_crash.push(now - *at);
-                if let Some(renewed) = recording.last_renewal_sent(*lease) {
+                if let Some(renewed) = recording.intercept().last_renewal_sent(*lease) {
                     out.from_renewal.push(now - renewed);
                 }
             }

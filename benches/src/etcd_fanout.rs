@@ -5,7 +5,7 @@
 //! the hub open a watch each.
 
 use crate::etcd_metrics;
-use crate::recording::Recording;
+use crate::recording::{Recorded, Recording};
 use crate::report::{Report, Verdict};
 use crate::stats::{fmt_duration, Samples};
 use etcd_client::{Client, WatchOptions as RawWatchOptions};
@@ -22,7 +22,7 @@ const HANDLES: usize = 1_000;
 const BLOCK: usize = 10;
 const WAIT: Duration = Duration::from_secs(5);
 
-async fn connect(endpoint: &str, namespace: String) -> Result<Arc<Recording>, String> {
+async fn connect(endpoint: &str, namespace: String) -> Result<Arc<Recorded>, String> {
     let etcd = EtcdRegistry::builder([endpoint])
         .key_prefix(namespace)
         .connect()
@@ -70,7 +70,7 @@ async fn shared_handles(
         .await
         .map_err(|_| "the shared cache did not sync".to_owned())?;
     let after = watchers_after(endpoint, before, 1.0).await;
-    let opened = recording.watches_opened();
+    let opened = recording.intercept().watches_opened();
     report.row(
         PART,
         format!("watches opened by {HANDLES} hub handles of one service (ours / etcd's count)"),
@@ -204,7 +204,7 @@ async fn unshared_caches(
         format!("for contrast: {count} caches started without the hub (ours / etcd's count)"),
         format!(
             "{} / {}",
-            recording.watches_opened(),
+            recording.intercept().watches_opened(),
             watcher_delta(before, after)
         ),
         "",

@@ -18,8 +18,9 @@
 
 use crate::procfs;
 use crate::report::{Report, Verdict};
-use crate::stats::{fmt_bytes, fmt_duration, Fnv64};
+use crate::stats::{fmt_bytes, fmt_duration};
 use futures::StreamExt;
+use registry_api::rng::{Fnv64, SplitMix64};
 use registry_api::{EventKind, Registry, WatchOptions, WatchStream};
 use registry_memory::MemoryRegistry;
 use registry_service::{
@@ -27,6 +28,7 @@ use registry_service::{
     ServiceInstance,
 };
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::Hasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -100,28 +102,10 @@ type Entry = (u64, u32, u32, u64);
 /// Which instance a cache removed, and when (virtual time since the start).
 type Removals = Vec<(String, Duration)>;
 
-/// SplitMix64: the seeded choice of instances to crash.
-#[derive(Debug)]
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 fn digest(parts: &[&[u8]]) -> u64 {
     let mut h = Fnv64::default();
     for part in parts {
-        h.write_u64(part.len() as u64);
+        h.write(&(part.len() as u64).to_le_bytes());
         h.write(part);
     }
     h.finish()
@@ -279,7 +263,8 @@ async fn simulate(scale: Scale, seed: u64) -> std::io::Result<Outcome> {
     let driver_source = scale.services as u32 + 1;
     let mut driver_log = Vec::new();
     let mut crashed_at: BTreeMap<String, Duration> = BTreeMap::new();
-    let mut rng = SplitMix(seed);
+    // The seeded choice of instances to crash.
+    let mut rng = SplitMix64::new(seed);
     let mut next_id = scale.instances;
 
     let run_wall = Instant::now();
@@ -291,7 +276,8 @@ async fn simulate(scale: Scale, seed: u64) -> std::io::Result<Outcome> {
             break;
         }
         for _ in 0..scale.churn {
-            let victim = live.keys().nth(rng.below(live.len())).cloned();
+            let pick = rng.next_u64() % live.len().max(1) as u64;
+            let victim = live.keys().nth(pick as usize).cloned();
             if let Some((service, registration)) = victim.as_ref().and_then(|id| live.remove(id)) {
                 let id = victim.unwrap_or_default();
                 registration.abandon();
@@ -352,10 +338,9 @@ async fn simulate(scale: Scale, seed: u64) -> std::io::Result<Outcome> {
     log.sort_unstable();
     let mut hash = Fnv64::default();
     for (t, source, seq, d) in &log {
-        hash.write_u64(*t);
-        hash.write_u64(u64::from(*source));
-        hash.write_u64(u64::from(*seq));
-        hash.write_u64(*d);
+        for word in [*t, u64::from(*source), u64::from(*seq), *d] {
+            hash.write(&word.to_le_bytes());
+        }
     }
     let per = |delta: u64| delta as f64 / scale.instances.max(1) as f64;
     Ok(Outcome {

@@ -98,34 +98,6 @@ pub(crate) fn fmt_bytes(bytes: f64) -> String {
     }
 }
 
-/// Fowler–Noll–Vo 1a, 64 bits: a hash that is the same on every machine and Rust version, for
-/// event logs whose hashes are compared across runs.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Fnv64(u64);
-
-impl Default for Fnv64 {
-    fn default() -> Self {
-        Fnv64(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv64 {
-    pub(crate) fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 ^= u64::from(*byte);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-
-    pub(crate) fn write_u64(&mut self, value: u64) {
-        self.write(&value.to_le_bytes());
-    }
-
-    pub(crate) fn finish(self) -> u64 {
-        self.0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,14 +131,5 @@ mod tests {
         );
         assert_eq!(fmt_duration(Duration::from_micros(250)), "250.0 µs");
         assert_eq!(fmt_rate(2_500_000.0), "2.50M/s");
-    }
-
-    #[test]
-    fn fnv_is_the_reference_function() {
-        // Reference values of FNV-1a 64.
-        assert_eq!(Fnv64::default().finish(), 0xcbf2_9ce4_8422_2325);
-        let mut h = Fnv64::default();
-        h.write(b"a");
-        assert_eq!(h.finish(), 0xaf63_dc4c_8601_ec8c);
     }
 }

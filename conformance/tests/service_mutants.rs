@@ -4,10 +4,8 @@
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use registry_api::{
-    DeleteResponse, EventKind, GetResponse, LeaseGrant, LeaseId, LeaseTimeToLive, ListOptions,
-    ListResponse, PutOptions, PutResponse, Registry, Result, Revision, WatchOptions, WatchStream,
-};
+use registry_api::wrap::{Answer, Call, Intercept, Intercepted, Next};
+use registry_api::{EventKind, LeaseId, PutOptions, Registry, Result, WatchStream};
 use registry_conformance::service::{
     run_scenario, runtime, scenario_names, Links, ServiceBackend, ServiceCapabilities,
 };
@@ -29,9 +27,11 @@ enum Bug {
     PartitionCutsNothing,
 }
 
+/// The bug, as a hook on every call of the simulator's clients.
 #[derive(Debug)]
 struct Mutant {
-    inner: MemoryRegistry,
+    /// The simulator itself, for the answers a bug makes up.
+    store: MemoryRegistry,
     bug: Option<Bug>,
 }
 
@@ -39,63 +39,59 @@ impl Mutant {
     fn is(&self, bug: Bug) -> bool {
         self.bug == Some(bug)
     }
+
+    /// The granted TTL of `id`, as a keep-alive would answer, without renewing anything.
+    async fn granted_ttl(&self, id: LeaseId) -> Result<i64> {
+        Ok(self.store.lease_time_to_live(id).await?.granted_ttl)
+    }
 }
 
 #[async_trait]
-impl Registry for Mutant {
-    async fn lease_grant(&self, ttl: i64, id: Option<LeaseId>) -> Result<LeaseGrant> {
-        self.inner.lease_grant(ttl, id).await
-    }
-    async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64> {
-        if self.is(Bug::KeepAliveDoesNotRenew) {
-            return Ok(self.inner.lease_time_to_live(id).await?.granted_ttl);
-        }
-        self.inner.lease_keep_alive(id).await
-    }
-    async fn lease_revoke(&self, id: LeaseId) -> Result<Revision> {
-        self.inner.lease_revoke(id).await
-    }
-    async fn lease_time_to_live(&self, id: LeaseId) -> Result<LeaseTimeToLive> {
-        self.inner.lease_time_to_live(id).await
-    }
-    async fn leases(&self) -> Result<Vec<LeaseId>> {
-        self.inner.leases().await
-    }
-    async fn put(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<PutResponse> {
-        let opts = if self.is(Bug::PutIgnoresLease) {
-            PutOptions {
-                lease: None,
-                ..opts
+impl Intercept for Mutant {
+    async fn around(&self, call: Call<'_>, next: Next<'_>) -> Answer {
+        match call {
+            Call::LeaseKeepAlive { id } if self.is(Bug::KeepAliveDoesNotRenew) => {
+                Answer::LeaseKeepAlive(self.granted_ttl(id).await)
             }
-        } else {
-            opts
-        };
-        self.inner.put(key, value, opts).await
-    }
-    async fn get(&self, key: &[u8]) -> Result<GetResponse> {
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &[u8], opts: ListOptions) -> Result<ListResponse> {
-        self.inner.list(prefix, opts).await
-    }
-    async fn delete(&self, key: &[u8]) -> Result<DeleteResponse> {
-        self.inner.delete(key).await
-    }
-    async fn delete_prefix(&self, prefix: &[u8]) -> Result<DeleteResponse> {
-        self.inner.delete_prefix(prefix).await
-    }
-    async fn compact(&self, revision: Revision) -> Result<Revision> {
-        self.inner.compact(revision).await
-    }
-    async fn watch(&self, prefix: &[u8], mut opts: WatchOptions) -> Result<WatchStream> {
-        if self.is(Bug::WatchStartsOneRevisionLate) {
-            opts.start_revision = opts.start_revision.map(|r| r.next());
+            Call::LeaseKeepAliveMany { ids } if self.is(Bug::KeepAliveDoesNotRenew) => {
+                let mut answers = Vec::with_capacity(ids.len());
+                for id in ids {
+                    answers.push(self.granted_ttl(*id).await);
+                }
+                Answer::LeaseKeepAliveMany(Ok(answers))
+            }
+            Call::Put {
+                key,
+                value,
+                options,
+            } if self.is(Bug::PutIgnoresLease) => {
+                let options = PutOptions {
+                    lease: None,
+                    ..options
+                };
+                next.run(Call::Put {
+                    key,
+                    value,
+                    options,
+                })
+                .await
+            }
+            Call::Watch {
+                prefix,
+                mut options,
+            } if self.is(Bug::WatchStartsOneRevisionLate) => {
+                options.start_revision = options.start_revision.map(|r| r.next());
+                next.run(Call::Watch { prefix, options }).await
+            }
+            call => next.run(call).await,
         }
-        let stream = self.inner.watch(prefix, opts).await?;
+    }
+
+    fn watch(&self, stream: WatchStream) -> WatchStream {
         if !self.is(Bug::DropsDeleteEvents) {
-            return Ok(stream);
+            return stream;
         }
-        Ok(stream.map_events(|events| {
+        stream.map_events(|events| {
             events
                 .filter_map(|item| async move {
                     match item {
@@ -107,7 +103,7 @@ impl Registry for Mutant {
                     }
                 })
                 .boxed()
-        }))
+        })
     }
 }
 
@@ -137,10 +133,11 @@ impl MutantBackend {
 impl ServiceBackend for MutantBackend {
     async fn client(&self, name: &str) -> Arc<dyn Registry> {
         let mutant = Mutant {
-            inner: self.store().clone(),
+            store: self.store().clone(),
             bug: self.bug,
         };
-        self.links.wrap(name, Arc::new(mutant))
+        let client = Intercepted::new(self.store().clone(), mutant);
+        self.links.wrap(name, Arc::new(client))
     }
     fn capabilities(&self) -> ServiceCapabilities {
         ServiceCapabilities::simulator()

@@ -1,5 +1,5 @@
 //! tonic's own load balancer fed by the registry: `Channel::balance_channel` over the
-//! discovered `hello` nodes, through `registry_service::tower::discover`, whose task keeps
+//! discovered `hello` nodes, through `registry_service::tower_discover::discover`, whose task keeps
 //! reading discovery even while tonic's balancer, idle between requests, takes no change.
 //!
 //! ```text
@@ -18,7 +18,7 @@ use registry_examples::proto::greeter_client::GreeterClient;
 use registry_examples::proto::HelloRequest;
 use registry_examples::{cli, BoxError};
 use registry_memory::MemoryRegistry;
-use registry_service::tower::discover;
+use registry_service::tower_discover::discover;
 use registry_service::{
     Discovery, DiscoveryOptions, Registration, RegistrationOptions, ServiceInstance,
 };

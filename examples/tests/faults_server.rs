@@ -143,7 +143,7 @@ async fn aggressive_compaction_while_the_caches_are_cut_off() {
 /// The history check must be able to fail: each mistake a cache could make is caught.
 #[test]
 fn the_history_check_catches_every_kind_of_mistake() {
-    use registry_service::{DiscoveryEvent::*, Metadata, ServiceInstance};
+    use registry_service::{Metadata, ServiceInstance, StoreEvent::*};
     let a = ServiceInstance::new("hello", "a", "x");
     let a2 = a
         .clone()

@@ -1,10 +1,10 @@
-//! `registry_service::tower::changes` over a real (in-memory) registry, on virtual time:
+//! `registry_service::tower_discover::changes` over a real (in-memory) registry, on virtual time:
 //! the snapshot first, then inserts, updates and removals, including an expiry.
 
 use futures::StreamExt;
 use registry_api::Registry;
 use registry_memory::MemoryRegistry;
-use registry_service::tower::{changes, InstanceChanges};
+use registry_service::tower_discover::{changes, InstanceChanges};
 use registry_service::{
     Discovery, DiscoveryOptions, Metadata, Registration, RegistrationOptions, ServiceInstance,
 };
@@ -189,13 +189,13 @@ type Down = Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>;
 
 fn nodes(
     discovery: &Discovery,
-    options: registry_service::tower::DiscoverOptions,
+    options: registry_service::tower_discover::DiscoverOptions,
     down: &Down,
-) -> registry_service::tower::Discover<
+) -> registry_service::tower_discover::Discover<
     impl FnMut(&ServiceInstance) -> tower::load::Constant<Node, u32>,
 > {
     let down = down.clone();
-    registry_service::tower::discover_with(discovery, options, move |instance| {
+    registry_service::tower_discover::discover_with(discovery, options, move |instance| {
         tower::load::Constant::new(
             Node {
                 id: instance.id.clone(),
@@ -270,7 +270,7 @@ async fn an_endpoint_the_balancer_evicted_comes_back_while_listed() {
         .expect("discovery starts");
     discovery.wait_synced().await;
     let down = Down::default();
-    let options = registry_service::tower::DiscoverOptions::default().reinsert(
+    let options = registry_service::tower_discover::DiscoverOptions::default().reinsert(
         registry_service::Backoff::new(Duration::from_secs(1), Duration::from_secs(8)).jitter(0.0),
     );
     let discover = nodes(&discovery, options, &down);

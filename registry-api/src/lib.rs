@@ -52,6 +52,7 @@ mod lease;
 pub mod limits;
 mod registry;
 mod revision;
+pub mod rng;
 mod watch;
 pub mod wrap;
 

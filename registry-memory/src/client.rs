@@ -1,7 +1,8 @@
 //! Named clients of one simulated server, each behind its own link.
 
 use crate::MemoryRegistry;
-use registry_api::wrap::{Intercepted, Link, SplitMix64};
+use registry_api::rng::SplitMix64;
+use registry_api::wrap::{Intercepted, Link};
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 

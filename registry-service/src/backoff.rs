@@ -1,6 +1,6 @@
 //! Jittered exponential backoff, shared by re-registration and discovery resync.
 
-use crate::rng::SplitMix64;
+use crate::seed::SplitMix64;
 use std::time::Duration;
 use tokio::time::Instant;
 

@@ -39,23 +39,25 @@
 //! with a `tracing` warning and counted in [`malformed`](Discovery::malformed); if it replaced
 //! an instance, that instance is removed.
 
-mod decode;
 mod events;
+mod feed;
 mod filter;
 mod hub;
+mod layout;
 mod subset;
-mod task;
 mod view;
 
-pub use decode::{InstanceLayout, JsonLayout};
 pub use events::DiscoveryEvents;
 pub use filter::Filter;
 pub use hub::DiscoveryHub;
+pub use layout::{InstanceLayout, JsonLayout};
 pub use subset::Subset;
 pub use view::{DiscoveryView, View};
 
 use crate::backoff::Backoff;
 use crate::instance::{validate_service, KeyLayout, ServiceInstance, DEFAULT_NAMESPACE};
+use crate::owned::OwnedTask;
+use crate::pick::InstanceSource;
 use crate::store::{self, Snapshot, Store, StoreEvent, StoreStatus};
 use crate::watcher::{watcher, WatcherConfig};
 use crate::{Error, Result};
@@ -65,39 +67,22 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// A change to a service's instances.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DiscoveryEvent {
-    /// A new instance.
-    Added(ServiceInstance),
-    /// An instance's value changed (address, metadata or status).
-    Updated {
-        /// What it was.
-        old: ServiceInstance,
-        /// What it is now.
-        new: ServiceInstance,
-    },
-    /// An instance left: deregistered, expired, deleted, or its value became unreadable.
-    Removed(ServiceInstance),
-}
+/// A change to a service's instances: the [store](mod@crate::store)'s event over
+/// [`ServiceInstance`]s (`Added`, `Updated { old, new }`, `Removed`), so that a discovery's
+/// events and its store's are one type.
+pub type DiscoveryEvent = StoreEvent<ServiceInstance>;
 
-impl DiscoveryEvent {
-    /// The instance as it is after the event (for `Removed`, as it was).
-    pub fn instance(&self) -> &ServiceInstance {
-        match self {
-            DiscoveryEvent::Added(instance) | DiscoveryEvent::Removed(instance) => instance,
-            DiscoveryEvent::Updated { new, .. } => new,
-        }
+/// A picker reads a discovery's instances as they are now.
+impl InstanceSource for Discovery {
+    fn instances(&self) -> Arc<[ServiceInstance]> {
+        self.snapshot()
     }
 }
 
-impl From<StoreEvent<ServiceInstance>> for DiscoveryEvent {
-    fn from(event: StoreEvent<ServiceInstance>) -> Self {
-        match event {
-            StoreEvent::Added(new) => DiscoveryEvent::Added(new),
-            StoreEvent::Updated { old, new } => DiscoveryEvent::Updated { old, new },
-            StoreEvent::Removed(old) => DiscoveryEvent::Removed(old),
-        }
+impl StoreEvent<ServiceInstance> {
+    /// The instance as it is after the event (for `Removed`, as it was).
+    pub fn instance(&self) -> &ServiceInstance {
+        self.value()
     }
 }
 
@@ -185,8 +170,10 @@ struct Shared {
     service: String,
     store: Store<ServiceInstance>,
     malformed: Arc<AtomicU64>,
-    counters: Arc<task::Counters>,
+    counters: Arc<feed::Counters>,
     stop: watch::Sender<bool>,
+    /// The feed, owned: if it dies, the store's status says so at once.
+    task: OwnedTask,
 }
 
 /// A handle on a live view of one service's instances. Clones share the store, its watch and
@@ -255,9 +242,9 @@ impl Discovery {
         let service = layout.service().to_owned();
         let (writer, store) = store::store(options.capacity);
         let malformed = Arc::new(AtomicU64::new(0));
-        let counters = Arc::new(task::Counters::default());
+        let counters = Arc::new(feed::Counters::default());
         let (stop, stopped) = watch::channel(false);
-        let feed = task::Feed {
+        let feed = feed::Feed {
             watcher: watcher(registry, layout.prefix(), options.watcher.clone()),
             writer,
             layout,
@@ -265,8 +252,14 @@ impl Discovery {
             counters: counters.clone(),
             listed: false,
         };
-        let span = tracing::info_span!("discovery", service = %service);
-        runtime.spawn(tracing::Instrument::instrument(feed.run(stopped), span));
+        let failed = store.clone();
+        let task = OwnedTask::spawn(
+            &runtime,
+            "discovery",
+            tracing::info_span!("discovery", service = %service),
+            feed.run(stopped),
+            move |error| failed.fail(error),
+        );
         Ok(Discovery {
             shared: Arc::new(Shared {
                 service,
@@ -274,6 +267,7 @@ impl Discovery {
                 malformed,
                 counters,
                 stop,
+                task,
             }),
         })
     }
@@ -348,8 +342,10 @@ impl Discovery {
         self.shared.store.last_error()
     }
 
-    /// The state of the view and its task: revision, synced, stale, last error, and whether
-    /// the task has stopped ([`StoreStatus::closed`]).
+    /// The state of the view and its task: revision, synced, stale, last error, whether the
+    /// task has stopped ([`StoreStatus::closed`]) and whether it died instead of being shut
+    /// down ([`StoreStatus::failed`]: a panic, even inside a backend's call, or its runtime
+    /// gone; the cause is the last error, and the waits return it).
     pub fn status(&self) -> StoreStatus {
         self.shared.store.status()
     }

@@ -1,5 +1,6 @@
 //! The service layer's errors: a registry call that failed, and what only this layer refuses.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The result of every service-layer call.
@@ -7,12 +8,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Every way a service-layer call fails. Registry errors keep their own type
 /// ([`registry_api::Error`]) inside [`Error::Registry`], so a caller can still match on them.
-#[derive(Debug, thiserror::Error)]
+///
+/// Cheap to clone: a registry error is shared (`Arc`), so the one error a background task met
+/// reaches every handle that asks, with its source, rather than as a copied message.
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A registry call failed.
     #[error(transparent)]
-    Registry(#[from] registry_api::Error),
+    Registry(#[from] Arc<registry_api::Error>),
 
     /// A service name is empty or contains '/' (the key separator of the layout).
     #[error("service name {0:?} is empty or contains '/'")]
@@ -57,6 +61,17 @@ pub enum Error {
         cluster: registry_api::Revision,
     },
 
+    /// The background task behind this handle ended for a reason other than a shutdown: it
+    /// panicked (`cause` is the panic's message), or the runtime it ran on shut down. Every
+    /// handle of the task reports it; nothing the task did is kept up any more.
+    #[error("the {task} task failed: {cause}")]
+    TaskFailed {
+        /// Which task (`"registrar"`, `"discovery"`, `"tower discover"`).
+        task: &'static str,
+        /// What ended it.
+        cause: String,
+    },
+
     /// A wait did not end in time.
     #[error("{what} did not happen within {after:?}")]
     Timeout {
@@ -65,6 +80,12 @@ pub enum Error {
         /// How long.
         after: Duration,
     },
+}
+
+impl From<registry_api::Error> for Error {
+    fn from(error: registry_api::Error) -> Self {
+        Error::Registry(Arc::new(error))
+    }
 }
 
 impl Error {
@@ -81,7 +102,7 @@ impl Error {
     /// The registry's error, when this is one.
     pub fn as_registry(&self) -> Option<&registry_api::Error> {
         match self {
-            Error::Registry(e) => Some(e),
+            Error::Registry(e) => Some(&**e),
             _ => None,
         }
     }

@@ -28,12 +28,13 @@ pub mod backoff;
 pub mod discovery;
 mod error;
 pub mod instance;
+mod owned;
 pub mod pick;
 pub mod registration;
-mod rng;
+mod seed;
 pub mod store;
 #[cfg(feature = "tower")]
-pub mod tower;
+pub mod tower_discover;
 pub mod watcher;
 
 pub use backoff::Backoff;

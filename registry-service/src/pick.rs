@@ -1,6 +1,7 @@
 //! Choosing a node per request from a live instance list.
 //!
-//! A [`Picker`] reads the current snapshot of its [`InstanceSource`] (a [`Discovery`], or a
+//! A [`Picker`] reads the current snapshot of its [`InstanceSource`] (a
+//! [`Discovery`](crate::Discovery), or a
 //! fixed list) on every pick, so it follows the service as instances come and go; what it
 //! records per node (latency, calls in flight, failures) is keyed by instance id and forgotten
 //! when the node leaves the source, so its memory is bounded by the number of instances.
@@ -67,18 +68,17 @@
 
 mod ejection;
 mod ewma;
-mod guard;
+mod picked;
 mod strategy;
 
 pub use ejection::{EjectionOptions, Health};
 pub use ewma::EwmaOptions;
-pub use guard::Pick;
+pub use picked::Pick;
 pub use strategy::Strategy;
 
-use crate::discovery::Discovery;
 use crate::instance::ServiceInstance;
-use crate::rng::SplitMix64;
-use ejection::Outlier;
+use crate::seed::{process_seed, SplitMix64};
+use ejection::{Outlier, Verdict};
 use ewma::PeakEwma;
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -88,15 +88,9 @@ use tokio::time::Instant;
 
 /// Where a picker reads the current instances from.
 pub trait InstanceSource: Debug + Send + Sync {
-    /// The instances now, in a stable order (id order for a [`Discovery`]). Returning the same
-    /// `Arc` while nothing changed lets the picker skip re-indexing.
+    /// The instances now, in a stable order (id order for a [`Discovery`](crate::Discovery)).
+    /// Returning the same `Arc` while nothing changed lets the picker skip re-indexing.
     fn instances(&self) -> Arc<[ServiceInstance]>;
-}
-
-impl InstanceSource for Discovery {
-    fn instances(&self) -> Arc<[ServiceInstance]> {
-        self.snapshot()
-    }
 }
 
 /// A fixed list.
@@ -112,7 +106,9 @@ pub struct PickerOptions {
     /// The strategy.
     pub strategy: Strategy,
     /// Seeds the random strategies: the same seed and the same calls give the same picks.
-    pub seed: u64,
+    /// `None` (the default): a seed of the process's own, so that a fleet of clients does not
+    /// draw the same picks in step (see [`seed`](Self::seed)).
+    pub seed: Option<u64>,
     /// When failing nodes are left out, and for how long.
     pub ejection: EjectionOptions,
     /// The latency estimate behind [`Strategy::PowerOfTwoChoices`].
@@ -131,9 +127,9 @@ impl PickerOptions {
         }
     }
 
-    /// Sets the seed.
+    /// Sets the seed: the same seed gives the same picks.
     pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
+        self.seed = Some(seed);
         self
     }
 
@@ -288,7 +284,7 @@ pub struct Picker {
 }
 
 impl Picker {
-    /// A picker over `source` (typically a [`Discovery`]).
+    /// A picker over `source` (typically a [`Discovery`](crate::Discovery)).
     pub fn new(source: impl InstanceSource + 'static, options: PickerOptions) -> Self {
         let empty: Arc<[ServiceInstance]> = Arc::new([]);
         Picker {
@@ -302,7 +298,7 @@ impl Picker {
                     eligible: Vec::new(),
                     is_eligible: Vec::new(),
                     out: Vec::new(),
-                    rng: SplitMix64::new(options.seed),
+                    rng: SplitMix64::new(options.seed.unwrap_or_else(process_seed)),
                     turn: 0,
                 }),
                 options,
@@ -348,13 +344,8 @@ impl Picker {
             }
             out_eligible += 1;
             let mut record = node.record();
-            if let Health::Ejected { until } = record.outlier.health {
-                if until <= now {
-                    record.outlier.health = Health::AwaitingProbe;
-                }
-            }
             if probe.is_none()
-                && record.outlier.health == Health::AwaitingProbe
+                && record.outlier.health_at(now) == Health::AwaitingProbe
                 && !excluded(&node.id)
             {
                 record.outlier.health = Health::Probing;
@@ -426,12 +417,7 @@ impl Picker {
     pub fn health(&self, id: &str) -> Option<Health> {
         let state = self.shared.current();
         let node = &state.nodes[*state.by_id.get(id)?];
-        let mut health = node.record().outlier.health;
-        if let Health::Ejected { until } = health {
-            if until <= Instant::now() {
-                health = Health::AwaitingProbe;
-            }
-        }
+        let health = node.record().outlier.health_at(Instant::now());
         Some(health)
     }
 
@@ -476,73 +462,64 @@ impl Picker {
 }
 
 impl Shared {
-    /// Records the end of a call; see [`Pick`]'s `Drop`.
+    /// Records the end of a call; see [`Pick`]'s `Drop`. The latency goes into the node's
+    /// estimate; the ejection rules ([`Outlier::call_ended`]) decide the rest.
     fn finish(&self, node: &Arc<Node>, probe: bool, outcome: Option<bool>, started: Instant) {
         let now = Instant::now();
         let rtt = now.saturating_duration_since(started);
         let options = &self.options;
+        match outcome {
+            Some(true) => node.record().ewma.observe(rtt, now, &options.ewma),
+            Some(false) => {
+                let penalized = rtt.max(options.ewma.failure_penalty);
+                node.record().ewma.observe(penalized, now, &options.ewma);
+            }
+            None => {}
+        }
         if outcome == Some(true) && !probe {
             // The common path touches only this node's record.
-            let mut record = node.record();
-            record.ewma.observe(rtt, now, &options.ewma);
-            record.outlier.consecutive_failures = 0;
+            node.record().outlier.consecutive_failures = 0;
             return;
         }
         let mut state = self.lock();
         let mut record = node.record();
-        match outcome {
-            None => {
-                // Cancelled or panicked: no sample; a trial call is owed again.
-                if probe && record.outlier.health == Health::Probing {
-                    record.outlier.health = Health::AwaitingProbe;
-                }
-            }
-            Some(true) => {
-                record.ewma.observe(rtt, now, &options.ewma);
-                record.outlier.restore(now);
+        // Only a node the picker still indexes can be ejected (a stale guard of a node that
+        // left and came back must not eject its successor), and only within the cap.
+        let indexed = state
+            .by_id
+            .get(&node.id)
+            .copied()
+            .filter(|&index| Arc::ptr_eq(&state.nodes[index], node));
+        let room = || {
+            let out_now = state
+                .out
+                .iter()
+                .filter(|(_, i)| state.is_eligible[*i])
+                .count();
+            indexed.is_some() && out_now < options.ejection.max_out(state.eligible.len())
+        };
+        match record
+            .outlier
+            .call_ended(outcome, probe, now, &options.ejection, room)
+        {
+            Verdict::Unchanged => {}
+            Verdict::Restored => {
                 node.out.store(false, Ordering::Relaxed);
                 state.out.retain(|(n, _)| !Arc::ptr_eq(n, node));
                 tracing::info!(id = %node.id, "probe succeeded; node back to full traffic");
             }
-            Some(false) => {
-                record
-                    .ewma
-                    .observe(rtt.max(options.ewma.failure_penalty), now, &options.ewma);
-                record.outlier.consecutive_failures =
-                    record.outlier.consecutive_failures.saturating_add(1);
-                if probe {
-                    let until = record.outlier.eject(now, &options.ejection);
-                    tracing::warn!(id = %node.id, ejected_for = ?until - now,
-                        "probe failed; node ejected again");
-                    return;
+            Verdict::EjectedAgain { until } => {
+                tracing::warn!(id = %node.id, ejected_for = ?until - now,
+                    "probe failed; node ejected again");
+            }
+            Verdict::CapReached => {
+                tracing::debug!(id = %node.id, "ejection cap reached; node stays in");
+            }
+            Verdict::Ejected { until } => {
+                if let Some(index) = indexed {
+                    node.out.store(true, Ordering::Relaxed);
+                    state.out.push((node.clone(), index));
                 }
-                let threshold = options.ejection.consecutive_failures;
-                if threshold == 0
-                    || record.outlier.consecutive_failures < threshold
-                    || record.outlier.health != Health::Healthy
-                {
-                    return;
-                }
-                // Only a node the picker still indexes can be ejected (a stale guard of a node
-                // that left and came back must not eject its successor).
-                let Some(&index) = state.by_id.get(&node.id) else {
-                    return;
-                };
-                if !Arc::ptr_eq(&state.nodes[index], node) {
-                    return;
-                }
-                let out_now = state
-                    .out
-                    .iter()
-                    .filter(|(_, i)| state.is_eligible[*i])
-                    .count();
-                if out_now >= options.ejection.max_out(state.eligible.len()) {
-                    tracing::debug!(id = %node.id, "ejection cap reached; node stays in");
-                    return;
-                }
-                let until = record.outlier.eject(now, &options.ejection);
-                node.out.store(true, Ordering::Relaxed);
-                state.out.push((node.clone(), index));
                 tracing::warn!(id = %node.id, ejected_for = ?until - now,
                     times = record.outlier.times_ejected, "node ejected");
             }

@@ -114,6 +114,10 @@ pub struct StoreStatus {
     pub last_error: Option<Arc<Error>>,
     /// The writer is gone: nothing will change any more.
     pub closed: bool,
+    /// The task that fed the store died (a panic, or its runtime shut down) instead of being
+    /// shut down: `last_error` says why, the store is closed, and waits on it return that
+    /// error.
+    pub failed: bool,
 }
 
 impl StoreStatus {

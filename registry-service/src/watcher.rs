@@ -67,7 +67,7 @@ mod stall;
 pub use config::WatcherConfig;
 pub use event::{Change, WatcherEvent};
 
-use crate::rng::{process_seed, seed_for};
+use crate::seed::seed_for;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::Stream;
@@ -89,10 +89,7 @@ pub fn watcher(
     config: WatcherConfig,
 ) -> Watcher {
     let prefix = prefix.into();
-    let seed = seed_for(
-        config.seed.unwrap_or_else(process_seed),
-        &[&String::from_utf8_lossy(&prefix)],
-    );
+    let seed = seed_for(config.seed, &String::from_utf8_lossy(&prefix));
     let machine = Machine::new(registry, prefix.clone(), config, seed);
     let events = futures::stream::unfold(machine, |mut machine| async move {
         let event = machine.next().await;

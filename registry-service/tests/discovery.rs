@@ -135,7 +135,7 @@ async fn a_silent_watch_is_detected_and_the_view_healed_within_the_idle_bound() 
     let discovery = Discovery::start(link.clone(), "hello", options.clone()).unwrap();
     discovery.wait_synced().await;
 
-    link.freeze_open_watches();
+    link.intercept().freeze_open_watches();
     let frozen_at = tokio::time::Instant::now();
     put_instance(&server, &hello("a")).await;
     settle(Duration::from_secs(9)).await;
@@ -158,7 +158,7 @@ async fn a_silent_watch_is_detected_and_the_view_healed_within_the_idle_bound() 
         Some(Error::WatchStalled { .. })
     ));
     discovery.wait_synced().await;
-    assert_eq!(link.lists(), 2);
+    assert_eq!(link.intercept().lists(), 2);
 }
 
 #[tokio::test(start_paused = true)]

@@ -6,25 +6,13 @@
 
 mod common;
 
-use common::{hello, settle, truth};
+use common::{hello, options, settle, truth, TTL};
 use registry_api::Registry;
 use registry_memory::MemoryRegistry;
-use registry_service::{Backoff, Registration, RegistrationOptions, RegistrationState};
+use registry_service::{Registration, RegistrationState};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-
-const TTL: Duration = Duration::from_secs(6);
-
-fn options() -> RegistrationOptions {
-    RegistrationOptions::default()
-        .ttl(TTL)
-        .backoff(Backoff::new(
-            Duration::from_millis(200),
-            Duration::from_secs(2),
-        ))
-        .seed(7)
-}
 
 fn memory() -> (MemoryRegistry, Arc<dyn Registry>) {
     let memory = MemoryRegistry::new();

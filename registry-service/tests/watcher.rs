@@ -153,11 +153,11 @@ async fn a_silent_watch_is_detected_and_healed_within_the_idle_bound() {
     let link = Stalling::new(server.clone(), true);
     let mut stream = watcher(link.clone(), "p/", config());
     until_synced(&mut stream, Duration::from_secs(1)).await;
-    assert_eq!(link.lists(), 1);
+    assert_eq!(link.intercept().lists(), 1);
 
     // The member this watch reads from is cut off from its cluster: the watch stays open and
     // silent while writes go on elsewhere.
-    link.freeze_open_watches();
+    link.intercept().freeze_open_watches();
     let frozen_at = tokio::time::Instant::now();
     put(&server, "p/a", "1").await;
 
@@ -176,7 +176,11 @@ async fn a_silent_watch_is_detected_and_healed_within_the_idle_bound() {
         "detected after {detected:?}, bound {:?}",
         config().stall_bound()
     );
-    assert_eq!(link.progress_requests(), 1, "asked once before giving up");
+    assert_eq!(
+        link.intercept().progress_requests(),
+        1,
+        "asked once before giving up"
+    );
 
     let items = until_synced(&mut stream, bound).await;
     let healed = frozen_at.elapsed();
@@ -189,7 +193,7 @@ async fn a_silent_watch_is_detected_and_healed_within_the_idle_bound() {
         .collect();
     assert_eq!(resynced, [vec!["put p/a=1".to_owned()]]);
     assert!(healed <= bound, "healed after {healed:?}, bound {bound:?}");
-    assert_eq!(link.lists(), 2, "healing costs one list");
+    assert_eq!(link.intercept().lists(), 2, "healing costs one list");
 }
 
 #[tokio::test(start_paused = true)]
@@ -201,7 +205,7 @@ async fn a_watch_that_answers_but_stays_behind_is_re_listed() {
     until_synced(&mut stream, Duration::from_secs(1)).await;
 
     // The member stops following its cluster but still answers, from its stale revision.
-    link.lag_open_watches();
+    link.intercept().lag_open_watches();
     let lagged_at = tokio::time::Instant::now();
     put(&server, "p/a", "1").await;
 
@@ -221,7 +225,7 @@ async fn a_watch_that_answers_but_stays_behind_is_re_listed() {
         item,
         WatcherEvent::Changed { changes, resync: true, .. } if puts_and_deletes(changes) == ["put p/a=1"]
     )));
-    assert_eq!(link.lists(), 2);
+    assert_eq!(link.intercept().lists(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -236,12 +240,16 @@ async fn a_quiet_live_watch_answers_progress_and_is_kept() {
     let quiet = tokio::time::timeout(IDLE * 10, stream.next()).await;
     assert!(quiet.is_err(), "nothing to say: {quiet:?}");
     assert!(
-        link.progress_requests() >= 9,
+        link.intercept().progress_requests() >= 9,
         "{}",
-        link.progress_requests()
+        link.intercept().progress_requests()
     );
-    assert_eq!(link.lists(), 1, "a quiet watch is not re-listed");
-    assert_eq!(link.watches(), 1);
+    assert_eq!(
+        link.intercept().lists(),
+        1,
+        "a quiet watch is not re-listed"
+    );
+    assert_eq!(link.intercept().watches(), 1);
 
     put(&server, "p/a", "1").await;
     let WatcherEvent::Changed { resync: false, .. } = next(&mut stream, IDLE).await else {
@@ -257,7 +265,7 @@ async fn without_progress_requests_an_idle_watch_is_reopened_without_a_list() {
     let mut stream = watcher(link.clone(), "p/", config());
     until_synced(&mut stream, Duration::from_secs(1)).await;
 
-    link.freeze_open_watches();
+    link.intercept().freeze_open_watches();
     put(&server, "p/a", "1").await;
     let WatcherEvent::Synced { .. } = next(&mut stream, IDLE * 2).await else {
         panic!("a fresh watch after the idle period")
@@ -272,8 +280,8 @@ async fn without_progress_requests_an_idle_watch_is_reopened_without_a_list() {
     };
     assert_eq!(puts_and_deletes(&changes), ["put p/a=1"]);
     assert_eq!(revision, memory.current_revision());
-    assert_eq!(link.lists(), 1, "no list");
-    assert_eq!(link.watches(), 2);
+    assert_eq!(link.intercept().lists(), 1, "no list");
+    assert_eq!(link.intercept().watches(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -282,7 +290,7 @@ async fn re_lists_of_one_prefix_go_one_at_a_time_per_registry() {
     let server: Arc<dyn Registry> = Arc::new(memory.clone());
     put(&server, "p/a", "1").await;
     let link = Stalling::new(server.clone(), true);
-    link.set_list_delay(Duration::from_millis(500));
+    link.intercept().set_list_delay(Duration::from_millis(500));
     let link_dyn: Arc<dyn Registry> = link.clone();
 
     let mut streams: Vec<Watcher> = (0..4)
@@ -296,9 +304,9 @@ async fn re_lists_of_one_prefix_go_one_at_a_time_per_registry() {
     )
     .await;
     assert_eq!(synced.len(), 4);
-    assert_eq!(link.lists(), 4);
+    assert_eq!(link.intercept().lists(), 4);
     assert_eq!(
-        link.max_concurrent_lists(),
+        link.intercept().max_concurrent_lists(),
         1,
         "one list of the prefix at a time"
     );
@@ -306,7 +314,7 @@ async fn re_lists_of_one_prefix_go_one_at_a_time_per_registry() {
 
     // Another prefix, or another registry, has a gate of its own.
     let other = Stalling::new(server.clone(), true);
-    other.set_list_delay(Duration::from_millis(500));
+    other.intercept().set_list_delay(Duration::from_millis(500));
     let mut a = watcher(other.clone(), "p/", config());
     let mut b = watcher(link_dyn.clone(), "q/", config());
     let mut c = watcher(link_dyn.clone(), "p/", config());
@@ -315,9 +323,9 @@ async fn re_lists_of_one_prefix_go_one_at_a_time_per_registry() {
         until_synced(&mut b, Duration::from_secs(5)),
         until_synced(&mut c, Duration::from_secs(5)),
     );
-    assert_eq!(other.max_concurrent_lists(), 1);
+    assert_eq!(other.intercept().max_concurrent_lists(), 1);
     assert_eq!(
-        link.max_concurrent_lists(),
+        link.intercept().max_concurrent_lists(),
         2,
         "q/ listed alongside p/ on one registry"
     );

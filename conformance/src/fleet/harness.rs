@@ -9,7 +9,7 @@ use super::plan::{FaultPlan, Profile, MAX_LEADER_EXTRA};
 use super::play::{heal_all, play};
 use super::truth::Truth;
 use crate::service::ServiceBackend;
-use registry_api::wrap::SplitMix64;
+use registry_api::rng::SplitMix64;
 use registry_api::{LeaseId, Registry};
 use registry_service::{
     Backoff, Discovery, DiscoveryOptions, Picker, PickerOptions, Registration, RegistrationOptions,

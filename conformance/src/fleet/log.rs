@@ -1,6 +1,8 @@
 //! The log everything observable in a fleet run goes through: hashed as it comes, kept line by
 //! line when asked, and the violations found.
 
+use registry_api::rng::Fnv64;
+use std::hash::Hasher;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -21,8 +23,7 @@ impl Log {
     pub(super) fn new(keep_lines: bool) -> Self {
         Log {
             start: Instant::now(),
-            // FNV-1a's offset basis.
-            hash: 0xcbf2_9ce4_8422_2325,
+            hash: Fnv64::default().finish(),
             routes: 0,
             events: 0,
             violations: Vec::new(),
@@ -41,10 +42,9 @@ impl Log {
             lines.push(format!("[{:>8.3}s] {line}", now.as_secs_f64()));
         }
         let at = now.as_millis().to_le_bytes();
-        for byte in at.iter().chain(line.as_bytes()).chain(b"\n") {
-            self.hash ^= u64::from(*byte);
-            self.hash = self.hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        let mut hash = Fnv64::with_key(self.hash);
+        hash.write(&[&at[..], line.as_bytes(), b"\n"].concat());
+        self.hash = hash.finish();
     }
 
     /// One broken invariant, at the virtual time now.

@@ -1,7 +1,7 @@
 //! The two modes a seed runs in, after TigerBeetle's VOPR: safety (faults all the way) and
 //! liveness (faults stop, then the fleet must converge within a stated bound).
 
-use registry_api::wrap::SplitMix64;
+use registry_api::rng::SplitMix64;
 use std::fmt;
 use std::time::Duration;
 

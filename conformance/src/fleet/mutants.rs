@@ -2,12 +2,8 @@
 //! layer reads and writes, so that the search can prove it catches them.
 
 use super::harness::{ClientLayer, FleetOptions};
-use registry_api::wrap::{CallKind, Intercept, Intercepted};
-use registry_api::{
-    async_trait, DeleteResponse, Error, EventKind, GetResponse, LeaseGrant, LeaseId,
-    LeaseTimeToLive, ListOptions, ListResponse, PutOptions, PutResponse, Registry, Result,
-    Revision, WatchOptions, WatchStream,
-};
+use registry_api::wrap::{Answer, Call, CallKind, Intercept, Intercepted, Next};
+use registry_api::{async_trait, Error, EventKind, LeaseGrant, Registry, Result, WatchStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -40,10 +36,7 @@ impl Mutant {
                 Arc::new(Intercepted::new(inner, GrantsOnce::default())) as Arc<dyn Registry>
             }),
             Mutant::ReusesDeadLease => Arc::new(|_: &str, inner: Arc<dyn Registry>| {
-                Arc::new(FirstLeaseForever {
-                    inner,
-                    first: Mutex::new(None),
-                }) as Arc<dyn Registry>
+                Arc::new(Intercepted::new(inner, FirstLeaseForever::default())) as Arc<dyn Registry>
             }),
             Mutant::DropsRemovals => Arc::new(|_: &str, inner: Arc<dyn Registry>| {
                 Arc::new(Intercepted::new(inner, DropDeletes)) as Arc<dyn Registry>
@@ -103,58 +96,29 @@ impl Intercept for DropDeletes {
 }
 
 /// Answers every grant after the first with the first lease.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct FirstLeaseForever {
-    inner: Arc<dyn Registry>,
     first: Mutex<Option<LeaseGrant>>,
 }
 
 #[async_trait]
-impl Registry for FirstLeaseForever {
-    async fn lease_grant(&self, ttl: i64, id: Option<LeaseId>) -> Result<LeaseGrant> {
+impl Intercept for FirstLeaseForever {
+    async fn around(&self, call: Call<'_>, next: Next<'_>) -> Answer {
+        if !matches!(call, Call::LeaseGrant { .. }) {
+            return next.run(call).await;
+        }
         let first = self
             .first
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         if let Some(first) = first {
-            return Ok(first);
+            return Answer::LeaseGrant(Ok(first));
         }
-        let grant = self.inner.lease_grant(ttl, id).await?;
-        *self.first.lock().unwrap_or_else(PoisonError::into_inner) = Some(grant.clone());
-        Ok(grant)
-    }
-    async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64> {
-        self.inner.lease_keep_alive(id).await
-    }
-    async fn lease_revoke(&self, id: LeaseId) -> Result<Revision> {
-        self.inner.lease_revoke(id).await
-    }
-    async fn lease_time_to_live(&self, id: LeaseId) -> Result<LeaseTimeToLive> {
-        self.inner.lease_time_to_live(id).await
-    }
-    async fn leases(&self) -> Result<Vec<LeaseId>> {
-        self.inner.leases().await
-    }
-    async fn put(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<PutResponse> {
-        self.inner.put(key, value, opts).await
-    }
-    async fn get(&self, key: &[u8]) -> Result<GetResponse> {
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &[u8], opts: ListOptions) -> Result<ListResponse> {
-        self.inner.list(prefix, opts).await
-    }
-    async fn delete(&self, key: &[u8]) -> Result<DeleteResponse> {
-        self.inner.delete(key).await
-    }
-    async fn delete_prefix(&self, prefix: &[u8]) -> Result<DeleteResponse> {
-        self.inner.delete_prefix(prefix).await
-    }
-    async fn compact(&self, revision: Revision) -> Result<Revision> {
-        self.inner.compact(revision).await
-    }
-    async fn watch(&self, prefix: &[u8], opts: WatchOptions) -> Result<WatchStream> {
-        self.inner.watch(prefix, opts).await
+        let answer = next.run(call).await;
+        if let Answer::LeaseGrant(Ok(grant)) = &answer {
+            *self.first.lock().unwrap_or_else(PoisonError::into_inner) = Some(grant.clone());
+        }
+        answer
     }
 }

@@ -1,6 +1,7 @@
 //! Seeded fault plans: a time-ordered list of abstract faults drawn from a seed and a profile.
 
-use registry_api::wrap::{Latency, SplitMix64};
+use registry_api::rng::SplitMix64;
+use registry_api::wrap::Latency;
 use std::fmt;
 use std::time::Duration;
 

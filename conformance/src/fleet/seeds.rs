@@ -1,7 +1,7 @@
 //! Which seeds a stamped search runs: a fixed range every time, plus a window of new seeds that
 //! moves from commit to commit, so that CI explores instead of re-running the same seeds.
 
-use registry_api::wrap::SplitMix64;
+use registry_api::rng::SplitMix64;
 use std::fmt;
 use std::ops::Range;
 

@@ -3,7 +3,7 @@
 //! either time, reading the truth from the server, registering and discovering.
 
 use super::backend::{ServiceBackend, ServiceCapabilities};
-use super::tap::{Renewal, Tap};
+use super::tap::{Renewal, Tap, Tapped};
 use crate::backend::Time;
 use crate::failure::Check;
 use registry_api::{KeyValue, LeaseId, ListOptions, Registry, Revision};
@@ -29,7 +29,7 @@ pub(crate) struct ServiceCtx<'b> {
     pub(crate) caps: ServiceCapabilities,
     pub(crate) scenario: &'static str,
     // A handful of named clients per scenario.
-    taps: Mutex<HashMap<String, Arc<Tap>>>,
+    taps: Mutex<HashMap<String, Arc<Tapped>>>,
     outage: Mutex<bool>,
     cut: Mutex<Vec<String>>,
 }
@@ -64,7 +64,7 @@ impl<'b> ServiceCtx<'b> {
     }
 
     /// The tap of the client named `name`.
-    pub(crate) async fn tap(&self, name: &str) -> Arc<Tap> {
+    pub(crate) async fn tap(&self, name: &str) -> Arc<Tapped> {
         if let Some(tap) = lock(&self.taps).get(name) {
             return tap.clone();
         }
@@ -327,6 +327,7 @@ impl<'b> ServiceCtx<'b> {
     pub(crate) async fn last_renewal(&self, name: &str, lease: LeaseId) -> Check<Renewal> {
         self.tap(name)
             .await
+            .intercept()
             .last_renewal(lease)
             .ok_or_else(|| format!("no renewal of lease {lease:?} was seen on client `{name}`"))
     }

@@ -117,7 +117,7 @@ pub(crate) async fn watch_that_starts_compacted_re_lists_without_duplicates(
     {
         let (app, operator, options) = (app.clone(), operator.clone(), cx.registration_options());
         let (c_slot, compacted_at) = (c_slot.clone(), compacted_at.clone());
-        cx.tap("cache").await.before_next_watch(
+        cx.tap("cache").await.intercept().before_next_watch(
             async move {
                 let _ = a.deregister().await;
                 let c = Registration::start(app, ServiceCtx::instance("c"), options)
@@ -328,7 +328,11 @@ pub(crate) async fn handles_of_one_service_share_one_watch(cx: &mut ServiceCtx<'
     let other = hub.discovery("other").map_err(|e| e.to_string())?;
     cx.synced(&handles[0], Duration::from_secs(5)).await?;
     cx.synced(&other, Duration::from_secs(5)).await?;
-    ensure_eq!(cache.watches_open(), 2, "watches for two services");
+    ensure_eq!(
+        cache.intercept().watches_open(),
+        2,
+        "watches for two services"
+    );
 
     let mut streams: Vec<_> = handles.iter().map(Discovery::subscribe).collect();
     let a = ServiceCtx::instance("a");
@@ -356,7 +360,7 @@ pub(crate) async fn handles_of_one_service_share_one_watch(cx: &mut ServiceCtx<'
         cx.allowance(),
         "the last handle stops the watch",
         || async {
-            ensure_eq!(cache.watches_open(), 1, "open watches");
+            ensure_eq!(cache.intercept().watches_open(), 1, "open watches");
             Ok(())
         },
     )
@@ -377,7 +381,7 @@ pub(crate) async fn cache_is_synced_only_once_its_watch_is_up(cx: &mut ServiceCt
     let app = cx.client("app").await;
     let _a = cx.register(&app, ServiceCtx::instance("a")).await?;
     let (open, opened) = tokio::sync::oneshot::channel::<()>();
-    cx.tap("cache").await.before_next_watch(
+    cx.tap("cache").await.intercept().before_next_watch(
         async move {
             let _ = opened.await;
         }

@@ -60,7 +60,7 @@ pub(crate) async fn crashed_instance_expires_one_ttl_after_its_last_keep_alive(
     registration.abandon();
     let renewal = cx.last_renewal("app", lease).await?;
     let earliest = renewal.sent + cx.ttl() - cx.early();
-    let latest = renewal.replied + cx.ttl() + cx.caps.expiry_lateness + cx.allowance();
+    let latest = renewal.answered + cx.ttl() + cx.caps.expiry_lateness + cx.allowance();
 
     let bound = latest.saturating_duration_since(Instant::now());
     let (removed, _) = cx
@@ -381,8 +381,8 @@ pub(crate) async fn bad_input_fails_typed_and_writes_nothing(cx: &mut ServiceCtx
     let bad = start(a.clone().with_metadata(huge.clone()), options.clone()).await;
     ensure!(
         matches!(
-            &bad,
-            Err(Error::Registry(registry_api::Error::TooLarge { .. }))
+            bad.as_ref().map_err(Error::as_registry),
+            Err(Some(registry_api::Error::TooLarge { .. }))
         ),
         "2 MiB of metadata: {:?}",
         bad.map(|_| ())
@@ -409,8 +409,8 @@ pub(crate) async fn bad_input_fails_typed_and_writes_nothing(cx: &mut ServiceCtx
     let bad = registration.update_metadata(huge).await;
     ensure!(
         matches!(
-            &bad,
-            Err(Error::Registry(registry_api::Error::TooLarge { .. }))
+            bad.as_ref().map_err(Error::as_registry),
+            Err(Some(registry_api::Error::TooLarge { .. }))
         ),
         "updating to 2 MiB of metadata: {bad:?}"
     );
@@ -438,7 +438,7 @@ pub(crate) async fn lease_is_declared_lost_one_ttl_after_the_last_good_keep_aliv
     cx.partition("app", true).await;
     let renewal = cx.last_renewal("app", lease).await?;
     let earliest = renewal.sent + cx.ttl() - cx.early();
-    let latest = renewal.replied + cx.ttl() + cx.allowance();
+    let latest = renewal.answered + cx.ttl() + cx.allowance();
     let bound = latest.saturating_duration_since(Instant::now());
     let what = "the lease declared lost within one TTL of the last good keep-alive";
     cx.state(&mut states, bound, what, |s| {

@@ -1,6 +1,6 @@
 //! Forwarding the whole trait through a hook: the public way to write a wrapper.
 
-use super::CallKind;
+use super::{Answer, Call, CallKind, Next};
 use crate::{
     DeleteResponse, Error, GetResponse, LeaseGrant, LeaseId, LeaseTimeToLive, ListOptions,
     ListResponse, PutOptions, PutResponse, Registry, Result, Revision, WatchOptions, WatchStream,
@@ -12,8 +12,37 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// What a wrapper changes about the calls it forwards. Every method has a default that changes
 /// nothing, so a wrapper writes only what it changes; [`Intercepted`] does the forwarding.
+///
+/// Two levels: [`before`](Intercept::before), [`after`](Intercept::after) and
+/// [`watch`](Intercept::watch) see the kind of each call and whether it succeeded, enough to
+/// count, delay, cut or fail calls; [`around`](Intercept::around) sees each whole call (the
+/// leases it names, its keys and options) and its whole answer, and may change either or answer
+/// in place of the inner registry. Its default runs the first level.
 #[async_trait]
 pub trait Intercept: Debug + Send + Sync + 'static {
+    /// Runs the call: by default [`before`](Intercept::before) (or
+    /// [`before_many`](Intercept::before_many) for a batch), the call itself through `next`,
+    /// then [`after`](Intercept::after). A hook that overrides it sees what the call asks and
+    /// what came back, with lease ids (a grant's new lease, each lease of a keep-alive batch),
+    /// and decides what the caller gets: pass `call` on as is or changed, answer it without
+    /// the inner registry, or change the answer. Keep the answer's variant that of the call
+    /// ([`Answer::failed`] builds an error of the right one).
+    async fn around(&self, call: Call<'_>, next: Next<'_>) -> Answer {
+        let kind = call.kind();
+        let before = match &call {
+            Call::LeaseKeepAliveMany { ids } => self.before_many(kind, ids.len()).await,
+            _ => self.before(kind).await,
+        };
+        if let Err(error) = before {
+            return Answer::failed(&call, error);
+        }
+        let answer = next.run(call).await;
+        match self.after(kind, answer.outcome()).await {
+            Ok(()) => answer,
+            Err(error) => answer.with_error(error),
+        }
+    }
+
     /// Runs before the call reaches the inner registry. An error is the call's result and the
     /// call never reaches it (a request that was not delivered).
     async fn before(&self, kind: CallKind) -> Result<()> {
@@ -75,17 +104,17 @@ impl<R: Registry, I: Intercept> Intercepted<R, I> {
         &self.intercept
     }
 
-    async fn call<T: Send>(
-        &self,
-        kind: CallKind,
-        call: impl std::future::Future<Output = Result<T>> + Send,
-    ) -> Result<T> {
-        self.intercept.before(kind).await?;
-        let result = call.await;
-        self.intercept
-            .after(kind, result.as_ref().map(|_| ()))
-            .await?;
-        result
+    /// Runs `call` through the hook; `unpack` takes the answer of the call's own variant.
+    async fn run<T>(&self, call: Call<'_>, unpack: fn(Answer) -> Option<Result<T>>) -> Result<T> {
+        let kind = call.kind();
+        let next = Next { inner: &self.inner };
+        let answer = self.intercept.around(call, next).await;
+        let answered = answer.kind();
+        unpack(answer).unwrap_or_else(|| {
+            Err(Error::backend(format!(
+                "the intercept answered a {kind} call with a {answered} answer"
+            )))
+        })
     }
 }
 
@@ -121,62 +150,78 @@ fn intercept_progress<I: Intercept>(stream: WatchStream, intercept: Arc<I>) -> W
     })
 }
 
+/// Takes the result out of an answer of one variant, `None` for any other.
+macro_rules! unpack {
+    ($variant:ident) => {
+        |answer| match answer {
+            Answer::$variant(result) => Some(result),
+            _ => None,
+        }
+    };
+}
+
 #[async_trait]
 impl<R: Registry, I: Intercept> Registry for Intercepted<R, I> {
     async fn lease_grant(&self, ttl: i64, id: Option<LeaseId>) -> Result<LeaseGrant> {
-        self.call(CallKind::LeaseGrant, self.inner.lease_grant(ttl, id))
+        self.run(Call::LeaseGrant { ttl, id }, unpack!(LeaseGrant))
             .await
     }
     async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64> {
-        self.call(CallKind::LeaseKeepAlive, self.inner.lease_keep_alive(id))
+        self.run(Call::LeaseKeepAlive { id }, unpack!(LeaseKeepAlive))
             .await
     }
     async fn lease_keep_alive_many(&self, ids: &[LeaseId]) -> Result<Vec<Result<i64>>> {
-        let kind = CallKind::LeaseKeepAlive;
-        self.intercept.before_many(kind, ids.len()).await?;
-        let result = self.inner.lease_keep_alive_many(ids).await;
-        self.intercept
-            .after(kind, result.as_ref().map(|_| ()))
-            .await?;
-        result
+        self.run(
+            Call::LeaseKeepAliveMany { ids },
+            unpack!(LeaseKeepAliveMany),
+        )
+        .await
     }
     async fn lease_revoke(&self, id: LeaseId) -> Result<Revision> {
-        self.call(CallKind::LeaseRevoke, self.inner.lease_revoke(id))
+        self.run(Call::LeaseRevoke { id }, unpack!(LeaseRevoke))
             .await
     }
     async fn lease_time_to_live(&self, id: LeaseId) -> Result<LeaseTimeToLive> {
-        self.call(CallKind::LeaseTimeToLive, self.inner.lease_time_to_live(id))
+        self.run(Call::LeaseTimeToLive { id }, unpack!(LeaseTimeToLive))
             .await
     }
     async fn leases(&self) -> Result<Vec<LeaseId>> {
-        self.call(CallKind::Leases, self.inner.leases()).await
+        self.run(Call::Leases, unpack!(Leases)).await
     }
     async fn put(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<PutResponse> {
-        self.call(CallKind::Put, self.inner.put(key, value, opts))
-            .await
+        let call = Call::Put {
+            key,
+            value,
+            options: opts,
+        };
+        self.run(call, unpack!(Put)).await
     }
     async fn get(&self, key: &[u8]) -> Result<GetResponse> {
-        self.call(CallKind::Get, self.inner.get(key)).await
+        self.run(Call::Get { key }, unpack!(Get)).await
     }
     async fn list(&self, prefix: &[u8], opts: ListOptions) -> Result<ListResponse> {
-        self.call(CallKind::List, self.inner.list(prefix, opts))
-            .await
+        let call = Call::List {
+            prefix,
+            options: opts,
+        };
+        self.run(call, unpack!(List)).await
     }
     async fn delete(&self, key: &[u8]) -> Result<DeleteResponse> {
-        self.call(CallKind::Delete, self.inner.delete(key)).await
+        self.run(Call::Delete { key }, unpack!(Delete)).await
     }
     async fn delete_prefix(&self, prefix: &[u8]) -> Result<DeleteResponse> {
-        self.call(CallKind::DeletePrefix, self.inner.delete_prefix(prefix))
+        self.run(Call::DeletePrefix { prefix }, unpack!(DeletePrefix))
             .await
     }
     async fn compact(&self, revision: Revision) -> Result<Revision> {
-        self.call(CallKind::Compact, self.inner.compact(revision))
-            .await
+        self.run(Call::Compact { revision }, unpack!(Compact)).await
     }
     async fn watch(&self, prefix: &[u8], opts: WatchOptions) -> Result<WatchStream> {
-        let stream = self
-            .call(CallKind::Watch, self.inner.watch(prefix, opts))
-            .await?;
+        let call = Call::Watch {
+            prefix,
+            options: opts,
+        };
+        let stream = self.run(call, unpack!(Watch)).await?;
         Ok(intercept_progress(
             self.intercept.watch(stream),
             self.intercept.clone(),

@@ -4,11 +4,14 @@
 //! `ThrottledStore`).
 //!
 //! - [`Intercepted`] forwards every call of the trait through an [`Intercept`]: the public way
-//!   to forward, so a wrapper writes only what it changes.
+//!   to forward, so a wrapper writes only what it changes. Its hooks see each call's kind and
+//!   outcome, or, through [`Intercept::around`], the whole [`Call`] (lease ids, keys, options)
+//!   and its whole [`Answer`], which they may change.
 //! - [`Counting`]: requests by [`CallKind`], for load figures.
 //! - [`Link`]: a network link between one client and its server, under the test's control:
 //!   partitions, latency, hold and release, lost replies, stalled watches, injected errors.
 //! - [`KeyPrefix`]: every key under a fixed prefix, stripped from what comes back.
+//! - [`Renewals`]: when each lease was last renewed through the client (to time its expiry).
 //!
 //! A wrapper of ten lines that fails every write while a flag is set:
 //!
@@ -41,16 +44,20 @@
 //! # }).unwrap();
 //! ```
 
+mod answer;
 mod call;
 mod counting;
 mod intercept;
 mod key_prefix;
 mod link;
-mod rng;
+mod renewals;
 
-pub use call::CallKind;
+/// The workspace's seeded random source, also at [`crate::rng::SplitMix64`].
+pub use crate::rng::SplitMix64;
+pub use answer::{Answer, Next};
+pub use call::{Call, CallKind};
 pub use counting::{CallCounts, Counting};
 pub use intercept::{Intercept, Intercepted};
 pub use key_prefix::KeyPrefix;
 pub use link::{Latency, Link};
-pub use rng::SplitMix64;
+pub use renewals::{Renewal, Renewals};

@@ -61,18 +61,13 @@ impl DiscoveryEvents {
 
     fn push(&mut self, update: Update<ServiceInstance>) {
         let Some(view) = &self.view else {
-            self.pending
-                .extend(update.events.into_iter().map(DiscoveryEvent::from));
+            self.pending.extend(update.events);
             return;
         };
         if !view.has_subset() {
             let view = view.clone();
-            self.pending.extend(
-                update
-                    .events
-                    .into_iter()
-                    .filter_map(|e| view.map_event(e.into())),
-            );
+            self.pending
+                .extend(update.events.into_iter().filter_map(|e| view.map_event(e)));
             return;
         }
         let selected: BTreeMap<String, ServiceInstance> = view

@@ -32,7 +32,7 @@ impl DiscoveryHub {
 
     /// A handle on `service`'s shared cache, started if none is live.
     pub fn discovery(&self, service: &str) -> Result<Discovery> {
-        if let Some(shared) = self.caches.get(service).and_then(|cache| cache.upgrade()) {
+        if let Some(shared) = self.caches.get(service).and_then(|cache| live(&cache)) {
             return Ok(Discovery { shared });
         }
         // Forget caches whose handles are all gone, before taking the entry (retain locks
@@ -41,7 +41,7 @@ impl DiscoveryHub {
         // The entry holds its shard, so two callers racing for one service start one cache.
         match self.caches.entry(service.to_owned()) {
             Entry::Occupied(mut entry) => {
-                if let Some(shared) = entry.get().upgrade() {
+                if let Some(shared) = live(entry.get()) {
                     return Ok(Discovery { shared });
                 }
                 let discovery =
@@ -65,4 +65,12 @@ impl DiscoveryHub {
             .filter(|cache| cache.value().strong_count() > 0)
             .count()
     }
+}
+
+/// The cache behind `cache` when it has handles and its task has not died (a cache whose task
+/// died is replaced by a fresh one).
+fn live(cache: &Weak<Shared>) -> Option<Arc<Shared>> {
+    cache
+        .upgrade()
+        .filter(|shared| !(shared.task.is_finished() && shared.store.status().failed))
 }

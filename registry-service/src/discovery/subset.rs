@@ -33,19 +33,14 @@ impl Subset {
 
     /// This client's score of an instance: higher wins.
     pub fn score(&self, instance_id: &str) -> u64 {
-        // FNV-1a over both ids, then a SplitMix64 finaliser so that near-identical ids score
-        // far apart. Stable across builds and platforms, like every seed of this crate.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in self
-            .client_id
-            .bytes()
-            .chain(std::iter::once(0))
-            .chain(instance_id.bytes())
-        {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        crate::rng::SplitMix64::new(hash).next_u64()
+        // The workspace's seed mixer over both ids, NUL-separated: FNV-1a, then a SplitMix64
+        // step so that near-identical ids score far apart. Stable across builds and platforms,
+        // like every seed of this crate.
+        let mut name = Vec::with_capacity(self.client_id.len() + 1 + instance_id.len());
+        name.extend_from_slice(self.client_id.as_bytes());
+        name.push(0);
+        name.extend_from_slice(instance_id.as_bytes());
+        crate::seed::SplitMix64::derive(0, name)
     }
 
     /// The chosen instances among `candidates`, in their original order.

@@ -159,6 +159,83 @@ impl Outlier {
         self.consecutive_failures = 0;
         self.healthy_since = Some(now);
     }
+
+    /// Where the node stands at `now`: an ejection that is over awaits its probe.
+    pub(crate) fn health_at(&mut self, now: Instant) -> Health {
+        if let Health::Ejected { until } = self.health {
+            if until <= now {
+                self.health = Health::AwaitingProbe;
+            }
+        }
+        self.health
+    }
+
+    /// A call on the node ended: `outcome` is `Some(true)` for a success, `Some(false)` for a
+    /// failure, `None` when it ended without one (cancelled, panicked); `probe` when it was the
+    /// node's trial call. `room` says whether the cap on nodes out leaves room for one more,
+    /// asked only when the failures reach the threshold. Returns what changed.
+    pub(crate) fn call_ended(
+        &mut self,
+        outcome: Option<bool>,
+        probe: bool,
+        now: Instant,
+        options: &EjectionOptions,
+        room: impl FnOnce() -> bool,
+    ) -> Verdict {
+        match outcome {
+            None => {
+                // No sample; a trial call is owed again.
+                if probe && self.health == Health::Probing {
+                    self.health = Health::AwaitingProbe;
+                }
+                Verdict::Unchanged
+            }
+            Some(true) if probe => {
+                self.restore(now);
+                Verdict::Restored
+            }
+            Some(true) => {
+                self.consecutive_failures = 0;
+                Verdict::Unchanged
+            }
+            Some(false) => {
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                if probe {
+                    return Verdict::EjectedAgain {
+                        until: self.eject(now, options),
+                    };
+                }
+                let threshold = options.consecutive_failures;
+                if threshold == 0
+                    || self.consecutive_failures < threshold
+                    || self.health != Health::Healthy
+                {
+                    return Verdict::Unchanged;
+                }
+                if !room() {
+                    return Verdict::CapReached;
+                }
+                Verdict::Ejected {
+                    until: self.eject(now, options),
+                }
+            }
+        }
+    }
+}
+
+/// What the end of a call changed for its node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Nothing the picker keeps track of.
+    Unchanged,
+    /// Its trial call succeeded: back to full traffic.
+    Restored,
+    /// Failed enough calls in a row: out until `until`.
+    Ejected { until: Instant },
+    /// Its trial call failed: out again, for longer.
+    EjectedAgain { until: Instant },
+    /// Failed enough calls, but as many nodes as the cap allows are out already: it stays in.
+    CapReached,
 }
 
 #[cfg(test)]
@@ -177,6 +254,39 @@ mod tests {
         assert_eq!(options.ejection_time_for(1), Duration::from_secs(30));
         assert_eq!(options.ejection_time_for(4), Duration::from_secs(120));
         assert_eq!(options.ejection_time_for(40), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn failures_in_a_row_eject_within_the_cap_and_a_probe_decides_the_return() {
+        let options = EjectionOptions::default().consecutive_failures(2);
+        let t0 = Instant::now();
+        let mut outlier = Outlier::default();
+        let fail = |o: &mut Outlier, room| o.call_ended(Some(false), false, t0, &options, || room);
+        assert_eq!(fail(&mut outlier, true), Verdict::Unchanged);
+        assert_eq!(fail(&mut outlier, false), Verdict::CapReached);
+        let until = t0 + Duration::from_secs(30);
+        assert_eq!(fail(&mut outlier, true), Verdict::Ejected { until });
+        assert_eq!(outlier.health_at(t0), Health::Ejected { until });
+        assert_eq!(outlier.health_at(until), Health::AwaitingProbe);
+        outlier.health = Health::Probing;
+        let dropped = outlier.call_ended(None, true, until, &options, || true);
+        assert_eq!(dropped, Verdict::Unchanged);
+        assert_eq!(
+            outlier.health,
+            Health::AwaitingProbe,
+            "a trial is owed again"
+        );
+        outlier.health = Health::Probing;
+        let failed = outlier.call_ended(Some(false), true, until, &options, || false);
+        assert!(
+            matches!(failed, Verdict::EjectedAgain { .. }),
+            "whatever the cap"
+        );
+        outlier.health = Health::Probing;
+        let later = until + Duration::from_secs(60);
+        let back = outlier.call_ended(Some(true), true, later, &options, || true);
+        assert_eq!(back, Verdict::Restored);
+        assert_eq!(outlier.health, Health::Healthy);
     }
 
     #[test]

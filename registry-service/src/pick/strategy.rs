@@ -1,6 +1,6 @@
 //! How a picker chooses among the candidates.
 
-use crate::rng::SplitMix64;
+use crate::seed::SplitMix64;
 
 /// How a [`Picker`](super::Picker) chooses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

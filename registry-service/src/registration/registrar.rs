@@ -1,9 +1,15 @@
 //! The registrar: one task per registry and process that keeps every registration alive.
 
-use super::task::{self, Command, Inbox, Init, Start};
-use super::{ttl_secs, LeaseClock, Registration, RegistrationOptions, RegistrationState, Shared};
-use crate::backoff::Backoff;
+use super::commands::{Command, Inbox, Mailbox, Start};
+use super::driver;
+use super::handle::Registration;
+use super::lease_clock::LeaseClock;
+use super::machines::{Machines, SharedLease};
+use super::options::{ttl_secs, RegistrarOptions, RegistrationOptions};
+use super::roster::Roster;
+use super::status::{RegistrationState, Shared};
 use crate::instance::{KeyLayout, ServiceInstance};
+use crate::owned::OwnedTask;
 use crate::{Error, Result};
 use futures::future::BoxFuture;
 use registry_api::limits::{check_put, DEFAULT_MAX_VALUE_BYTES};
@@ -12,8 +18,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 /// Commands waiting for the registrar's task. The task never sends to this channel and never
@@ -22,75 +27,16 @@ use tokio::time::Instant;
 /// task's inbox instead.
 const COMMAND_CAPACITY: usize = 1024;
 
-/// How a [`Registrar`] keeps its registrations' leases.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RegistrarOptions {
-    /// Every registration on one lease, kept alive by one keep-alive per TTL/3 for all (as
-    /// etcd's `concurrency.Session` does); when it is lost, one new grant and every key put
-    /// again. Off by default: each registration has its own lease, with its own options.
-    pub shared_lease: bool,
-    /// The shared lease's TTL (rounded up to whole seconds). Unused without a shared lease.
-    pub ttl: Duration,
-    /// Waits between grants of the shared lease, and between reopenings of a key watch.
-    pub backoff: Backoff,
-    /// Seeds the shared lease's and the watches' jitter.
-    pub seed: u64,
-    /// How long one call for the shared lease or a key watch may take.
-    pub request_timeout: Duration,
-}
-
-impl Default for RegistrarOptions {
-    fn default() -> Self {
-        let registration = RegistrationOptions::default();
-        RegistrarOptions {
-            shared_lease: false,
-            ttl: registration.ttl,
-            backoff: registration.backoff,
-            seed: registration.seed,
-            request_timeout: registration.request_timeout,
-        }
-    }
-}
-
-impl RegistrarOptions {
-    /// Puts every registration on one lease (or not).
-    pub fn shared_lease(mut self, shared: bool) -> Self {
-        self.shared_lease = shared;
-        self
-    }
-
-    /// Sets the shared lease's TTL.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
-    }
-
-    /// Sets the backoff of the shared lease and of the key watches.
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
-
-    /// Sets the jitter seed.
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
-    }
-
-    /// Sets the per-call timeout.
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
-    }
-}
-
 /// Keeps the registrations of a process alive, all in one task: one timer per instant at which
 /// leases are due, one watch per registered service (which puts back a key someone deleted or
 /// overwrote), in-flight calls polled together.
 ///
 /// [`Registration::start`] uses a default registrar per registry (per `Arc` pointer); make one
 /// with [`Registrar::new`] for other options, such as a shared lease. The task stops once the
-/// registrar and all its registrations are dropped and their leases revoked.
+/// registrar and all its registrations are dropped and their leases revoked. It is owned by its
+/// handles: if it ends any other way (a panic, even one inside a backend's call, or its runtime
+/// shutting down), every registration on it reports [`RegistrationState::Failed`] with the
+/// cause at once.
 ///
 /// ```
 /// use registry_service::{Registrar, RegistrarOptions, RegistrationOptions, ServiceInstance};
@@ -101,7 +47,8 @@ impl RegistrarOptions {
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> registry_service::Result<()> {
 /// let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
-/// let registrar = Registrar::new(registry.clone(), RegistrarOptions::default().shared_lease(true))?;
+/// let shared = RegistrarOptions::default().shared_lease(RegistrationOptions::default());
+/// let registrar = Registrar::new(registry.clone(), shared)?;
 /// let a = registrar
 ///     .register(ServiceInstance::new("hello", "a", "127.0.0.1:8080"), RegistrationOptions::default())
 ///     .await?;
@@ -114,22 +61,13 @@ impl RegistrarOptions {
 /// ```
 #[derive(Clone, Debug)]
 pub struct Registrar {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    commands: mpsc::Sender<Command>,
-    inbox: Arc<Inbox>,
-    next_id: AtomicU64,
-    shared_clock: Option<Arc<LeaseClock>>,
-    epoch: Instant,
+    inner: Arc<Mailbox>,
 }
 
 /// The default registrar of each registry, by `Arc` pointer. Weak: a registrar lives as long
 /// as its handles and registrations, not as long as the process. It holds its registry, so a
 /// live entry's pointer cannot be reused by another registry.
-type Defaults = Mutex<HashMap<usize, Weak<Inner>>>;
+type Defaults = Mutex<HashMap<usize, Weak<Mailbox>>>;
 
 fn defaults() -> &'static Defaults {
     static DEFAULTS: OnceLock<Defaults> = OnceLock::new();
@@ -141,33 +79,37 @@ impl Registrar {
     pub fn new(registry: Arc<dyn Registry>, options: RegistrarOptions) -> Result<Registrar> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::NoRuntime("Registrar::new"))?;
-        let shared_ttl = if options.shared_lease {
-            Some(ttl_secs(options.ttl)?)
-        } else {
-            None
-        };
         let epoch = Instant::now();
-        let shared_clock = shared_ttl.map(|_| Arc::new(LeaseClock::new(epoch)));
+        let shared_lease = match options.shared_lease {
+            Some(lease) => Some(SharedLease {
+                ttl: ttl_secs(lease.ttl)?,
+                options: lease,
+                clock: Arc::new(LeaseClock::new(epoch)),
+            }),
+            None => None,
+        };
+        let shared_clock = shared_lease.as_ref().map(|lease| lease.clock.clone());
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
         let inbox = Arc::new(Inbox::default());
-        let init = Init {
-            options,
-            shared_ttl,
-            shared_clock: shared_clock.clone(),
-            commands: commands_rx,
-            inbox: inbox.clone(),
-        };
-        runtime.spawn(tracing::Instrument::instrument(
-            task::run(registry, init),
+        let roster = Arc::new(Roster::default());
+        let machines = Machines::new(shared_lease, options.key_watch);
+        let failed = roster.clone();
+        let task = OwnedTask::spawn(
+            &runtime,
+            "registrar",
             tracing::info_span!("registrar"),
-        ));
+            driver::run(registry, machines, commands_rx, inbox.clone()),
+            move |error| failed.fail(error),
+        );
         Ok(Registrar {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Mailbox {
                 commands: commands_tx,
                 inbox,
+                roster,
                 next_id: AtomicU64::new(1),
                 shared_clock,
                 epoch,
+                task,
             }),
         })
     }
@@ -179,8 +121,9 @@ impl Registrar {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(inner) = map.get(&key).and_then(Weak::upgrade) {
-            // A registrar whose runtime has shut down has lost its task: start another.
-            if !inner.commands.is_closed() {
+            // A registrar whose task has ended (its runtime shut down, or it failed) is of no
+            // use to new registrations: start another.
+            if !inner.commands.is_closed() && !inner.task.is_finished() {
                 return Ok(Registrar { inner });
             }
         }
@@ -201,7 +144,7 @@ impl Registrar {
             Some(first) => match first.await {
                 Ok(Ok(())) => Ok(registration),
                 Ok(Err(e)) => Err(e),
-                Err(_) => Err(Error::Stopped("registrar")),
+                Err(_) => Err(self.inner.gone()),
             },
             None => Ok(registration),
         }
@@ -216,6 +159,15 @@ impl Registrar {
     ) -> Result<Registration> {
         let (registration, _) = self.begin(instance, options, Some(Box::pin(ready))).await?;
         Ok(registration)
+    }
+
+    /// What the registrar's task died of, if it did (then every registration on it has
+    /// [`RegistrationState::Failed`] with this as its last error).
+    pub fn failure(&self) -> Option<Error> {
+        self.inner
+            .roster
+            .failure()
+            .map(|failure| Error::clone(&failure))
     }
 
     async fn begin(
@@ -241,21 +193,16 @@ impl Registrar {
             Some(clock) => clock.clone(),
             None => Arc::new(LeaseClock::new(self.inner.epoch)),
         };
-        let shared = Arc::new(Shared {
-            state: watch::channel(initial).0,
-            details: Mutex::new(super::Details {
-                status: instance.status,
-                ..Default::default()
-            }),
-            clock,
-        });
+        let shared = Arc::new(Shared::new(initial, instance.status, clock));
         let (first_tx, first_rx) = if ready.is_none() {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
         } else {
             (None, None)
         };
-        self.send(Command::Start(Box::new(Start {
+        let mailbox = &self.inner;
+        mailbox.roster.join(id, &shared);
+        let start = Start {
             id,
             key: key.clone(),
             prefix,
@@ -265,25 +212,81 @@ impl Registrar {
             shared: shared.clone(),
             first: first_tx,
             ready,
-        })))
-        .await?;
-        Ok((Registration::new(id, key, shared, self.clone()), first_rx))
-    }
-
-    pub(super) async fn send(&self, command: Command) -> Result<()> {
-        self.inner
-            .commands
-            .send(command)
-            .await
-            .map_err(|_| Error::Stopped("registrar"))
-    }
-
-    pub(super) fn dropped(&self, id: u64, abandoned: bool) {
-        self.inner.inbox.push(id, abandoned);
+        };
+        if let Err(e) = mailbox.send(Command::Start(Box::new(start))).await {
+            mailbox.roster.leave(id);
+            return Err(e);
+        }
+        let registration = Registration::new(id, key, shared, self.inner.clone());
+        Ok((registration, first_rx))
     }
 
     /// True when `self` and `other` are the same registrar (one task).
     pub fn same_as(&self, other: &Registrar) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl Registration {
+    /// Registers `instance` and keeps it registered until deregistered or dropped, on the
+    /// default [`Registrar`] of `registry`.
+    ///
+    /// Returns once the instance is first in the registry. A registry that cannot be reached
+    /// is retried for ever with backoff (wrap the call in a timeout to bound it); bad input
+    /// (service name, id, namespace, TTL, a value over the size limit) fails at once with a
+    /// typed error and writes nothing, and so does a registry that refuses the registration
+    /// for good (permission denied, not supported). Must be called within a tokio runtime,
+    /// which runs the registrar's task.
+    ///
+    /// ```
+    /// use registry_service::{Registration, RegistrationOptions, RegistrationState, ServiceInstance};
+    /// use registry_api::Registry;
+    /// use registry_memory::MemoryRegistry;
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> registry_service::Result<()> {
+    /// let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+    /// let instance = ServiceInstance::new("hello", "a", "127.0.0.1:8080");
+    /// let registration = Registration::start(
+    ///     registry.clone(),
+    ///     instance,
+    ///     RegistrationOptions::default().ttl(Duration::from_secs(5)),
+    /// )
+    /// .await?;
+    /// assert!(matches!(registration.state(), RegistrationState::Registered { .. }));
+    /// assert!(registry.get(b"services/hello/a").await?.kv.is_some());
+    ///
+    /// // Graceful shutdown: marked draining, a grace period for caches to see it, then the
+    /// // lease is revoked and the key is gone.
+    /// registration.shutdown(Duration::from_millis(500)).await?;
+    /// assert!(registry.get(b"services/hello/a").await?.kv.is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn start(
+        registry: Arc<dyn Registry>,
+        instance: ServiceInstance,
+        options: RegistrationOptions,
+    ) -> Result<Registration> {
+        Registrar::default_for(&registry)?
+            .register(instance, options)
+            .await
+    }
+
+    /// Like [`start`](Self::start), but puts the instance only once `ready` completes, and
+    /// returns at once (state [`RegistrationState::WaitingForReady`]): an instance that is not
+    /// ready is never visible. Bad input fails at once, as with `start`; use
+    /// [`wait_registered`](Self::wait_registered) to wait for the first put.
+    pub async fn start_when_ready(
+        registry: Arc<dyn Registry>,
+        instance: ServiceInstance,
+        options: RegistrationOptions,
+        ready: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Registration> {
+        Registrar::default_for(&registry)?
+            .register_when_ready(instance, options, ready)
+            .await
     }
 }

@@ -83,6 +83,25 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> Store<T> {
         self.wait_status(|status| status.synced).await
     }
 
+    /// The task that fed the store died of `error`: the status says so from now on (its
+    /// writer, dropped with the task, closes the store).
+    pub(crate) fn fail(&self, error: Error) {
+        let error = Arc::new(error);
+        self.shared.status.send_modify(|status| {
+            status.synced = false;
+            status.failed = true;
+            status.last_error = Some(error);
+        });
+    }
+
+    /// The error the feeding task died of, when it did.
+    fn failure(status: &StoreStatus) -> Option<Error> {
+        match (&status.last_error, status.failed) {
+            (Some(error), true) => Some(Error::clone(error)),
+            _ => None,
+        }
+    }
+
     /// Waits until the writer is gone (the task that fed the store has stopped).
     pub async fn wait_closed(&self) {
         let mut status = self.shared.status.subscribe();
@@ -93,17 +112,19 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> Store<T> {
     async fn wait_status(&self, done: impl Fn(&StoreStatus) -> bool) -> Result<()> {
         let mut status = self.shared.status.subscribe();
         let outcome = status
-            .wait_for(|status| done(status) || status.closed)
+            .wait_for(|status| done(status) || status.closed || status.failed)
             .await
-            .map(|status| done(&status));
+            .map(|status| (done(&status), Self::failure(&status)));
         match outcome {
-            Ok(true) => Ok(()),
+            Ok((true, _)) => Ok(()),
+            Ok((false, Some(failure))) => Err(failure),
             _ => Err(Error::Stopped("store's writer")),
         }
     }
 
     /// Waits until `condition` holds on the snapshot (checked now and after every change), up
-    /// to `timeout` (virtual time under a paused tokio clock). Returns the snapshot it held on.
+    /// to `timeout` (virtual time under a paused tokio clock). Returns the snapshot it held on;
+    /// fails at once with the cause when the task feeding the store has died.
     pub async fn wait_until(
         &self,
         condition: impl Fn(&Snapshot<T>) -> bool,
@@ -113,10 +134,14 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> Store<T> {
         let wait = async {
             loop {
                 // Marked seen before the read, so a change between the two wakes the wait.
-                status.borrow_and_update();
+                let failure = Self::failure(&status.borrow_and_update());
                 let snapshot = self.snapshot();
                 if condition(&snapshot) {
                     return Ok(snapshot);
+                }
+                if let Some(failure) = failure {
+                    // Nothing will change any more: the condition will never hold.
+                    return Err(failure);
                 }
                 if status.changed().await.is_err() {
                     return Err(Error::Stopped("store's writer"));

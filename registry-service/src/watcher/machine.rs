@@ -3,7 +3,7 @@
 use super::gate::HerdGate;
 use super::stall::{Stall, Verdict};
 use super::{Change, WatcherConfig, WatcherEvent};
-use crate::rng::SplitMix64;
+use crate::seed::SplitMix64;
 use crate::Error;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -113,7 +113,7 @@ impl Machine {
             Ok(list) => list,
             Err(e) => {
                 tracing::warn!(error = %e, "listing failed; keeping what was held");
-                return self.fail(Error::Registry(e), false);
+                return self.fail(Error::from(e), false);
             }
         };
         if list.revision < self.revision && self.older_lists < MAX_OLDER_LISTS {
@@ -126,7 +126,7 @@ impl Machine {
                 "listed revision {} is older than the held {}",
                 list.revision, self.revision
             ));
-            return self.fail(Error::Registry(error), false);
+            return self.fail(Error::from(error), false);
         }
         self.older_lists = 0;
         let changes = self.resync(list.kvs);
@@ -208,7 +208,7 @@ impl Machine {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "watch failed to start; keeping what was held");
-                self.fail(Error::Registry(e), false);
+                self.fail(Error::from(e), false);
             }
         }
     }
@@ -265,7 +265,7 @@ impl Machine {
                             Err(e) => {
                                 tracing::warn!(error = %e, "progress request failed; re-listing");
                                 let healthy = self.healthy(&watching);
-                                return self.fail(Error::Registry(e), healthy);
+                                return self.fail(Error::from(e), healthy);
                             }
                         }
                     }
@@ -297,13 +297,13 @@ impl Machine {
                         e => tracing::warn!(error = %e, "watch failed; re-listing"),
                     }
                     let healthy = self.healthy(&watching);
-                    return self.fail(Error::Registry(e), healthy);
+                    return self.fail(Error::from(e), healthy);
                 }
                 None => {
                     tracing::warn!("watch ended; re-listing");
                     let healthy = self.healthy(&watching);
                     let error = registry_api::Error::unavailable("the watch stream ended");
-                    return self.fail(Error::Registry(error), healthy);
+                    return self.fail(Error::from(error), healthy);
                 }
             }
         }

@@ -4,7 +4,9 @@
 #![allow(dead_code, unreachable_pub)]
 
 use registry_api::{ListOptions, Registry};
-use registry_service::{DiscoveryEvent, DiscoveryEvents, ServiceInstance};
+use registry_service::{
+    Backoff, DiscoveryEvent, DiscoveryEvents, RegistrationOptions, ServiceInstance,
+};
 use std::time::Duration;
 
 /// The instances of `service` in the store now, parsed, in id order: the truth.
@@ -33,4 +35,18 @@ pub fn drain(events: &mut DiscoveryEvents) -> Vec<DiscoveryEvent> {
 /// The instance named `id` of service `hello`, at a port derived from the id.
 pub fn hello(id: &str) -> ServiceInstance {
     ServiceInstance::new("hello", id, format!("10.0.0.1:{}", 8000 + id.len()))
+}
+
+/// The TTL of the registrations of these tests.
+pub const TTL: Duration = Duration::from_secs(6);
+
+/// The registrations' options in these tests: TTL 6 s, backoff 200 ms to 2 s, seed 7.
+pub fn options() -> RegistrationOptions {
+    RegistrationOptions::default()
+        .ttl(TTL)
+        .backoff(Backoff::new(
+            Duration::from_millis(200),
+            Duration::from_secs(2),
+        ))
+        .seed(7)
 }

@@ -7,19 +7,19 @@
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use registry_api::{
-    DeleteResponse, GetResponse, LeaseGrant, LeaseId, LeaseTimeToLive, ListOptions, ListResponse,
-    PutOptions, PutResponse, Registry, Result, Revision, WatchBatch, WatchOptions, WatchStream,
-};
+use registry_api::wrap::{CallKind, Intercept, Intercepted};
+use registry_api::{Error, Registry, Result, Revision, WatchBatch, WatchStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// See the module docs.
+/// A registry whose watches can be frozen: `Stalling::new`'s answer.
+pub type Stalled = Intercepted<Arc<dyn Registry>, Stalling>;
+
+/// See the module docs: the hook of a [`Stalled`] registry (`stalled.intercept()`).
 #[derive(Debug)]
 pub struct Stalling {
-    inner: Arc<dyn Registry>,
     /// Bumped by `freeze_open_watches`: a watch opened under an older generation is frozen.
     generation: watch::Sender<u64>,
     /// Bumped by `lag_open_watches`: a watch opened under an older one delivers no more
@@ -38,19 +38,21 @@ pub struct Stalling {
 
 impl Stalling {
     /// Over `inner`; `answers` says whether progress requests are answered.
-    pub fn new(inner: Arc<dyn Registry>, answers: bool) -> Arc<Self> {
-        Arc::new(Stalling {
+    pub fn new(inner: Arc<dyn Registry>, answers: bool) -> Arc<Stalled> {
+        Arc::new(Intercepted::new(
             inner,
-            generation: watch::channel(0).0,
-            lag_generation: watch::channel(0).0,
-            answers,
-            list_delay: Mutex::new(Duration::ZERO),
-            lists: AtomicUsize::new(0),
-            listing: AtomicUsize::new(0),
-            max_listing: AtomicUsize::new(0),
-            watches: AtomicUsize::new(0),
-            progress_requests: Arc::new(AtomicUsize::new(0)),
-        })
+            Stalling {
+                generation: watch::channel(0).0,
+                lag_generation: watch::channel(0).0,
+                answers,
+                list_delay: Mutex::new(Duration::ZERO),
+                lists: AtomicUsize::new(0),
+                listing: AtomicUsize::new(0),
+                max_listing: AtomicUsize::new(0),
+                watches: AtomicUsize::new(0),
+                progress_requests: Arc::new(AtomicUsize::new(0)),
+            },
+        ))
     }
 
     /// Every watch open now stays open but delivers nothing more and answers no progress
@@ -93,50 +95,32 @@ impl Stalling {
 }
 
 #[async_trait]
-impl Registry for Stalling {
-    async fn lease_grant(&self, ttl: i64, id: Option<LeaseId>) -> Result<LeaseGrant> {
-        self.inner.lease_grant(ttl, id).await
+impl Intercept for Stalling {
+    async fn before(&self, kind: CallKind) -> Result<()> {
+        match kind {
+            CallKind::List => {
+                self.lists.fetch_add(1, Ordering::SeqCst);
+                let now = self.listing.fetch_add(1, Ordering::SeqCst) + 1;
+                self.max_listing.fetch_max(now, Ordering::SeqCst);
+                let delay = *self.list_delay.lock().unwrap();
+                tokio::time::sleep(delay).await;
+            }
+            CallKind::Watch => {
+                self.watches.fetch_add(1, Ordering::SeqCst);
+            }
+            _ => {}
+        }
+        Ok(())
     }
-    async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64> {
-        self.inner.lease_keep_alive(id).await
+
+    async fn after(&self, kind: CallKind, _outcome: Result<(), &Error>) -> Result<()> {
+        if kind == CallKind::List {
+            self.listing.fetch_sub(1, Ordering::SeqCst);
+        }
+        Ok(())
     }
-    async fn lease_revoke(&self, id: LeaseId) -> Result<Revision> {
-        self.inner.lease_revoke(id).await
-    }
-    async fn lease_time_to_live(&self, id: LeaseId) -> Result<LeaseTimeToLive> {
-        self.inner.lease_time_to_live(id).await
-    }
-    async fn leases(&self) -> Result<Vec<LeaseId>> {
-        self.inner.leases().await
-    }
-    async fn put(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<PutResponse> {
-        self.inner.put(key, value, opts).await
-    }
-    async fn get(&self, key: &[u8]) -> Result<GetResponse> {
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &[u8], opts: ListOptions) -> Result<ListResponse> {
-        self.lists.fetch_add(1, Ordering::SeqCst);
-        let now = self.listing.fetch_add(1, Ordering::SeqCst) + 1;
-        self.max_listing.fetch_max(now, Ordering::SeqCst);
-        let delay = *self.list_delay.lock().unwrap();
-        tokio::time::sleep(delay).await;
-        let listed = self.inner.list(prefix, opts).await;
-        self.listing.fetch_sub(1, Ordering::SeqCst);
-        listed
-    }
-    async fn delete(&self, key: &[u8]) -> Result<DeleteResponse> {
-        self.inner.delete(key).await
-    }
-    async fn delete_prefix(&self, prefix: &[u8]) -> Result<DeleteResponse> {
-        self.inner.delete_prefix(prefix).await
-    }
-    async fn compact(&self, revision: Revision) -> Result<Revision> {
-        self.inner.compact(revision).await
-    }
-    async fn watch(&self, prefix: &[u8], opts: WatchOptions) -> Result<WatchStream> {
-        self.watches.fetch_add(1, Ordering::SeqCst);
-        let inner = self.inner.watch(prefix, opts).await?;
+
+    fn watch(&self, inner: WatchStream) -> WatchStream {
         let born = *self.generation.borrow();
         let lag_born = *self.lag_generation.borrow();
         let mut lag_generation = self.lag_generation.subscribe();
@@ -179,10 +163,10 @@ impl Registry for Stalling {
             .boxed();
         let stream = WatchStream::new(merged);
         if !self.answers {
-            return Ok(stream);
+            return stream;
         }
         let requests = self.progress_requests.clone();
-        Ok(stream.with_progress_requests(move || {
+        stream.with_progress_requests(move || {
             requests.fetch_add(1, Ordering::SeqCst);
             let asks = asks.clone();
             Box::pin(async move {
@@ -190,6 +174,6 @@ impl Registry for Stalling {
                 asks.try_send(()).ok();
                 Ok(())
             })
-        }))
+        })
     }
 }

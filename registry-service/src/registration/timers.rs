@@ -1,9 +1,11 @@
-//! The registrar's timers: one ordered map of due instants, one sleep for the earliest.
+//! The registrar's timer queue: one ordered map of due instants (the driver sleeps until the
+//! earliest).
 //!
 //! Registrations started together (a fleet at boot, a test at one virtual instant) share their
 //! due instants, so one entry holds them all and one wake-up serves them all: the cost of a
 //! round is one map operation per instant, not one timer per registration.
 
+use super::calls::MemberId;
 use std::collections::BTreeMap;
 use tokio::time::Instant;
 
@@ -15,13 +17,11 @@ pub(super) enum Due {
     /// A lease's keep-alive round, or the end of its backoff wait.
     Lease { slot: u32, token: u64 },
     /// A draining registration's grace period, or its last wait for the watch, ends.
-    Drain { registration: u64 },
-    /// A key watch's reopening after a failure.
-    Watch { group: u32, token: u64 },
+    Drain { registration: MemberId },
 }
 
 #[derive(Debug, Default)]
-pub(super) struct Wheel {
+pub(super) struct Timers {
     due: BTreeMap<Instant, Vec<Due>>,
     /// The instant scheduled last and what is due then, not yet in the map: a round schedules
     /// its leases' next rounds one after another at the same instant, and this keeps that to
@@ -32,7 +32,7 @@ pub(super) struct Wheel {
     spare: Vec<Vec<Due>>,
 }
 
-impl Wheel {
+impl Timers {
     pub(super) fn schedule(&mut self, at: Instant, due: Due) {
         if let Some((staged_at, staged)) = &mut self.staged {
             if *staged_at == at {
@@ -110,7 +110,7 @@ impl Wheel {
                     into.push((*at, *due));
                     false
                 }
-                Due::Drain { .. } | Due::Watch { .. } => true,
+                Due::Drain { .. } => true,
             });
             if batch.is_empty() {
                 emptied.push(*at);
@@ -140,13 +140,13 @@ mod tests {
     #[test]
     fn takes_what_is_due_in_order_and_keeps_the_rest() {
         let t0 = Instant::now();
-        let mut wheel = Wheel::default();
-        wheel.schedule(t0 + Duration::from_secs(2), Due::Drain { registration: 2 });
-        wheel.schedule(t0 + Duration::from_secs(1), Due::Drain { registration: 1 });
-        wheel.schedule(t0 + Duration::from_secs(1), Due::Drain { registration: 3 });
-        assert_eq!(wheel.next(), Some(t0 + Duration::from_secs(1)));
+        let mut timers = Timers::default();
+        timers.schedule(t0 + Duration::from_secs(2), Due::Drain { registration: 2 });
+        timers.schedule(t0 + Duration::from_secs(1), Due::Drain { registration: 1 });
+        timers.schedule(t0 + Duration::from_secs(1), Due::Drain { registration: 3 });
+        assert_eq!(timers.next(), Some(t0 + Duration::from_secs(1)));
         let mut due = Vec::new();
-        wheel.take_due(t0 + Duration::from_millis(1500), &mut due);
+        timers.take_due(t0 + Duration::from_millis(1500), &mut due);
         assert_eq!(
             due,
             vec![
@@ -154,21 +154,21 @@ mod tests {
                 Due::Drain { registration: 3 }
             ]
         );
-        assert_eq!(wheel.len(), 1);
-        assert_eq!(wheel.next(), Some(t0 + Duration::from_secs(2)));
+        assert_eq!(timers.len(), 1);
+        assert_eq!(timers.next(), Some(t0 + Duration::from_secs(2)));
     }
 
     #[test]
     fn takes_only_lease_rounds_from_a_later_window() {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
-        let mut wheel = Wheel::default();
-        wheel.schedule(at(10), Due::Lease { slot: 1, token: 1 });
-        wheel.schedule(at(10), Due::Drain { registration: 7 });
-        wheel.schedule(at(50), Due::Lease { slot: 2, token: 2 });
-        wheel.schedule(at(200), Due::Lease { slot: 3, token: 3 });
+        let mut timers = Timers::default();
+        timers.schedule(at(10), Due::Lease { slot: 1, token: 1 });
+        timers.schedule(at(10), Due::Drain { registration: 7 });
+        timers.schedule(at(50), Due::Lease { slot: 2, token: 2 });
+        timers.schedule(at(200), Due::Lease { slot: 3, token: 3 });
         let mut early = Vec::new();
-        wheel.take_leases_between(t0, at(100), &mut early);
+        timers.take_leases_between(t0, at(100), &mut early);
         assert_eq!(
             early,
             vec![
@@ -176,10 +176,10 @@ mod tests {
                 (at(50), Due::Lease { slot: 2, token: 2 })
             ]
         );
-        assert_eq!(wheel.len(), 2, "the drain and the later round stay");
-        assert_eq!(wheel.next(), Some(at(10)));
+        assert_eq!(timers.len(), 2, "the drain and the later round stay");
+        assert_eq!(timers.next(), Some(at(10)));
         let mut due = Vec::new();
-        wheel.take_due(at(10), &mut due);
+        timers.take_due(at(10), &mut due);
         assert_eq!(due, vec![Due::Drain { registration: 7 }]);
     }
 }

@@ -4,7 +4,8 @@
 use crate::backoff::Backoff;
 use crate::discovery::{Discovery, DiscoveryEvent, DiscoveryEvents};
 use crate::instance::ServiceInstance;
-use crate::rng::{seed_for, SplitMix64};
+use crate::owned::OwnedTask;
+use crate::seed::{seed_for, SplitMix64};
 use crate::{Error, Result};
 use ::tower::discover::Change;
 use ::tower::load::Load;
@@ -15,7 +16,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -27,8 +28,8 @@ pub struct DiscoverOptions {
     /// Waits before an evicted endpoint is inserted again, growing with each eviction in a
     /// row of the same instance.
     pub reinsert: Backoff,
-    /// Seeds the backoff's jitter.
-    pub seed: u64,
+    /// Seeds the backoff's jitter; `None` (the default): a seed of the process's own.
+    pub seed: Option<u64>,
 }
 
 impl Default for DiscoverOptions {
@@ -36,7 +37,7 @@ impl Default for DiscoverOptions {
     fn default() -> Self {
         DiscoverOptions {
             reinsert: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
-            seed: 0,
+            seed: None,
         }
     }
 }
@@ -48,9 +49,9 @@ impl DiscoverOptions {
         self
     }
 
-    /// Sets the jitter seed.
+    /// Sets the jitter seed: the same seed gives the same waits.
     pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
+        self.seed = Some(seed);
         self
     }
 }
@@ -97,6 +98,10 @@ struct TaskShared {
     evictions: AtomicU64,
     reinserted: AtomicU64,
     running: watch::Sender<bool>,
+    /// What the task died of, when it did not end by stopping.
+    failure: Mutex<Option<Arc<Error>>>,
+    /// The task, owned by every handle.
+    task: OnceLock<OwnedTask>,
 }
 
 impl TaskShared {
@@ -115,6 +120,23 @@ impl TaskShared {
         if let Some(waker) = book.waker.take() {
             waker.wake();
         }
+    }
+
+    /// The task ended: the stream ends once what is pending is taken.
+    fn end(&self) {
+        let mut book = self.book();
+        book.ended = true;
+        if let Some(waker) = book.waker.take() {
+            waker.wake();
+        }
+        drop(book);
+        self.running.send_replace(false);
+    }
+
+    /// The task died of `error`: every handle reports it, and the stream ends.
+    fn fail(&self, error: Error) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(error));
+        self.end();
     }
 
     fn report_eviction(&self, id: &str, generation: u64) {
@@ -145,9 +167,20 @@ impl DiscoverHandle {
         }
     }
 
-    /// True until the task has ended (stopped, the discovery gone, or the stream dropped).
+    /// True until the task has ended (stopped, the discovery gone, the stream dropped, or
+    /// the task died: see [`failure`](Self::failure)).
     pub fn is_running(&self) -> bool {
         *self.shared.running.borrow()
+    }
+
+    /// What the task died of, when it ended by failing (a panic, or its runtime shut down)
+    /// rather than by stopping. The stream has ended then.
+    pub fn failure(&self) -> Option<Arc<Error>> {
+        self.shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Asks the task to stop; the stream then ends.
@@ -211,7 +244,7 @@ impl<F> fmt::Debug for Discover<F> {
 /// with each eviction in a row.
 ///
 /// ```
-/// use registry_service::tower::discover;
+/// use registry_service::tower_discover::discover;
 /// use registry_service::{Discovery, DiscoveryOptions, Registration, RegistrationOptions,
 ///     ServiceInstance};
 /// use registry_memory::MemoryRegistry;
@@ -257,8 +290,8 @@ pub fn discover_with<F, S>(
 where
     F: FnMut(&ServiceInstance) -> S,
 {
-    let runtime =
-        tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime("tower::discover"))?;
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|_| Error::NoRuntime("tower_discover::discover"))?;
     let shared = Arc::new(TaskShared {
         book: Mutex::new(Book::default()),
         evicted: Mutex::new(HashMap::new()),
@@ -270,18 +303,28 @@ where
         evictions: AtomicU64::new(0),
         reinserted: AtomicU64::new(0),
         running: watch::channel(true).0,
+        failure: Mutex::new(None),
+        task: OnceLock::new(),
     });
     let events = discovery.subscribe();
     let task = Feeder {
         shared: shared.clone(),
-        rng: SplitMix64::new(seed_for(options.seed, &[discovery.service()])),
+        rng: SplitMix64::new(seed_for(options.seed, discovery.service())),
         options,
         listed: HashMap::new(),
         retries: BTreeMap::new(),
         evictions_in_a_row: HashMap::new(),
     };
     let span = tracing::info_span!("tower.discover", service = %discovery.service());
-    runtime.spawn(tracing::Instrument::instrument(task.run(events), span));
+    let failed = shared.clone();
+    let task = OwnedTask::spawn(
+        &runtime,
+        "tower discover",
+        span,
+        task.run(events),
+        move |e| failed.fail(e),
+    );
+    shared.task.set(task).ok();
     Ok(Discover {
         make_service,
         shared,
@@ -444,13 +487,7 @@ impl Feeder {
                 () = sleep_until(next_retry), if next_retry.is_some() => self.reinsert_due(),
             }
         }
-        let mut book = shared.book();
-        book.ended = true;
-        if let Some(waker) = book.waker.take() {
-            waker.wake();
-        }
-        drop(book);
-        shared.running.send_replace(false);
+        shared.end();
     }
 
     fn apply(&mut self, event: DiscoveryEvent) {

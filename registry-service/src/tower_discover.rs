@@ -19,7 +19,7 @@
 //! let (channel, sender) = tonic::transport::Channel::balance_channel(16);
 //! // `discover` rather than `changes`: its task keeps reading discovery while this loop waits
 //! // on a full channel (tonic's balancer takes changes only when polled for a request).
-//! let mut endpoints = registry_service::tower::discover(&discovery, |instance| {
+//! let mut endpoints = registry_service::tower_discover::discover(&discovery, |instance| {
 //!     Endpoint::from_shared(format!("http://{}", instance.address))
 //! })?;
 //! tokio::spawn(async move {
@@ -41,9 +41,9 @@
 //! The stream never fails (its error type is [`Infallible`]) and ends when the discovery's
 //! cache is gone. `examples/examples/tonic_balance.rs` runs the whole thing.
 
-mod discover;
+mod buffer;
 
-pub use discover::{
+pub use buffer::{
     discover, discover_with, Discover, DiscoverHandle, DiscoverOptions, DiscoverStats, Endpoint,
 };
 
