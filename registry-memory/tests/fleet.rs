@@ -227,55 +227,50 @@ fn a_kept_log_shows_the_run_and_hashes_to_the_same_run() {
 }
 
 /// Seed 4967 once failed: gw1 "routed to services/svc0/i1 7.013s after its lease ended". The
-/// server's journal shows why that was the checker's mistake: i1's key was deleted at 97.487 s
-/// (revision 62), then an outage ran from 97.822 s to 104.435 s; at 104.474 s i1 registered
-/// again (revision 72); gw1, whose cache listed at 104.486 s (at revision 72), routed to it at
-/// 104.500 s. The checker of the time followed the truth through a client of its own that
-/// retried every 100 ms after the outage and had not listed yet (it did at 104.522 s), so it
-/// still believed i1 gone since 97.487 s. The service layer was right; the truth now comes from
-/// the server itself.
+/// server's journal showed why that was the checker's mistake: i1's key was deleted at
+/// 97.487 s, then an outage ran from 97.822 s to 104.435 s; at 104.474 s i1 registered again;
+/// gw1, whose cache listed at 104.486 s, routed to it at 104.500 s. The checker of the time
+/// followed the truth through a client of its own that retried every 100 ms after the outage
+/// and had not listed yet (it did at 104.522 s), so it still believed i1 gone since 97.487 s.
+/// The service layer was right; the truth now comes from the server itself.
+///
+/// The seed's exact times move whenever the service layer's timing does (the registrar's
+/// rebuild moved them), so the test pins the cause, not the times: seed 4967 passes, and a
+/// truth that lags behind the server as that client did blames a gateway for a route the
+/// server's own truth allows, at a seed of the next few hundred.
 #[test]
 fn seed_4967_a_gateway_that_sees_a_re_registration_before_any_client_could_tell() {
     let options = FleetOptions {
-        keep_log: true,
-        // The mode the seed failed in: faults for the whole run (the seed itself now draws
-        // liveness).
+        // The mode the seed failed in: faults for the whole run.
         mode: Some(Mode::Safety),
         ..FleetOptions::default()
     };
     let report = run_seed(&simulator, 4967, &options);
     assert!(report.passed(), "{:#?}", report.violations);
-    // The run still goes through the situation: the deletion, the outage, the re-registration
-    // right after it, and gw1's pick of i1 before a client cut off by the outage could know.
-    // (Should the service layer's timing change and the seed stop doing so, a seed that does
-    // is one the lagging truth below fails on.)
-    let at = |time: &str, what: &str| {
-        let found = report
-            .log
-            .iter()
-            .any(|line| line.starts_with(&format!("[{time:>8}s]")) && line.contains(what));
-        assert!(found, "seed 4967 no longer shows `{what}` at {time}s");
-    };
-    at("97.500", "server r62 at 97.487s: delete services/svc0/i1");
-    at("104.435", "fault OutageEnd");
-    at("104.500", "server r72 at 104.474s: put services/svc0/i1 ");
-    at("104.500", "gw1 svc0 -> i1");
 
-    // And a truth that lags behind the server as that client did (nothing new during an
-    // outage, nor for 100 ms after it) blames gw1 for exactly that pick.
+    // A truth that lags behind the server (nothing new during an outage, nor for 100 ms after
+    // it) blames a gateway for a pick of an instance that had registered again.
     let lagging = || Simulator {
         truth_lag: Some(Duration::from_millis(100)),
         ..simulator()
     };
-    let blamed = run_seed(&lagging, 4967, &options);
+    let witness = (4967..4967 + 400).find_map(|seed| {
+        let blamed = run_seed(&lagging, seed, &options);
+        let blame = blamed
+            .violations
+            .iter()
+            .find(|v| v.contains("after the server deleted it"))?
+            .clone();
+        Some((seed, blame))
+    });
+    let (seed, blame) = witness.expect("a lagging truth blames some gateway within 400 seeds");
+    let fair = run_seed(&simulator, seed, &options);
     assert!(
-        blamed.violations.iter().any(|v| v.contains(
-            "[ 104.500s] gw1 routed to services/svc0/i1 7.013s after the server deleted it (at \
-             97.487s"
-        )),
-        "{:#?}",
-        blamed.violations
+        fair.passed(),
+        "seed {seed}: the server's truth must allow what the lagging one blamed ({blame}): {:#?}",
+        fair.violations
     );
+    println!("seed {seed}: a lagging truth blames `{blame}`; the server's truth passes");
 }
 
 #[test]

@@ -24,6 +24,12 @@ use tokio::time::Instant;
 /// out: a tenth of a second, against rounds seconds apart at the usual TTLs.
 const RENEW_EARLY_AT_MOST: Duration = Duration::from_millis(100);
 
+/// How soon a keep-alive that failed is tried again (at most; never later than the next round
+/// would be). Waiting a whole TTL/3 would let two failed rounds put the third on the lease's
+/// deadline, so a link healed well before the deadline would still lose the lease; etcd's own
+/// client resends every 500 ms once a keep-alive is overdue.
+const RETRY_FAILED_KEEP_ALIVE: Duration = Duration::from_millis(500);
+
 /// What a new slot is made of.
 pub(super) struct SlotSpec {
     pub(super) ttl: i64,
@@ -90,7 +96,8 @@ pub(super) enum Renewed {
     /// The lease is gone (not found, or past its deadline): the slot waits out a backoff
     /// before a new grant, and its registered members are no longer registered.
     Lost,
-    /// The keep-alive failed; the next round tries again.
+    /// The keep-alive failed; it is tried again within half a second (or at the next round,
+    /// if that comes first).
     Failed(Arc<Error>),
     /// The registry refused the keep-alive for good: the slot's members end.
     Refused(Arc<Error>),
@@ -492,10 +499,12 @@ impl Slots {
             self.lose(slot, now, timers);
             return Renewed::Lost;
         }
-        // The next round, a third of the TTL from now (no later than the deadline).
+        // Again soon: half a second from now, or the next round if that comes first, and no
+        // later than the deadline.
         s.timer = timer;
         self.tokens = timer;
-        let next = deadline_after_from(now, ttl / 3).min(deadline);
+        let retry = (ttl / 3).min(RETRY_FAILED_KEEP_ALIVE);
+        let next = deadline_after_from(now, retry).min(deadline);
         timers.schedule(next, lease_due(slot, timer));
         Renewed::Failed(error)
     }

@@ -131,33 +131,61 @@ fn a_lease_not_found_is_lost_and_backs_off_from_the_first_attempt() {
 }
 
 #[test]
-fn a_failed_keep_alive_retries_next_round_and_is_lost_past_the_deadline() {
+fn a_failed_keep_alive_retries_within_half_a_second_and_is_lost_past_the_deadline() {
     let t0 = Instant::now();
     let (mut slots, slot) = slots(t0);
     let mut timers = Timers::default();
     alive(&mut slots, slot, t0, &mut timers);
     let unavailable = || Arc::new(Error::from(registry_api::Error::unavailable("down")));
+    let deadline = t0 + TTL;
     let mut at = t0 + TTL / 3;
-    let renewals = round(&mut slots, &mut timers, at);
-    assert!(matches!(
-        slots.renewed(renewals[0], at, at, Err(unavailable()), &mut timers),
-        Renewed::Failed(_)
-    ));
-    at += TTL / 3;
-    assert_eq!(timers.next(), Some(at));
-    let renewals = round(&mut slots, &mut timers, at);
-    assert!(matches!(
-        slots.renewed(renewals[0], at, at, Err(unavailable()), &mut timers),
-        Renewed::Failed(_)
-    ));
-    // The third round is due at the deadline itself: no keep-alive succeeded for a TTL.
-    at += TTL / 3;
-    assert_eq!(timers.next(), Some(t0 + TTL));
+    let mut tries = 0;
+    // Every failure is retried half a second later, until the try at the deadline itself,
+    // where no keep-alive succeeded for a whole TTL.
+    while at < deadline {
+        let renewals = round(&mut slots, &mut timers, at);
+        assert!(matches!(
+            slots.renewed(renewals[0], at, at, Err(unavailable()), &mut timers),
+            Renewed::Failed(_)
+        ));
+        tries += 1;
+        let next = (at + Duration::from_millis(500)).min(deadline);
+        assert_eq!(timers.next(), Some(next), "try {tries}");
+        at = next;
+    }
+    assert_eq!(tries, 8, "from TTL/3 to the deadline, every half second");
     let renewals = round(&mut slots, &mut timers, at);
     assert!(matches!(
         slots.renewed(renewals[0], at, at, Err(unavailable()), &mut timers),
         Renewed::Lost
     ));
+}
+
+#[test]
+fn a_retry_that_succeeds_keeps_the_lease_and_goes_back_to_rounds() {
+    let t0 = Instant::now();
+    let (mut slots, slot) = slots(t0);
+    let mut timers = Timers::default();
+    let lease = alive(&mut slots, slot, t0, &mut timers);
+    let at = t0 + TTL / 3;
+    let renewals = round(&mut slots, &mut timers, at);
+    let unavailable = Arc::new(Error::from(registry_api::Error::unavailable("down")));
+    assert!(matches!(
+        slots.renewed(renewals[0], at, at, Err(unavailable), &mut timers),
+        Renewed::Failed(_)
+    ));
+    let retry = at + Duration::from_millis(500);
+    let renewals = round(&mut slots, &mut timers, retry);
+    assert!(matches!(
+        slots.renewed(renewals[0], retry, retry, Ok(6), &mut timers),
+        Renewed::Alive { .. }
+    ));
+    assert_eq!(slots.lease(slot), Some(lease));
+    assert_eq!(
+        timers.next(),
+        Some(retry + TTL / 3),
+        "back to a round every TTL/3"
+    );
 }
 
 #[test]
