@@ -1,31 +1,19 @@
 #![doc = include_str!("../README.md")]
 
-mod backend;
-mod cases;
+pub mod contract;
 mod failure;
 pub mod fleet;
-mod fuzz;
-mod harness;
-pub mod model;
-mod model_check;
-mod observe;
-pub mod ops;
-mod prefix;
-mod proptest_setup;
-mod run;
 pub mod service;
-mod watch_read;
 
-pub use backend::{Backend, Capabilities, Sharing, Time};
-pub use failure::Failure;
-pub use harness::{case_names, run_case, run_test, runtime};
-pub use model_check::run as run_model_check;
-pub use observe::{
-    ErrorKind, LeaseRef, ObsBatch, ObsEvent, ObsKv, Observation, Outcome, Step, WatchLog,
+// The service and fleet suites share the contract suite's notion of time.
+use contract::backend;
+
+pub use contract::{
+    case_names, check, full_mode, fuzz_cases, fuzz_runner, model, ops, ops_strategy, run, run_case,
+    run_model_check, run_test, runtime, Backend, Capabilities, ErrorKind, LeaseRef, ObsBatch,
+    ObsEvent, ObsKv, Observation, Op, Outcome, Sharing, Step, Time, WatchLog, UNKNOWN_LEASE,
 };
-pub use ops::{ops as ops_strategy, Op};
-pub use proptest_setup::{full_mode, fuzz_cases, fuzz_runner};
-pub use run::{check, run, UNKNOWN_LEASE};
+pub use failure::Failure;
 
 /// Stamps one `#[test]` per conformance case, each running that case on a fresh backend from
 /// `$backend` (a `fn() -> impl Backend`; write `async $backend` for an async constructor).

@@ -12,15 +12,15 @@
 mod backend;
 mod ctx;
 mod discovery;
-mod harness;
 mod links;
 mod picking;
 mod registration;
+mod scenario_runner;
 mod tap;
 
 pub use backend::{ServiceBackend, ServiceCapabilities};
-pub use harness::{run_scenario, run_test, runtime, scenario_names};
 pub use links::Links;
+pub use scenario_runner::{run_scenario, run_test, runtime, scenario_names};
 
 use crate::failure::Check;
 use ctx::ServiceCtx;

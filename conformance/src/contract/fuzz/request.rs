@@ -3,7 +3,7 @@
 
 use super::input::{Batch, Call, Key, LeaseRef, RevRef, Value};
 use super::snapshot::LeaseSeen;
-use crate::backend::Capabilities;
+use crate::contract::backend::Capabilities;
 use registry_api::limits::MAX_KEEP_ALIVE_BATCH;
 use registry_api::{Error, InvalidArgument, LeaseId, Result, Revision};
 use std::time::Duration;

@@ -1,8 +1,8 @@
 //! W9-W10: revision accounting, and reads outside the kept history.
 
 use super::Ctx;
+use crate::contract::sequence::UNKNOWN_LEASE;
 use crate::failure::{ensure_eq, Check};
-use crate::run::UNKNOWN_LEASE;
 use registry_api::{Error, EventKind, InvalidArgument, ListOptions, Revision, WatchOptions};
 
 /// W9: a read below the compact revision fails with it; at it, works; above the current

@@ -1,8 +1,8 @@
 //! W1-W9: what a watch delivers.
 
 use super::Ctx;
+use crate::contract::watch_read::{check_properties, read_until, Received};
 use crate::failure::{ensure, ensure_eq, Check};
-use crate::watch_read::{check_properties, read_until, Received};
 use registry_api::{Error, EventKind, Revision, WatchOptions};
 
 /// A mixed history: creates, updates, a delete, a prefix delete, keys inside and outside `a/`.
@@ -331,8 +331,12 @@ pub(crate) async fn compacted_start_fails(cx: &mut Ctx<'_>) -> Check {
         let got = match cx.registry.watch(&cx.key(""), from(start)).await {
             Err(e) => Err(e),
             Ok(mut stream) => {
-                let got =
-                    crate::watch_read::read_until(&mut stream, None, cx.caps.watch_timeout()).await;
+                let got = crate::contract::watch_read::read_until(
+                    &mut stream,
+                    None,
+                    cx.caps.watch_timeout(),
+                )
+                .await;
                 match (got.error, got.batches.first()) {
                     (Some(e), _) => Err(e),
                     (None, Some(b)) => Ok(b.revision),

@@ -1,12 +1,12 @@
 //! What a named case works with: the backend's registry under a fresh prefix, the model kept in
 //! step with every write, and helpers that compare each answer with the model's.
 
-use crate::backend::{Backend, Capabilities, Time};
+use crate::contract::backend::{Backend, Capabilities, Time};
+use crate::contract::model::{Model, ModelLimits};
+use crate::contract::observe::{Normalizer, ObsBatch};
+use crate::contract::prefix::unique_prefix;
+use crate::contract::watch_read::{check_properties, read_until, ready_now};
 use crate::failure::{ensure, Check, Failure};
-use crate::model::{Model, ModelLimits};
-use crate::observe::{Normalizer, ObsBatch};
-use crate::prefix::unique_prefix;
-use crate::watch_read::{check_properties, read_until, ready_now};
 use registry_api::{
     DeleteResponse, Error, LeaseGrant, LeaseId, ListOptions, PutOptions, Registry, Result,
     Revision, WatchBatch, WatchOptions, WatchStream,
@@ -177,7 +177,9 @@ impl<'b> Ctx<'b> {
     /// A grant whose outcome the model decides.
     pub(crate) async fn try_grant(&mut self, ttl: i64) -> Check<Result<LeaseGrant>> {
         let actual = self.registry.lease_grant(ttl, None).await;
-        let id = actual.as_ref().map_or(crate::run::UNKNOWN_LEASE, |g| g.id);
+        let id = actual
+            .as_ref()
+            .map_or(crate::contract::sequence::UNKNOWN_LEASE, |g| g.id);
         let expected = self.model.lease_grant(ttl, id);
         if actual.is_ok() {
             self.norm.granted(id);
@@ -373,6 +375,9 @@ impl<'b> Ctx<'b> {
     }
 }
 
-fn delete_view(n: &Normalizer, d: &DeleteResponse) -> (i64, i64, Vec<crate::observe::ObsKv>) {
+fn delete_view(
+    n: &Normalizer,
+    d: &DeleteResponse,
+) -> (i64, i64, Vec<crate::contract::observe::ObsKv>) {
     (n.rev(d.revision), d.deleted, n.kvs(&d.prev_kvs))
 }

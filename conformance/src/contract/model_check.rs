@@ -1,11 +1,11 @@
 //! `model_check`: generated operation sequences, every result and watched event checked against
 //! the reference model, failures shrunk to a minimal sequence and kept as regressions.
 
-use crate::backend::Backend;
+use crate::contract::backend::Backend;
+use crate::contract::ops;
+use crate::contract::proptest_setup::{case_runner, cases_from_env};
+use crate::contract::sequence::check;
 use crate::failure::Failure;
-use crate::ops;
-use crate::proptest_setup::{case_runner, cases_from_env};
-use crate::run::check;
 use proptest::test_runner::TestCaseError;
 use tokio::runtime::Runtime;
 

@@ -4,7 +4,7 @@
 //! model when they run (the 2nd lease granted so far, a revision between the base and now), so
 //! a sequence means the same on every backend and still means something after shrinking.
 
-use crate::backend::{Capabilities, Time};
+use crate::contract::backend::{Capabilities, Time};
 use proptest::prelude::*;
 
 /// The keys a sequence writes, relative to its prefix.

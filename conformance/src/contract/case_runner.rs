@@ -1,11 +1,11 @@
 //! Running one named case: the runtime, the lock that serializes cases on a shared server, and
 //! the entry points the macro and the suite's own tests call.
 
-use crate::backend::{Backend, Sharing};
-use crate::cases::{self, Ctx};
+use crate::contract::backend::{Backend, Sharing};
+use crate::contract::cases::{self, Ctx};
+use crate::contract::fuzz;
+use crate::contract::model_check;
 use crate::failure::Failure;
-use crate::fuzz;
-use crate::model_check;
 use std::future::Future;
 use std::sync::Mutex;
 use tokio::runtime::Runtime;

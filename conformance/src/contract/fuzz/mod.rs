@@ -13,10 +13,10 @@ mod input;
 mod request;
 mod snapshot;
 
-use crate::backend::{Backend, Capabilities, Sharing, Time};
+use crate::contract::backend::{Backend, Capabilities, Sharing, Time};
+use crate::contract::prefix::unique_prefix;
+use crate::contract::proptest_setup::{case_runner, cases_from_env, full_mode};
 use crate::failure::{ensure, Check, Failure};
-use crate::prefix::unique_prefix;
-use crate::proptest_setup::{case_runner, cases_from_env, full_mode};
 use futures::{FutureExt, StreamExt};
 use input::Call;
 use proptest::test_runner::TestCaseError;

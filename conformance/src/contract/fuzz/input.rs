@@ -4,7 +4,7 @@
 //! Lease ids and revisions may also be picked relative to what the sequence has seen, so that
 //! calls meet each other's leases and history.
 
-use crate::backend::{Capabilities, Time};
+use crate::contract::backend::{Capabilities, Time};
 use proptest::collection::vec;
 use proptest::prelude::*;
 

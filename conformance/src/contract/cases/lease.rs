@@ -1,9 +1,9 @@
 //! L1-L5: grants, expiry on the backend's clock, keep-alives, dead and unknown leases.
 
 use super::Ctx;
-use crate::backend::Time;
+use crate::contract::backend::Time;
+use crate::contract::sequence::UNKNOWN_LEASE;
 use crate::failure::{ensure, ensure_eq, Check};
-use crate::run::UNKNOWN_LEASE;
 use registry_api::limits::MAX_KEEP_ALIVE_BATCH;
 use registry_api::{Error, InvalidArgument, LeaseId, Revision, WatchOptions};
 use std::time::{Duration, Instant};
