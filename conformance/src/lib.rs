@@ -9,9 +9,10 @@ pub mod service;
 use contract::backend;
 
 pub use contract::{
-    case_names, check, full_mode, fuzz_cases, fuzz_runner, model, ops, ops_strategy, run, run_case,
-    run_model_check, run_test, runtime, Backend, Capabilities, ErrorKind, LeaseRef, ObsBatch,
-    ObsEvent, ObsKv, Observation, Op, Outcome, Sharing, Step, Time, WatchLog, UNKNOWN_LEASE,
+    __run_stamped, case_names, check, full_mode, fuzz_cases, fuzz_runner, model, ops, ops_strategy,
+    run, run_case, run_model_check, run_test, runtime, Backend, Capabilities, ErrorKind, LeaseRef,
+    ObsBatch, ObsEvent, ObsKv, Observation, Op, Outcome, Sharing, Step, Time, WatchLog,
+    UNKNOWN_LEASE,
 };
 pub use failure::Failure;
 
@@ -64,7 +65,7 @@ macro_rules! __conformance_cases {
         $(
             #[test]
             fn $case() {
-                $crate::run_test(stringify!($case), file!(), $make);
+                $crate::__run_stamped(stringify!($case), file!(), module_path!(), $make);
             }
         )*
     };

@@ -41,13 +41,50 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
 }
 
 /// How the backend's lease clock moves.
+///
+/// # The contract suite's clock and tokio's
+///
+/// The contract suite runs each case on a current-thread tokio runtime whose clock is *not*
+/// paused ([`runtime`](crate::runtime)): tokio's clock is the wall clock there, and the suite
+/// uses it only to bound how long it waits for a watch item (300 ms on virtual time).
+/// `tokio::time::advance` therefore panics with "time is not frozen" inside a case.
+///
+/// A [`Time::Virtual`] backend keeps a clock of its own that moves only when the suite calls
+/// [`Backend::advance`] (`MemoryRegistry::with_manual_clock` and `MemoryRegistry::advance`).
+/// Do not pause tokio's clock to get one: a paused runtime moves its clock forward by itself
+/// whenever every task waits, which the suite does while it waits for watch items, so leases
+/// would expire at moments the model never chose. (The service-layer suite is different: it
+/// runs each scenario on a paused runtime, and its backends read tokio's clock.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Time {
-    /// The suite moves time with [`Backend::advance`]; no case sleeps.
+    /// The suite moves time with [`Backend::advance`], and only then; no case sleeps.
     Virtual,
     /// Time passes on its own; expiry cases sleep for real, and generated sequences use TTLs
     /// long enough never to expire while they run.
     Real,
+}
+
+/// How a backend reports the seconds a lease has left
+/// ([`LeaseTimeToLive::ttl`](registry_api::LeaseTimeToLive::ttl)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TtlReporting {
+    /// The time left, rounded down to whole seconds: the granted TTL itself just after a grant
+    /// or a keep-alive (the simulator).
+    Exact,
+    /// Up to one second less than that, as etcd reports `granted - 1` just after a grant or a
+    /// keep-alive (its lessor rounds the remaining time down from a moment after the renewal).
+    UpToOneLess,
+}
+
+impl TtlReporting {
+    /// The values a backend may report when `exact` is the time truly left.
+    pub fn allowed(self, exact: Duration) -> std::ops::RangeInclusive<i64> {
+        let floor = i64::try_from(exact.as_secs()).unwrap_or(i64::MAX);
+        match self {
+            TtlReporting::Exact => floor..=floor,
+            TtlReporting::UpToOneLess => (floor - 1).max(0)..=floor,
+        }
+    }
 }
 
 /// Whether a registry from [`Backend::registry`] is the suite's alone.
@@ -65,9 +102,17 @@ pub enum Sharing {
 pub struct Capabilities {
     /// Virtual or real time.
     pub time: Time,
-    /// How long after its deadline a lease may still be alive: zero for an exact simulator,
-    /// about a second for etcd (its lessor checks every 500 ms).
+    /// How long after its deadline a lease's keys may linger before the backend deletes them:
+    /// zero for an exact simulator, about a second for etcd (its lessor checks every 500 ms).
+    ///
+    /// From the deadline on, a lease is gone for every call (no keep-alive succeeds, time-to-live
+    /// reports it gone or with nothing left); only the deletion of its keys may come late, and
+    /// then all of them in one revision, in deadline order with other late leases. On
+    /// [`Time::Virtual`], `model_check` honours it: after each advance it accepts either state
+    /// of a lease in that window and follows the backend's.
     pub expiry_lateness: Duration,
+    /// How the remaining TTL is reported: exactly, or up to a second less as etcd does.
+    pub ttl_reporting: TtlReporting,
     /// The smallest TTL the backend grants; smaller positive requests are raised to it.
     pub min_ttl: i64,
     /// The largest TTL the backend accepts.
@@ -84,6 +129,7 @@ impl Capabilities {
         Capabilities {
             time: Time::Virtual,
             expiry_lateness: Duration::ZERO,
+            ttl_reporting: TtlReporting::Exact,
             min_ttl: limits::DEFAULT_MIN_LEASE_TTL,
             max_ttl: limits::MAX_LEASE_TTL,
             max_value_bytes: limits::DEFAULT_MAX_VALUE_BYTES,
@@ -91,11 +137,13 @@ impl Capabilities {
         }
     }
 
-    /// A real etcd with default settings: real time, a second of expiry lateness, shared.
+    /// A real etcd with default settings: real time, a second of expiry lateness, TTLs reported
+    /// up to a second short, shared.
     pub fn etcd() -> Self {
         Capabilities {
             time: Time::Real,
             expiry_lateness: Duration::from_secs(1),
+            ttl_reporting: TtlReporting::UpToOneLess,
             sharing: Sharing::Shared,
             ..Self::simulator()
         }
@@ -104,6 +152,18 @@ impl Capabilities {
     /// The same, with another time mode.
     pub fn with_time(mut self, time: Time) -> Self {
         self.time = time;
+        self
+    }
+
+    /// The same, with another expiry lateness.
+    pub fn with_expiry_lateness(mut self, lateness: Duration) -> Self {
+        self.expiry_lateness = lateness;
+        self
+    }
+
+    /// The same, with another way of reporting TTLs.
+    pub fn with_ttl_reporting(mut self, reporting: TtlReporting) -> Self {
+        self.ttl_reporting = reporting;
         self
     }
 

@@ -4,6 +4,7 @@
 use crate::contract::backend::{Backend, Sharing};
 use crate::contract::cases::{self, Ctx};
 use crate::contract::fuzz;
+use crate::contract::generated::Site;
 use crate::contract::model_check;
 use crate::failure::Failure;
 use std::future::Future;
@@ -35,23 +36,36 @@ pub fn runtime() -> Runtime {
 }
 
 /// Runs case `name` on `backend` inside `rt`. `source_file` (the test file, `file!()`) names
-/// where proptest keeps the regressions of the generated cases (`model_check` and
-/// `public_api_survives_arbitrary_input`); `None` keeps none.
+/// the test in the replay command a failing generated case (`model_check`,
+/// `public_api_survives_arbitrary_input`) prints.
 pub fn run_case<B: Backend>(
     name: &str,
     backend: &B,
     rt: &Runtime,
     source_file: Option<&'static str>,
 ) -> Result<(), Failure> {
+    let site = Site {
+        file: source_file,
+        module: None,
+    };
+    run_case_at(name, backend, rt, site)
+}
+
+fn run_case_at<B: Backend>(
+    name: &str,
+    backend: &B,
+    rt: &Runtime,
+    site: Site,
+) -> Result<(), Failure> {
     let _guard = match backend.capabilities().sharing {
         Sharing::Shared => Some(SHARED.lock().unwrap_or_else(|p| p.into_inner())),
         Sharing::Exclusive => None,
     };
     if name == model_check::NAME {
-        return model_check::run(backend, rt, source_file, None);
+        return model_check::run_at(backend, rt, site, None);
     }
     if name == fuzz::NAME {
-        return fuzz::run(backend, rt, source_file);
+        return fuzz::run(backend, rt, site);
     }
     let Some((_, case)) = cases::CASES.iter().find(|(n, _)| *n == name) else {
         return Err(Failure::new(name, "no such case"));
@@ -72,9 +86,39 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = B>,
 {
+    let site = Site {
+        file: Some(source_file),
+        module: None,
+    };
+    run_stamped(name, site, make);
+}
+
+/// What a test stamped by [`conformance_suite!`](crate::conformance_suite) does: as
+/// [`run_test`], knowing the module that stamped it, so that a failure's replay command names
+/// the test exactly.
+#[doc(hidden)]
+pub fn __run_stamped<B, F, Fut>(name: &str, file: &'static str, module: &'static str, make: F)
+where
+    B: Backend,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = B>,
+{
+    let site = Site {
+        file: Some(file),
+        module: Some(module),
+    };
+    run_stamped(name, site, make);
+}
+
+fn run_stamped<B, F, Fut>(name: &str, site: Site, make: F)
+where
+    B: Backend,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = B>,
+{
     let rt = runtime();
     let backend = rt.block_on(make());
-    if let Err(failure) = run_case(name, &backend, &rt, Some(source_file)) {
+    if let Err(failure) = run_case_at(name, &backend, &rt, site) {
         panic!("{failure}");
     }
 }

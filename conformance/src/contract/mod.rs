@@ -10,17 +10,20 @@ pub(crate) mod backend;
 mod case_runner;
 mod cases;
 mod fuzz;
+mod generated;
 pub mod model;
 mod model_check;
 mod observe;
 pub mod ops;
 mod prefix;
 mod proptest_setup;
+mod report;
 mod sequence;
 mod watch_read;
 
-pub use backend::{Backend, Capabilities, Sharing, Time};
-pub use case_runner::{case_names, run_case, run_test, runtime};
+pub use backend::{Backend, Capabilities, Sharing, Time, TtlReporting};
+pub use case_runner::{__run_stamped, case_names, run_case, run_test, runtime};
+pub use generated::{CASE_VAR, SEED_VAR};
 pub use model_check::run as run_model_check;
 pub use observe::{
     ErrorKind, LeaseRef, ObsBatch, ObsEvent, ObsKv, Observation, Outcome, Step, WatchLog,

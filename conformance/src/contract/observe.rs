@@ -227,6 +227,11 @@ impl Normalizer {
         }
     }
 
+    /// The sequence's first observed revision: relative revisions count from it.
+    pub(crate) fn base(&self) -> Revision {
+        self.base
+    }
+
     /// Records a granted lease; returns its reference.
     pub(crate) fn granted(&mut self, id: LeaseId) -> LeaseRef {
         self.leases.push(id);

@@ -1,5 +1,5 @@
-//! The proptest set-up every generated case shares: how many inputs (from the environment or
-//! the caller), a fixed seed, and where failures are kept so that they are replayed first.
+//! The proptest set-up: how many inputs (from the environment or the caller), and a runner with
+//! a fixed seed for a backend's own fuzz tests.
 
 use proptest::test_runner::{
     Config, FailurePersistence, FileFailurePersistence, RngSeed, TestRunner,
@@ -31,20 +31,6 @@ pub fn fuzz_runner(ci: u32, full: u32, regressions: &'static str) -> TestRunner 
     TestRunner::new(config(fuzz_cases(ci, full), None, Some(regressions)))
 }
 
-/// A runner for `cases` inputs of the named case `name`. With a `source_file` (the test file
-/// that stamped the case), failures are kept in `proptest-regressions/<its stem><suffix>.txt`.
-pub(crate) fn case_runner(
-    name: &'static str,
-    cases: u32,
-    source_file: Option<&'static str>,
-    suffix: &str,
-) -> TestRunner {
-    let regressions = source_file.map(|file| regressions_path(file, suffix));
-    let mut config = config(cases, Some(name), regressions);
-    config.source_file = source_file;
-    TestRunner::new(config)
-}
-
 fn config(cases: u32, name: Option<&'static str>, regressions: Option<&'static str>) -> Config {
     let mut config = Config {
         cases,
@@ -60,14 +46,4 @@ fn config(cases: u32, name: Option<&'static str>, regressions: Option<&'static s
     config.failure_persistence = regressions
         .map(|file| Box::new(FileFailurePersistence::Direct(file)) as Box<dyn FailurePersistence>);
     config
-}
-
-/// `proptest-regressions/<test file stem><suffix>.txt`, relative to the package being tested
-/// (cargo runs tests from its directory). proptest wants a `'static` path; one small leak per
-/// test.
-fn regressions_path(source_file: &str, suffix: &str) -> &'static str {
-    let stem = std::path::Path::new(source_file)
-        .file_stem()
-        .map_or_else(|| "conformance".into(), |s| s.to_string_lossy());
-    Box::leak(format!("proptest-regressions/{stem}{suffix}.txt").into_boxed_str())
 }

@@ -284,8 +284,10 @@ impl<'b> Ctx<'b> {
         let (g, w) = (self.batches(&events), self.batches(&want));
         ensure!(
             g == w,
-            "W4 reliable: watch {rel:?} from {start} delivered other events than the history{}\n  expected: {w:?}\n    actual: {g:?}",
-            if got.timed_out { " (timed out waiting)" } else { "" }
+            "W4 reliable: watch {rel:?} from rev {} delivered other events than the history{}:\n    {}",
+            start.0,
+            if got.timed_out { " (timed out waiting)" } else { "" },
+            self.norm.event_diff(&w, &g).join("\n    ")
         );
         let more: Vec<Revision> = extra.event_batches().iter().map(|b| b.revision).collect();
         ensure!(

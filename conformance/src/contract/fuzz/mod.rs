@@ -14,12 +14,12 @@ mod request;
 mod snapshot;
 
 use crate::contract::backend::{Backend, Capabilities, Sharing, Time};
+use crate::contract::generated::{self, Site};
 use crate::contract::prefix::unique_prefix;
-use crate::contract::proptest_setup::{case_runner, cases_from_env, full_mode};
+use crate::contract::proptest_setup::{cases_from_env, full_mode};
 use crate::failure::{ensure, Check, Failure};
 use futures::{FutureExt, StreamExt};
 use input::Call;
-use proptest::test_runner::TestCaseError;
 use registry_api::limits::MAX_KEEP_ALIVE_BATCH;
 use registry_api::{
     Error, LeaseId, ListOptions, PutOptions, Registry, Result, WatchOptions, WatchStream,
@@ -63,20 +63,19 @@ impl Tally {
 }
 
 /// Runs the case: `PROPTEST_CASES` sequences, else a count by the backend's time (raised by
-/// `REGISTRY_FAULTS_FULL=1`). With a `source_file`, failures are kept under
-/// `proptest-regressions/<its stem>-fuzz.txt` and replayed first.
+/// `REGISTRY_FAULTS_FULL=1`). A failure is shrunk and reported with its number, the seed and
+/// the command that replays exactly it (see [`generated`](crate::contract::generated)).
 pub(crate) fn run<B: Backend>(
     backend: &B,
     rt: &Runtime,
-    source_file: Option<&'static str>,
+    site: Site,
 ) -> std::result::Result<(), Failure> {
+    let source_file = site.file;
     let caps = backend.capabilities();
     let cases = cases_from_env().unwrap_or_else(|| default_cases(&caps));
-    let mut runner = case_runner(NAME, cases, source_file, "-fuzz");
     let tally = Tally::default();
-    let result = runner.run(&input::calls(&caps), |calls| {
-        rt.block_on(sequence(backend, &calls, &tally))
-            .map_err(TestCaseError::fail)
+    let result = generated::run(NAME, site, cases, &input::calls(&caps), |calls| {
+        rt.block_on(sequence(backend, calls, &tally))
     });
     println!(
         "FIGURE fuzz-{}: {} calls, {} failed with a typed error, {} of them bad input refused; {}",
@@ -90,7 +89,7 @@ pub(crate) fn run<B: Backend>(
             "FAILED (see below)"
         },
     );
-    result.map_err(|e| Failure::new(NAME, e.to_string()))
+    result
 }
 
 /// The backend's short name for the figure, from the test file's package directory

@@ -14,6 +14,10 @@ pub struct ModelLease {
     pub deadline: Duration,
     /// The keys attached to it.
     pub keys: BTreeSet<Bytes>,
+    /// Its deadline has passed but the backend may not have deleted its keys yet (within the
+    /// backend's declared expiry lateness): gone for keep-alives and time-to-live, its keys
+    /// still there until [`Model::reap`].
+    pub expired: bool,
 }
 
 impl Model {
@@ -31,6 +35,7 @@ impl Model {
                 granted,
                 deadline: self.now.saturating_add(secs(granted)),
                 keys: BTreeSet::new(),
+                expired: false,
             },
         );
         Ok(LeaseGrant { id, ttl: granted })
@@ -40,7 +45,11 @@ impl Model {
     pub fn lease_keep_alive(&mut self, id: LeaseId) -> Result<i64> {
         limits::check_lease_id(id)?;
         let now = self.now;
-        let lease = self.leases.get_mut(&id).ok_or(Error::LeaseNotFound(id))?;
+        let lease = self
+            .leases
+            .get_mut(&id)
+            .filter(|l| !l.expired)
+            .ok_or(Error::LeaseNotFound(id))?;
         lease.deadline = now.saturating_add(secs(lease.granted));
         Ok(lease.granted)
     }
@@ -60,10 +69,15 @@ impl Model {
         Ok(self.delete_keys(lease.keys.into_iter().collect()).revision)
     }
 
-    /// `lease_time_to_live`, with the remaining TTL rounded down.
+    /// `lease_time_to_live`, with the remaining TTL rounded down. An expired lease whose keys
+    /// are not deleted yet is gone here too (a backend may instead report it with nothing left).
     pub fn lease_time_to_live(&self, id: LeaseId) -> Result<LeaseTimeToLive> {
         limits::check_lease_id(id)?;
-        let lease = self.leases.get(&id).ok_or(Error::LeaseNotFound(id))?;
+        let lease = self
+            .leases
+            .get(&id)
+            .filter(|l| !l.expired)
+            .ok_or(Error::LeaseNotFound(id))?;
         Ok(LeaseTimeToLive {
             id,
             ttl: lease.deadline.saturating_sub(self.now).as_secs() as i64,
@@ -72,30 +86,67 @@ impl Model {
         })
     }
 
-    /// The live leases, in id order.
+    /// The leases not revoked yet (expired ones whose keys are not deleted yet included), in
+    /// id order.
     pub fn leases(&self) -> Vec<LeaseId> {
         self.leases.keys().copied().collect()
     }
 
-    /// A live lease.
+    /// A lease not revoked yet (see [`ModelLease::expired`]).
     pub fn lease(&self, id: LeaseId) -> Option<&ModelLease> {
         self.leases.get(&id)
+    }
+
+    /// A lease that is live: granted, not revoked, its deadline not reached.
+    pub fn live_lease(&self, id: LeaseId) -> Option<&ModelLease> {
+        self.leases.get(&id).filter(|l| !l.expired)
+    }
+
+    /// The expired leases whose keys may still be there, earliest deadline first (ties by id):
+    /// the order a late reaper deletes them in.
+    pub fn expired_leases(&self) -> Vec<LeaseId> {
+        let mut expired: Vec<(Duration, LeaseId)> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.expired)
+            .map(|(id, l)| (l.deadline, *id))
+            .collect();
+        expired.sort();
+        expired.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Deletes the keys of an expired lease, as the backend's late reaper did: one revision if
+    /// it had keys. Returns the revision after it.
+    pub fn reap(&mut self, id: LeaseId) -> Result<Revision> {
+        self.lease_revoke(id)
     }
 
     /// Moves the clock by `by` and expires every lease whose deadline has come, earliest
     /// deadline first (ties by id), each as a revoke: its keys deleted in one revision.
     pub fn advance(&mut self, by: Duration) {
+        self.advance_with_lateness(by, Duration::ZERO);
+    }
+
+    /// Moves the clock by `by`. Every lease whose deadline plus `lateness` has come is revoked
+    /// (earliest deadline first, ties by id), as the backend must have done by now; a lease whose
+    /// deadline has come but not its lateness is marked [expired](ModelLease::expired): gone for
+    /// keep-alives, its keys there until the caller sees the backend delete them ([`Model::reap`]).
+    pub fn advance_with_lateness(&mut self, by: Duration, lateness: Duration) {
         self.now = self.now.saturating_add(by);
         loop {
             let due = self
                 .leases
                 .iter()
-                .filter(|(_, l)| l.deadline <= self.now)
+                .filter(|(_, l)| l.deadline.saturating_add(lateness) <= self.now)
                 .min_by_key(|(id, l)| (l.deadline, **id))
                 .map(|(id, _)| *id);
             let Some(id) = due else { break };
-            // The lease is known live, so the revoke cannot fail.
+            // The lease is known not revoked, so the revoke cannot fail.
             let _ = self.lease_revoke(id);
+        }
+        let now = self.now;
+        for lease in self.leases.values_mut() {
+            lease.expired |= lease.deadline <= now;
         }
     }
 }

@@ -1,5 +1,11 @@
 //! Running a generated sequence against a backend and the model side by side.
+//!
+//! Each step is recorded twice: as a [`Step`] with relative revisions and leases by grant
+//! order (an observation two backends can be compared on), and as a transcript line with the
+//! revisions and lease ids the backend used, which a failure prints.
 
+mod expiry;
+mod leases;
 mod steps;
 mod watches;
 
@@ -8,11 +14,15 @@ use crate::contract::model::{Model, ModelLimits};
 use crate::contract::observe::{Normalizer, ObsKv, Observation, Outcome, Step};
 use crate::contract::ops::{KeySel, LeaseSel, Op, RevSel, KEYS, PREFIXES};
 use crate::contract::prefix::unique_prefix;
+use crate::contract::report::Names;
 use crate::failure::{ensure, Check, Failure};
 use registry_api::{LeaseId, ListOptions, Registry, Result, Revision, WatchStream};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// How far beyond the current revision a generated watch may start.
+const FUTURE_REACH: i64 = 16;
 
 /// A lease id that no backend under test issues: what "an unknown lease" sends.
 pub const UNKNOWN_LEASE: LeaseId = LeaseId(0x0bad_1ea5_0000_0007);
@@ -50,11 +60,17 @@ pub async fn check<B: Backend + ?Sized>(
         .map_err(|m| Failure::new(case, m))?;
     let outcome = session.execute(ops).await;
     let observation = session.finish(outcome.is_ok()).await;
-    outcome.map_err(|m| Failure::new(case, m))?;
-    match session.problems.first() {
-        Some(m) => Err(Failure::new(case, m.clone())),
-        None => Ok(observation),
-    }
+    let problem = match outcome {
+        Err(m) => m,
+        Ok(()) => match session.problems.first() {
+            Some(m) => m.clone(),
+            None => return Ok(observation),
+        },
+    };
+    Err(Failure::new(
+        case,
+        format!("{problem}\n{}", session.transcript()),
+    ))
 }
 
 struct OpenWatch {
@@ -74,6 +90,8 @@ struct Session<'b, B: ?Sized> {
     norm: Normalizer,
     watches: Vec<OpenWatch>,
     steps: Vec<Step>,
+    /// One line per step, revisions and lease ids as the backend gave them.
+    lines: Vec<String>,
     problems: Vec<String>,
     strict: bool,
     started: Instant,
@@ -113,6 +131,7 @@ impl<'b, B: Backend + ?Sized> Session<'b, B> {
             model,
             watches: Vec::new(),
             steps: Vec::new(),
+            lines: Vec::new(),
             problems: Vec::new(),
             strict,
             started: Instant::now(),
@@ -122,8 +141,9 @@ impl<'b, B: Backend + ?Sized> Session<'b, B> {
 
     async fn execute(&mut self, ops: &[Op]) -> Check {
         for (i, op) in ops.iter().enumerate() {
-            if let Err(m) = self.step(op).await {
-                let m = format!("op {i} {op:?}: {m}");
+            let followed = self.follow_the_reaper(false).await;
+            if let Err(m) = followed.and(self.step(op).await) {
+                let m = format!("step {i}: {m}");
                 if self.strict {
                     return Err(m);
                 }
@@ -172,10 +192,41 @@ impl<'b, B: Backend + ?Sized> Session<'b, B> {
         Revision(base + i64::from(sel.0) % span)
     }
 
+    /// A watch's start: a revision from the base up to [`FUTURE_REACH`] past the current one,
+    /// so that some watches start beyond the current revision and later writes reach them.
+    fn watch_start(&self, sel: RevSel) -> Revision {
+        let base = self.model.base().0;
+        let span = (self.model.revision().0 - base + 1 + FUTURE_REACH).max(1);
+        Revision(base + i64::from(sel.0) % span)
+    }
+
+    /// The request as the observation records it (`relative`) and as the transcript shows it.
+    fn request(&self, describe: impl Fn(Names<'_>) -> String) -> (String, String) {
+        let names = |absolute| Names {
+            norm: &self.norm,
+            absolute,
+        };
+        (describe(names(false)), describe(names(true)))
+    }
+
+    /// Adds a transcript line (revisions and lease ids as the backend gave them).
+    fn note(&mut self, line: String) {
+        self.lines.push(format!("  #{} {line}", self.lines.len()));
+    }
+
+    /// Every step so far, one line each, in one numbering.
+    fn transcript(&self) -> String {
+        format!(
+            "the steps, with revisions and lease ids as the backend numbered them (L<n> is the \
+             n-th lease granted):\n{}",
+            self.lines.join("\n")
+        )
+    }
+
     /// Records `actual`, and compares it with `expected` under the normaliser.
     fn record<T>(
         &mut self,
-        request: String,
+        (request, shown): (String, String),
         actual: Result<T>,
         expected: Result<T>,
         outcome: impl Fn(&Normalizer, &T) -> Outcome,
@@ -186,18 +237,31 @@ impl<'b, B: Backend + ?Sized> Session<'b, B> {
             Err(e) => Outcome::Failed(norm.error(e)),
         };
         let (got, want) = (to_outcome(&actual), to_outcome(&expected));
+        let (got_shown, want_shown) = (norm.show_outcome(&got), norm.show_outcome(&want));
         let same = got == want;
         self.steps.push(Step {
-            request: request.clone(),
-            outcome: got.clone(),
+            request,
+            outcome: got,
         });
+        if same {
+            self.note(format!("{shown} -> {got_shown}"));
+        } else {
+            self.note(format!(
+                "{shown} -> {got_shown}    <- the model answers {want_shown}"
+            ));
+        }
         ensure!(
             same,
-            "{request}: the backend differs from the model\n  expected: {want:?}\n    actual: {got:?}"
+            "{shown}: the backend differs from the model\n  expected: {want_shown}\n    actual: {got_shown}"
         );
         Ok(actual.ok())
     }
+
+    /// Reads every watch to the end of the history, checks the final state, releases leases.
     async fn finish(&mut self, read_watches: bool) -> Observation {
+        if let Err(m) = self.follow_the_reaper(false).await {
+            self.problems.push(m);
+        }
         let watch_problems = if read_watches {
             self.finish_watches().await
         } else {
@@ -223,9 +287,15 @@ impl<'b, B: Backend + ?Sized> Session<'b, B> {
                     .map(|l| self.norm.kvs(&l.kvs))
                     .unwrap_or_default();
                 if observation.final_state != want {
+                    let show = |kvs: &[ObsKv]| {
+                        let shown: Vec<String> =
+                            kvs.iter().map(|kv| self.norm.show_kv(kv)).collect();
+                        shown.join("\n      ")
+                    };
                     self.problems.push(format!(
-                        "final state differs from the model\n  expected: {want:?}\n    actual: {:?}",
-                        observation.final_state
+                        "final state differs from the model\n  expected:\n      {}\n    actual:\n      {}",
+                        show(&want),
+                        show(&observation.final_state)
                     ));
                 }
             }
@@ -240,7 +310,8 @@ impl<'b, B: Backend + ?Sized> Session<'b, B> {
         observation
     }
 
-    /// Live leases are listed, dead ones are not (other leases may exist on a shared server).
+    /// Live leases are listed, dead ones are not (other leases may exist on a shared server);
+    /// an expired lease whose keys are not deleted yet may be either.
     async fn check_leases(&self) -> Check {
         let listed: BTreeSet<LeaseId> = self
             .registry
@@ -251,6 +322,9 @@ impl<'b, B: Backend + ?Sized> Session<'b, B> {
             .collect();
         let live: BTreeSet<LeaseId> = self.model.leases().into_iter().collect();
         for id in self.norm.leases() {
+            if self.model.lease(*id).is_some_and(|l| l.expired) {
+                continue;
+            }
             ensure!(
                 listed.contains(id) == live.contains(id),
                 "leases(): lease {id} ({:?}) is {} but the model has it {}",

@@ -18,7 +18,7 @@ impl<B: Backend + ?Sized> Session<'_, B> {
         for prefix in prefixes {
             let mut key = prefix.clone();
             key.extend_from_slice(b"~fence");
-            let request = format!("fence put {:?}", self.norm.key(&key));
+            let request = self.request(|n| format!("fence put {:?}", n.key(&key)));
             let actual = self
                 .registry
                 .put(&key, b"fence", PutOptions::default())
@@ -57,9 +57,9 @@ impl<B: Backend + ?Sized> Session<'_, B> {
         for (w, (mut got, want)) in self.watches.iter_mut().zip(received) {
             let extra = watch_read::ready_now(&mut w.stream);
             let label = format!(
-                "watch {:?} from {}",
+                "watch {:?} from rev {}",
                 self.norm.key(&w.prefix),
-                self.norm.rev(w.start)
+                w.start.0
             );
             if let Err(m) = judge_watch(&got, &extra, &want, w, &self.norm) {
                 problems.push(format!("{label}: {m}"));
@@ -101,8 +101,13 @@ fn judge_watch(
     let expected: Vec<_> = want.iter().map(|b| norm.batch(b)).collect();
     if events != expected {
         return Err(format!(
-            "W4/W5/W8: the watch delivered other events than the history{}\n  expected: {expected:?}\n    actual: {events:?}",
-            if got.timed_out { " (timed out waiting)" } else { "" }
+            "W4/W5/W8: the watch delivered other events than the history{}:\n    {}",
+            if got.timed_out {
+                " (timed out waiting)"
+            } else {
+                ""
+            },
+            norm.event_diff(&expected, &events).join("\n    ")
         ));
     }
     let more: Vec<_> = extra.event_batches().iter().map(|b| b.revision).collect();
