@@ -274,7 +274,7 @@ mod tests {
         let reordered = norm.event_diff(&[a.clone(), b.clone()], &[b.clone(), a.clone()]);
         assert_eq!(reordered.len(), 1);
         assert!(reordered[0].starts_with("out of order"), "{reordered:?}");
-        let twice = norm.event_diff(std::slice::from_ref(&a), &[a.clone(), a]);
+        let twice = norm.event_diff(std::slice::from_ref(&a), &[a.clone(), a.clone()]);
         assert_eq!(twice, ["delivered twice: 1 events"]);
     }
 
