@@ -7,6 +7,9 @@ use crate::contract::observe::{
 use registry_api::{EventKind, LeaseId, Revision};
 use std::collections::BTreeMap;
 
+/// The most lines an event diff shows.
+const MAX_DIFF_LINES: usize = 12;
+
 /// Names revisions and leases in a request: relative (for observations, which must not depend
 /// on the backend) or absolute (for the transcript a failure prints).
 #[derive(Clone, Copy)]
@@ -197,6 +200,11 @@ impl Normalizer {
                 .map(|((r, _), e)| self.show_event(*r, e))
                 .collect();
             lines.push(format!("out of order: delivered {}", order.join(", ")));
+        }
+        if lines.len() > MAX_DIFF_LINES {
+            let more = lines.len() - MAX_DIFF_LINES;
+            lines.truncate(MAX_DIFF_LINES);
+            lines.push(format!("... and {more} more differences"));
         }
         lines
     }

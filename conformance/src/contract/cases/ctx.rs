@@ -297,7 +297,7 @@ impl<'b> Ctx<'b> {
         Ok(events)
     }
 
-    fn batches(&self, b: &[WatchBatch]) -> Vec<ObsBatch> {
+    pub(crate) fn batches(&self, b: &[WatchBatch]) -> Vec<ObsBatch> {
         b.iter().map(|b| self.norm.batch(b)).collect()
     }
 

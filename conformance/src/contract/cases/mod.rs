@@ -3,8 +3,10 @@
 mod ctx;
 mod input;
 mod lease;
+mod lease_window;
 mod revision;
 mod watch;
+mod watch_reach;
 
 pub(crate) use ctx::Ctx;
 
@@ -42,6 +44,10 @@ case_table! {
     watch_prev_kv_and_create_flag => watch::prev_kv_and_create_flag,
     concurrent_watchers_agree => watch::concurrent_watchers_agree,
     watch_from_compacted_revision_fails => watch::compacted_start_fails,
+    slow_watcher_never_skips_an_event => watch_reach::slow_watcher_never_skips_an_event,
+    watch_from_a_future_revision_starts_there =>
+        watch_reach::watch_from_a_future_revision_starts_there,
+    watch_across_compaction_keeps_deletes => watch_reach::watch_across_compaction_keeps_deletes,
     reads_outside_history_fail => revision::reads_outside_history_fail,
     revision_accounting => revision::accounting,
     revoke_deletes_all_keys_in_one_revision => revision::revoke_is_one_revision,
@@ -50,6 +56,8 @@ case_table! {
     lease_keep_alive_extends_life => lease::keep_alive_extends_life,
     keep_alive_many_renews_each_live_lease_and_answers_in_order =>
         lease::keep_alive_many_renews_each_live_lease_and_answers_in_order,
+    lease_past_its_deadline_is_gone_though_its_keys_may_linger =>
+        lease_window::lease_past_its_deadline_is_gone_though_its_keys_may_linger,
     expired_lease_ops_fail => lease::expired_lease_ops_fail,
     unknown_lease_ops_fail => lease::unknown_lease_ops_fail,
     put_moves_and_detaches_keys => lease::put_moves_and_detaches_keys,
