@@ -85,6 +85,7 @@ macro_rules! __conformance_cases {
             watch_is_filtered,
             watch_prev_kv_and_create_flag,
             concurrent_watchers_agree,
+            concurrent_clients_are_linearizable,
             watch_from_compacted_revision_fails,
             slow_watcher_never_skips_an_event,
             watch_from_a_future_revision_starts_there,

@@ -83,7 +83,7 @@ fn parse_number(v: &str) -> Option<u64> {
 }
 
 /// The one sequence `REGISTRY_CONFORMANCE_CASE` asks for, if set.
-fn only_case() -> Option<u32> {
+pub(crate) fn only_case() -> Option<u32> {
     std::env::var(CASE_VAR)
         .ok()
         .and_then(|v| parse_number(&v))

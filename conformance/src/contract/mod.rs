@@ -9,6 +9,7 @@
 pub(crate) mod backend;
 mod case_runner;
 mod cases;
+mod concurrency;
 mod fuzz;
 mod generated;
 pub mod model;

@@ -43,6 +43,8 @@ case_table! {
     watch_is_filtered => watch::filtered,
     watch_prev_kv_and_create_flag => watch::prev_kv_and_create_flag,
     concurrent_watchers_agree => watch::concurrent_watchers_agree,
+    concurrent_clients_are_linearizable =>
+        crate::contract::concurrency::concurrent_clients_are_linearizable,
     watch_from_compacted_revision_fails => watch::compacted_start_fails,
     slow_watcher_never_skips_an_event => watch_reach::slow_watcher_never_skips_an_event,
     watch_from_a_future_revision_starts_there =>

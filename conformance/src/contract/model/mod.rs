@@ -77,6 +77,42 @@ impl Model {
         self.compacted
     }
 
+    /// A hash of everything an answer can depend on (revision, compaction, keys, leases, the
+    /// history's events): equal models hash equal. For checkers that remember states seen.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.revision, self.compacted, self.now).hash(&mut h);
+        for kv in self.keys.values() {
+            (
+                &kv.key,
+                &kv.value,
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+                kv.lease,
+            )
+                .hash(&mut h);
+        }
+        for (id, lease) in &self.leases {
+            (
+                id,
+                lease.granted,
+                lease.deadline,
+                &lease.keys,
+                lease.expired,
+            )
+                .hash(&mut h);
+        }
+        for change in &self.history {
+            change.revision.hash(&mut h);
+            for e in &change.events {
+                (&e.kv.key, &e.kv.value, e.kind == EventKind::Put).hash(&mut h);
+            }
+        }
+        h.finish()
+    }
+
     /// The model's clock: time since it was made.
     pub fn now(&self) -> Duration {
         self.now

@@ -1,0 +1,356 @@
+//! `concurrent_clients_are_linearizable`: several clients issue overlapping calls on one store;
+//! every invocation and answer is recorded, the history is checked for linearizability against
+//! the reference model, and every watch opened during the run is checked by the named watch
+//! validators of etcd's robustness suite against the history the check found.
+//!
+//! The clients share one registry (a backend hands out one per case): on etcd their calls are
+//! in flight together on its connection; on virtual time, where the simulator answers at once,
+//! each client's calls pass through a hook that yields a seeded number of times before and
+//! after the call, so that calls interleave and overlap. Calls whose answer is lost (the link
+//! reset, say) may or may not have taken effect; the check allows both.
+
+mod clients;
+mod linearizability;
+mod spec;
+mod validators;
+
+use crate::contract::backend::Time;
+use crate::contract::cases::Ctx;
+use crate::contract::generated::{self, Site, CASE_VAR, SEED_VAR};
+use crate::contract::model::{Model, ModelLimits};
+use crate::contract::watch_read::{read_until, ready_now};
+use crate::failure::Check;
+use clients::{client, client_registry, revision_of, send, Record, Timed};
+use linearizability::{check, Call, Verdict};
+use registry_api::wrap::SplitMix64;
+use registry_api::{Bytes, Registry, Revision, WatchBatch};
+use spec::{model_answer, replay, Answer, ModelSpec, Recorded, Request};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use validators::{validate, Start, WatchLog};
+
+/// How many clients call at once.
+const CLIENTS: usize = 4;
+
+/// How many calls each client makes in a run.
+const CALLS_PER_CLIENT: usize = 30;
+
+/// How many steps the linearizability search may take.
+const SEARCH_BUDGET: u64 = 5_000_000;
+
+/// Runs, by the backend's time: the simulator is fast, a real server is not.
+fn runs(time: Time) -> u32 {
+    match time {
+        Time::Virtual => 8,
+        Time::Real => 2,
+    }
+}
+
+/// The named case: `runs` runs of [`CLIENTS`] clients, each under a fresh prefix, from the
+/// run's seed (`REGISTRY_CONFORMANCE_CASE` replays one run).
+pub(crate) async fn concurrent_clients_are_linearizable(cx: &mut Ctx<'_>) -> Check {
+    let seed = generated::seed();
+    let numbers: Vec<u32> = match generated::only_case() {
+        Some(n) => vec![n],
+        None => (0..runs(cx.caps.time)).collect(),
+    };
+    for n in numbers {
+        let started = Instant::now();
+        let summary = run(cx, seed, n).await.map_err(|m| {
+            format!(
+                "concurrency run {n} (seed {seed:#x}) failed: {m}\nReplay exactly this run:\n    \
+                 {SEED_VAR}={seed:#x} {CASE_VAR}={n} {}",
+                Site::default().command("concurrent_clients_are_linearizable")
+            )
+        })?;
+        println!(
+            "concurrency check, run {n}: {summary}; wall time {:.2?}",
+            started.elapsed()
+        );
+    }
+    Ok(())
+}
+
+/// One run: the clients, the fences, the linearizability check, the watch validators.
+async fn run(cx: &mut Ctx<'_>, seed: u64, n: u32) -> Check<String> {
+    let run_seed = SplitMix64::derive(seed ^ u64::from(n), "concurrency");
+    let prefix = cx.key(&format!("run{n}/"));
+    let base = cx.revision().await?;
+    let initial = Model::new(
+        base,
+        ModelLimits {
+            min_ttl: cx.caps.min_ttl,
+            max_ttl: cx.caps.max_ttl,
+            max_value_bytes: cx.caps.max_value_bytes,
+        },
+    );
+    let record = Record::default();
+    let jitter = cx.caps.time == Time::Virtual;
+    let lease_ttl = cx.caps.min_ttl.max(300);
+    let registry = cx.registry.clone();
+    futures::future::join_all((0..CLIENTS).map(|id| {
+        let client_seed = SplitMix64::derive(run_seed, &format!("client {id}"));
+        let registry = client_registry(&registry, jitter, client_seed);
+        client(
+            id,
+            registry,
+            &prefix,
+            client_seed,
+            CALLS_PER_CLIENT,
+            lease_ttl,
+            &record,
+        )
+    }))
+    .await;
+    let fences = write_fences(&registry, &record, cx.caps.time).await?;
+    let calls: Vec<Timed> = record.calls.borrow().clone();
+    let history: Vec<Call<Recorded>> = calls
+        .iter()
+        .filter(|t| t.returned.is_some() || counts_unknown(&t.call))
+        .map(|t| Call {
+            op: t.call.clone(),
+            invoked: t.invoked,
+            returned: t.returned,
+        })
+        .collect();
+    let checking = Instant::now();
+    let verdict = check(&ModelSpec, initial.clone(), &history, SEARCH_BUDGET);
+    let check_time = checking.elapsed();
+    let order = match verdict {
+        Verdict::Linearizable(order) => order,
+        Verdict::GaveUp => {
+            return Err(format!(
+                "the linearizability search gave up after {SEARCH_BUDGET} steps over {} calls",
+                history.len()
+            ))
+        }
+        Verdict::NotLinearizable { placed, blocked } => {
+            return Err(not_linearizable(&initial, &history, &placed, &blocked))
+        }
+    };
+    let ops: Vec<Recorded> = history.iter().map(|c| c.op.clone()).collect();
+    let after = replay(&initial, &ops, &order);
+    let changes = after.changes_since(&prefix, base.next(), true, None);
+    let (watches, events) = check_watches(cx, &record, &calls, &changes, &fences).await?;
+    // Leases are not under any prefix: leave none behind on a shared server.
+    for id in after.leases() {
+        let _ = registry.lease_revoke(id).await;
+    }
+    let lost = calls.iter().filter(|t| t.returned.is_none()).count();
+    // A call overlaps another when that one was invoked before this one's answer came and
+    // answered after this one was invoked.
+    let overlapping = calls
+        .iter()
+        .filter(|a| {
+            let end = a.returned.unwrap_or(u64::MAX);
+            calls.iter().any(|b| {
+                !std::ptr::eq(*a, b)
+                    && b.invoked < end
+                    && b.returned.unwrap_or(u64::MAX) > a.invoked
+            })
+        })
+        .count();
+    Ok(format!(
+        "{CLIENTS} clients, {} calls ({overlapping} overlapping another, {lost} answers lost), {} \
+         revisions, linearizable (checked in {check_time:.2?}); {watches} watches ({} progress \
+         requests) delivering {events} events, each ordered, unique, atomic, filtered, resumable, \
+         reliable and progress-correct",
+        calls.len(),
+        after.revision().0 - base.0,
+        record.progress_requests.get(),
+    ))
+}
+
+/// Whether a call whose answer was lost stays in the history: only if it may have changed the
+/// keys or the revision (a lost grant or keep-alive changes neither).
+fn counts_unknown(call: &Recorded) -> bool {
+    matches!(
+        call.request,
+        Request::Put { .. }
+            | Request::Delete { .. }
+            | Request::DeletePrefix { .. }
+            | Request::Revoke { .. }
+    )
+}
+
+/// Writes a fence key under every watched prefix (retrying a lost answer: the link may still
+/// be faulty), recorded as calls of a client of its own; the fence revision of each prefix.
+async fn write_fences(
+    registry: &std::sync::Arc<dyn Registry>,
+    record: &Record,
+    time: Time,
+) -> Check<BTreeMap<Bytes, Revision>> {
+    let watched: Vec<Bytes> = {
+        let watches = record.watches.borrow();
+        let mut p: Vec<Bytes> = watches.iter().map(|w| w.prefix.clone()).collect();
+        p.sort();
+        p.dedup();
+        p
+    };
+    let mut fences = BTreeMap::new();
+    for watched in watched {
+        let mut key = watched.to_vec();
+        key.extend_from_slice(b"~fence");
+        let request = Request::Put {
+            key: Bytes::from(key),
+            value: Bytes::from_static(b"fence"),
+            lease: None,
+        };
+        for attempt in 0.. {
+            let invoked = record.tick();
+            let answer = send(registry, &request).await;
+            let revision = answer.as_ref().and_then(revision_of);
+            record.push(
+                Recorded {
+                    client: CLIENTS,
+                    request: request.clone(),
+                    answer,
+                },
+                invoked,
+            );
+            if let Some(r) = revision {
+                fences.insert(watched.clone(), Revision(r));
+                break;
+            }
+            if attempt >= 50 {
+                return Err(format!(
+                    "a fence put under {:?} lost its answer 50 times",
+                    String::from_utf8_lossy(&watched)
+                ));
+            }
+            if time == Time::Real {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Ok(fences)
+}
+
+/// Reads every watch up to its prefix's fence and runs the validators on it; the number of
+/// watches and of events they delivered.
+async fn check_watches(
+    cx: &Ctx<'_>,
+    record: &Record,
+    calls: &[Timed],
+    changes: &[WatchBatch],
+    fences: &BTreeMap<Bytes, Revision>,
+) -> Check<(usize, usize)> {
+    let timeout = cx.caps.watch_timeout();
+    let mut watches = std::mem::take(&mut *record.watches.borrow_mut());
+    let mut problems = Vec::new();
+    let mut events = 0;
+    let count = watches.len();
+    for (i, w) in watches.iter_mut().enumerate() {
+        let fence = fences.get(&w.prefix).copied().unwrap_or(Revision(0));
+        let start = match w.start {
+            Some(r) => Start::At(r),
+            None => next_write_bounds(calls, w.invoked, w.returned),
+        };
+        let from = match start {
+            Start::At(r) => r,
+            Start::Next { lo, .. } => lo,
+        };
+        let (mut batches, mut complete) = (Vec::new(), true);
+        if from <= fence {
+            let got = read_until(&mut w.stream, Some(fence), timeout).await;
+            complete = got.error.is_none() && !got.ended && !got.timed_out;
+            batches = got.batches;
+        }
+        cx.settle().await;
+        let extra = ready_now(&mut w.stream);
+        if complete {
+            batches.extend(extra.batches);
+        }
+        events += batches.iter().map(|b| b.events.len()).sum::<usize>();
+        let log = WatchLog {
+            prefix: w.prefix.clone(),
+            start,
+            prev_kv: w.prev_kv,
+            batches,
+            complete,
+        };
+        for broken in validate(&log, changes) {
+            let from = match w.start {
+                Some(r) => format!("rev {}", r.0),
+                None => "the next write".to_owned(),
+            };
+            problems.push(format!(
+                "watch {i} (client {}, {:?} from {from}): {broken}",
+                w.client,
+                String::from_utf8_lossy(&w.prefix)
+            ));
+        }
+    }
+    if problems.is_empty() {
+        return Ok((count, events));
+    }
+    Err(format!(
+        "watch guarantees broken:\n    {}",
+        problems.join("\n    ")
+    ))
+}
+
+/// Where a watch from the next write may start: after every revision answered before it was
+/// asked for, and no later than the first write asked for after it was answered.
+fn next_write_bounds(calls: &[Timed], invoked: u64, returned: u64) -> Start {
+    let answered_before = calls
+        .iter()
+        .filter(|t| t.returned.is_some_and(|r| r < invoked))
+        .filter_map(|t| t.call.answer.as_ref().and_then(revision_of))
+        .max()
+        .unwrap_or(0);
+    // A write that made a revision bounds the start by that revision; any other answer tells
+    // a revision the store had reached, so the start is at most one above it.
+    let written_after = calls
+        .iter()
+        .filter(|t| t.invoked > returned)
+        .filter_map(|t| match t.call.answer.as_ref()? {
+            Answer::Put(r) => Some(r.revision.0),
+            Answer::Delete(d) if d.deleted > 0 => Some(d.revision.0),
+            other => revision_of(other).map(|r| r + 1),
+        })
+        .min()
+        .unwrap_or(i64::MAX);
+    Start::Next {
+        lo: Revision(answered_before + 1),
+        hi: Revision(written_after.max(answered_before + 1)),
+    }
+}
+
+/// What the failure of the linearizability check shows: the calls placed, and the calls that
+/// could not come next with what the model would have answered instead.
+fn not_linearizable(
+    initial: &Model,
+    history: &[Call<Recorded>],
+    placed: &[usize],
+    blocked: &[usize],
+) -> String {
+    let ops: Vec<Recorded> = history.iter().map(|c| c.op.clone()).collect();
+    let state = replay(initial, &ops, placed);
+    let shown: Vec<String> = placed
+        .iter()
+        .rev()
+        .take(8)
+        .rev()
+        .map(|&i| format!("{}", ops[i]))
+        .collect();
+    let stuck: Vec<String> = blocked
+        .iter()
+        .map(|&i| {
+            format!(
+                "{} (the model, after the calls above, answers {})",
+                ops[i],
+                model_answer(&state, &ops[i])
+            )
+        })
+        .collect();
+    format!(
+        "not linearizable: no order of the {} calls agrees with the model (revisions are as the \
+         backend gave them).\n  The longest agreeing order places {} calls, ending with:\n    \
+         {}\n  Then none of the calls in flight can come next:\n    {}",
+        history.len(),
+        placed.len(),
+        shown.join("\n    "),
+        stuck.join("\n    ")
+    )
+}
