@@ -11,8 +11,8 @@ use contract::backend;
 pub use contract::{
     __run_stamped, case_names, check, full_mode, fuzz_cases, fuzz_runner, model, ops, ops_strategy,
     run, run_case, run_model_check, run_test, runtime, Backend, Capabilities, ErrorKind, LeaseRef,
-    ObsBatch, ObsEvent, ObsKv, Observation, Op, Outcome, Sharing, Step, Time, WatchLog,
-    UNKNOWN_LEASE,
+    ObsBatch, ObsEvent, ObsKv, Observation, Op, Outcome, Sharing, Step, Time, TtlReporting,
+    WatchLog, CASE_VAR, SEED_VAR, UNKNOWN_LEASE,
 };
 pub use failure::Failure;
 

@@ -216,17 +216,17 @@ pub(crate) async fn keep_alive_many_renews_each_live_lease_and_answers_in_order(
             .time_to_live(lease.id)
             .await?
             .map_err(|e| e.to_string())?;
-        let lowest = match cx.caps.time {
-            Time::Virtual => lease.ttl,
+        let allowed = match cx.caps.time {
+            Time::Virtual => cx.caps.ttl_reporting.allowed(secs(lease.ttl)),
             // Whole seconds that may have passed since the batch, on a slow machine.
-            Time::Real => lease.ttl - 1 - kept_at.elapsed().as_secs() as i64,
+            Time::Real => lease.ttl - 1 - kept_at.elapsed().as_secs() as i64..=lease.ttl,
         };
         ensure!(
-            (lowest..=lease.ttl).contains(&left.ttl),
-            "L3: {} s left of a {} s lease just after a batch renewed it, expected {lowest}..={}",
+            allowed.contains(&left.ttl),
+            "L3: {} s left of a {} s lease just after a batch renewed it, expected {allowed:?} ({:?})",
             left.ttl,
             lease.ttl,
-            lease.ttl
+            cx.caps.ttl_reporting
         );
     }
     cx.keep_alive_many(&[])
@@ -257,13 +257,13 @@ pub(crate) async fn keep_alive_many_renews_each_live_lease_and_answers_in_order(
     match cx.caps.time {
         Time::Virtual => {
             let left = cx.time_to_live(d.id).await?.map_err(|e| e.to_string())?;
-            ensure_eq!(
-                left.ttl,
-                d.ttl - waited.as_secs() as i64,
-                "L3: seconds left of a lease sent only in a refused batch"
+            let allowed = cx.caps.ttl_reporting.allowed(secs(d.ttl) - waited);
+            ensure!(
+                allowed.contains(&left.ttl),
+                "L3: {} s left of a lease sent only in a refused batch, expected {allowed:?}",
+                left.ttl
             );
             // Each key goes on its lease's deadline: a and c from the batch, d from its grant.
-            let secs = |ttl: i64| Duration::from_secs(ttl as u64);
             let mut due = [
                 ("a", waited + secs(a.ttl), "renewed by a batch"),
                 ("c", waited + secs(c.ttl), "renewed by a batch"),
@@ -415,4 +415,8 @@ pub(crate) async fn put_moves_and_detaches_keys(cx: &mut Ctx<'_>) -> Check {
         "L2: a moved key survived its new lease"
     );
     Ok(())
+}
+
+fn secs(ttl: i64) -> Duration {
+    Duration::from_secs(u64::try_from(ttl).unwrap_or(0))
 }

@@ -36,8 +36,11 @@ pub(crate) struct WatchLog {
     pub(crate) complete: bool,
 }
 
-/// The validators, in the order they run; each returns what broke.
-pub(crate) const VALIDATORS: [(&str, fn(&WatchLog, &[WatchBatch]) -> Result<(), String>); 7] = [
+/// A validator: what broke in a watch's log, judged against the history.
+type Validator = fn(&WatchLog, &[WatchBatch]) -> Result<(), String>;
+
+/// The validators, in the order they run.
+pub(crate) const VALIDATORS: [(&str, Validator); 7] = [
     ("ordered", ordered),
     ("unique", unique),
     ("atomic", atomic),
