@@ -151,14 +151,21 @@ async fn future_start_log(registry: Arc<dyn Registry>) -> Vec<String> {
         });
     }
     for i in 0..8 {
-        if let Err(e) = registry.put(format!("f/{i}").as_bytes(), b"v", PutOptions::default()).await {
+        if let Err(e) = registry
+            .put(format!("f/{i}").as_bytes(), b"v", PutOptions::default())
+            .await
+        {
             panic!("put failed: {e}");
         }
     }
     loop {
         match tokio::time::timeout(wait, near.next()).await {
             Ok(Some(Ok(b))) => {
-                log.push(format!("near: {} events at +{}", b.events.len(), rel(b.revision)));
+                log.push(format!(
+                    "near: {} events at +{}",
+                    b.events.len(),
+                    rel(b.revision)
+                ));
                 if rel(b.revision) >= 8 {
                     break;
                 }
@@ -198,5 +205,8 @@ async fn a_watch_from_a_future_revision_starts_there_on_both() {
     let real = future_start_log(etcd.registry().await).await;
     let simulated = future_start_log(Simulator.registry().await).await;
     println!("etcd:\n  {}", real.join("\n  "));
-    assert_eq!(simulated, real, "the simulator differs from etcd (left: simulator)");
+    assert_eq!(
+        simulated, real,
+        "the simulator differs from etcd (left: simulator)"
+    );
 }

@@ -48,20 +48,14 @@ pub(crate) enum Verdict {
         /// The calls that could not come next.
         blocked: Vec<usize>,
     },
-    /// The search took more than its budget of steps.
-    GaveUp,
-}
-
-#[derive(Clone, Copy)]
-enum Kind {
-    Invoke,
-    Return,
-}
-
-#[derive(Clone, Copy)]
-struct Event {
-    kind: Kind,
-    call: usize,
+    /// The search took more than its budget of steps; what it had found so far, as for
+    /// [`Verdict::NotLinearizable`].
+    GaveUp {
+        /// The longest order found.
+        placed: Vec<usize>,
+        /// The calls that could not come next.
+        blocked: Vec<usize>,
+    },
 }
 
 /// A set of call indices, as bits.
@@ -80,118 +74,120 @@ impl Bits {
             self.0[word] &= !bit;
         }
     }
+    fn get(&self, i: usize) -> bool {
+        self.0[i / 64] & (1u64 << (i % 64)) != 0
+    }
+}
+
+/// One level of the search: the calls that may come next, the one tried, the state before.
+struct Frame<T> {
+    candidates: Vec<usize>,
+    next: usize,
+    /// The call placed from this frame, and the state before it.
+    placed: Option<(usize, T)>,
 }
 
 /// Checks `calls` against `spec` from `initial`, exploring at most `budget` steps.
+///
+/// The search is the Wing-Gong one, written as a depth-first search over frames: at each
+/// point the calls that may come next are those not placed yet and invoked before the earliest
+/// answer of a call not placed yet (a call cannot take effect after a call that was invoked
+/// after its answer came). Calls with a known answer are tried before calls whose answer was
+/// lost, and a lost-answer call that would change nothing is not tried: it is the same as
+/// leaving it out. A (calls placed, state) pair already explored is not explored again.
 pub(crate) fn check<S: Spec>(
     spec: &S,
     initial: S::State,
     calls: &[Call<S::Op>],
     budget: u64,
 ) -> Verdict {
-    let mut events: Vec<(u64, Event)> = Vec::with_capacity(2 * calls.len());
-    for (i, c) in calls.iter().enumerate() {
-        events.push((
-            c.invoked,
-            Event {
-                kind: Kind::Invoke,
-                call: i,
-            },
-        ));
-        events.push((
-            c.returned.unwrap_or(u64::MAX),
-            Event {
-                kind: Kind::Return,
-                call: i,
-            },
-        ));
-    }
-    events.sort_by_key(|(t, e)| (*t, matches!(e.kind, Kind::Return)));
-    let events: Vec<Event> = events.into_iter().map(|(_, e)| e).collect();
-    let mut invoke_at = vec![0; calls.len()];
-    for (i, e) in events.iter().enumerate() {
-        if let Kind::Invoke = e.kind {
-            invoke_at[e.call] = i;
-        }
-    }
-    let mut removed = vec![false; events.len()];
-    let mut known_left = calls.iter().filter(|c| c.returned.is_some()).count();
+    let mut by_invoke: Vec<usize> = (0..calls.len()).collect();
+    by_invoke.sort_by_key(|&c| calls[c].invoked);
     let mut placed = Bits::new(calls.len());
+    let mut known_left = calls.iter().filter(|c| c.returned.is_some()).count();
     let mut seen: HashSet<(Bits, u64)> = HashSet::new();
-    let mut stack: Vec<(usize, S::State)> = Vec::new();
     let mut state = initial;
+    let mut order: Vec<usize> = Vec::new();
     let mut best: (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
-    let next_from = |removed: &[bool], from: usize| (from..removed.len()).find(|&i| !removed[i]);
-    let mut at = next_from(&removed, 0);
+    let candidates = |placed: &Bits| -> Vec<usize> {
+        let horizon = (0..calls.len())
+            .filter(|&c| !placed.get(c))
+            .filter_map(|c| calls[c].returned)
+            .min()
+            .unwrap_or(u64::MAX);
+        let open = by_invoke
+            .iter()
+            .copied()
+            .filter(|&c| !placed.get(c) && calls[c].invoked < horizon);
+        let (known, lost): (Vec<usize>, Vec<usize>) =
+            open.partition(|&c| calls[c].returned.is_some());
+        known.into_iter().chain(lost).collect()
+    };
+    let mut frames: Vec<Frame<S::State>> = vec![Frame {
+        candidates: candidates(&placed),
+        next: 0,
+        placed: None,
+    }];
     let mut steps = 0u64;
     loop {
         if known_left == 0 {
-            return Verdict::Linearizable(stack.iter().map(|(c, _)| *c).collect());
+            return Verdict::Linearizable(order);
         }
         steps += 1;
         if steps > budget {
-            return Verdict::GaveUp;
+            return Verdict::GaveUp {
+                placed: best.0,
+                blocked: best.1,
+            };
         }
-        let Some(i) = at else {
-            // Unreachable while a known call is unplaced: its return is still in the list.
-            return Verdict::GaveUp;
+        let Some(frame) = frames.last_mut() else {
+            return Verdict::NotLinearizable {
+                placed: best.0,
+                blocked: best.1,
+            };
         };
-        let event = events[i];
-        match event.kind {
-            Kind::Invoke => {
-                let call = event.call;
-                if let Some(next) = spec.step(&state, &calls[call].op) {
-                    let mut with = placed.clone();
-                    with.set(call, true);
-                    if seen.insert((with.clone(), spec.fingerprint(&next))) {
-                        stack.push((call, std::mem::replace(&mut state, next)));
-                        placed = with;
-                        removed[i] = true;
-                        if let Some(r) = return_of(&events, call) {
-                            removed[r] = true;
-                        }
-                        if calls[call].returned.is_some() {
-                            known_left -= 1;
-                        }
-                        at = next_from(&removed, 0);
-                        continue;
-                    }
-                }
-                at = next_from(&removed, i + 1);
+        let Some(&call) = frame.candidates.get(frame.next) else {
+            // Nothing fits here: note how far this got, then undo the call that led here.
+            if order.len() >= best.0.len() {
+                best = (order.clone(), frame.candidates.clone());
             }
-            Kind::Return => {
-                if stack.len() >= best.0.len() {
-                    let pending = (0..i)
-                        .filter(|&j| !removed[j] && matches!(events[j].kind, Kind::Invoke))
-                        .map(|j| events[j].call)
-                        .collect();
-                    best = (stack.iter().map(|(c, _)| *c).collect(), pending);
-                }
-                let Some((call, previous)) = stack.pop() else {
-                    return Verdict::NotLinearizable {
-                        placed: best.0,
-                        blocked: best.1,
-                    };
-                };
-                state = previous;
-                placed.set(call, false);
-                removed[invoke_at[call]] = false;
-                if let Some(r) = return_of(&events, call) {
-                    removed[r] = false;
-                }
-                if calls[call].returned.is_some() {
-                    known_left += 1;
-                }
-                at = next_from(&removed, invoke_at[call] + 1);
+            let Some((undone, before)) = frames.pop().and_then(|f| f.placed) else {
+                continue;
+            };
+            state = before;
+            placed.set(undone, false);
+            order.pop();
+            if calls[undone].returned.is_some() {
+                known_left += 1;
             }
+            continue;
+        };
+        frame.next += 1;
+        let unknown = calls[call].returned.is_none();
+        let Some(next) = spec.step(&state, &calls[call].op) else {
+            continue;
+        };
+        let print = spec.fingerprint(&next);
+        if unknown && print == spec.fingerprint(&state) {
+            continue;
         }
+        let mut with = placed.clone();
+        with.set(call, true);
+        if !seen.insert((with.clone(), print)) {
+            continue;
+        }
+        let before = std::mem::replace(&mut state, next);
+        placed = with;
+        order.push(call);
+        if !unknown {
+            known_left -= 1;
+        }
+        frames.push(Frame {
+            candidates: candidates(&placed),
+            next: 0,
+            placed: Some((call, before)),
+        });
     }
-}
-
-fn return_of(events: &[Event], call: usize) -> Option<usize> {
-    events
-        .iter()
-        .position(|e| matches!(e.kind, Kind::Return) && e.call == call)
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ const CLIENTS: usize = 4;
 const CALLS_PER_CLIENT: usize = 30;
 
 /// How many steps the linearizability search may take.
-const SEARCH_BUDGET: u64 = 5_000_000;
+const SEARCH_BUDGET: u64 = 500_000;
 
 /// Runs, by the backend's time: the simulator is fast, a real server is not.
 fn runs(time: Time) -> u32 {
@@ -118,10 +118,12 @@ async fn run(cx: &mut Ctx<'_>, seed: u64, n: u32) -> Check<String> {
     let check_time = checking.elapsed();
     let order = match verdict {
         Verdict::Linearizable(order) => order,
-        Verdict::GaveUp => {
+        Verdict::GaveUp { placed, blocked } => {
             return Err(format!(
-                "the linearizability search gave up after {SEARCH_BUDGET} steps over {} calls",
-                history.len()
+                "the linearizability search gave up after {SEARCH_BUDGET} steps over {} calls; \
+                 the furthest it got:\n{}",
+                history.len(),
+                not_linearizable(&initial, &history, &placed, &blocked)
             ))
         }
         Verdict::NotLinearizable { placed, blocked } => {
