@@ -311,6 +311,15 @@ fn assert_fuzz_catches(bug: Bug, says: &str) {
         message.contains(says) && shrunk.contains("KeepAliveMany"),
         "{bug:?}: {message}"
     );
+    let n: u32 = message
+        .strip_prefix("generated sequence ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no sequence number: {message}"));
+    println!(
+        "| `{bug:?}` | {says} | `public_api_survives_arbitrary_input` (sequence {} of 192) | | |",
+        n + 1
+    );
 }
 
 #[test]
@@ -337,5 +346,8 @@ fn catches_an_unanswered_progress_request() {
         failure.message.contains("no progress answer"),
         "{}",
         failure.message
+    );
+    println!(
+        "| `IgnoresProgressRequests` | progress requests accepted and never answered | `watch_progress_request_answers` | | not caught (never asks) |"
     );
 }

@@ -219,7 +219,7 @@ fn report<E: Debug>(
     first: &str,
     why: &str,
 ) -> String {
-    let first_line = first.lines().next().unwrap_or_default();
+    let first_line = first.lines().take(2).collect::<Vec<_>>().join("\n   ");
     format!(
         "generated sequence {case} (of {cases}, seed {seed:#x}) failed.\n\
          Replay exactly this sequence:\n    \

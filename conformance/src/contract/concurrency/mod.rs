@@ -54,9 +54,12 @@ pub(crate) async fn concurrent_clients_are_linearizable(cx: &mut Ctx<'_>) -> Che
         Some(n) => vec![n],
         None => (0..runs(cx.caps.time)).collect(),
     };
+    // Keys in messages relative to the case's prefix: `run0/k/1`.
+    let case_prefix = String::from_utf8_lossy(&cx.key("")).into_owned();
     for n in numbers {
         let started = Instant::now();
         let summary = run(cx, seed, n).await.map_err(|m| {
+            let m = m.replace(&case_prefix, "");
             format!(
                 "concurrency run {n} (seed {seed:#x}) failed: {m}\nReplay exactly this run:\n    \
                  {SEED_VAR}={seed:#x} {CASE_VAR}={n} {}",
