@@ -161,12 +161,13 @@ pub(crate) fn check_properties(batches: &[WatchBatch], prefix: &[u8], start: Rev
     Ok(())
 }
 
+/// Watch batches for the unit tests of the watch checks.
 #[cfg(test)]
-mod tests {
-    use super::check_properties;
+pub(crate) mod tests_support {
     use registry_api::{Bytes, EventKind, KeyValue, Revision, WatchBatch, WatchEvent};
 
-    fn put(key: &str, rev: i64) -> WatchEvent {
+    /// A put of `key` at `rev`, creating it.
+    pub(crate) fn put(key: &str, rev: i64) -> WatchEvent {
         WatchEvent {
             kind: EventKind::Put,
             kv: KeyValue {
@@ -181,12 +182,20 @@ mod tests {
         }
     }
 
-    fn batch(rev: i64, keys: &[&str]) -> WatchBatch {
+    /// A batch at `rev` of puts of `keys` (none: a progress notification).
+    pub(crate) fn batch(rev: i64, keys: &[&str]) -> WatchBatch {
         WatchBatch {
             revision: Revision(rev),
             events: keys.iter().map(|k| put(k, rev)).collect(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_properties;
+    use super::tests_support::batch;
+    use registry_api::{Revision, WatchBatch};
 
     fn broken(batches: &[WatchBatch]) -> String {
         check_properties(batches, b"p/", Revision(2)).expect_err("a broken watch passed")

@@ -302,29 +302,7 @@ fn progress(log: &WatchLog, history: &[WatchBatch]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use registry_api::{EventKind, KeyValue};
-
-    fn put(key: &str, rev: i64) -> WatchEvent {
-        WatchEvent {
-            kind: EventKind::Put,
-            kv: KeyValue {
-                key: Bytes::copy_from_slice(key.as_bytes()),
-                value: Bytes::from_static(b"v"),
-                create_revision: Revision(rev),
-                mod_revision: Revision(rev),
-                version: 1,
-                lease: None,
-            },
-            prev_kv: None,
-        }
-    }
-
-    fn batch(rev: i64, keys: &[&str]) -> WatchBatch {
-        WatchBatch {
-            revision: Revision(rev),
-            events: keys.iter().map(|k| put(k, rev)).collect(),
-        }
-    }
+    use crate::contract::watch_read::tests_support::batch;
 
     fn history() -> Vec<WatchBatch> {
         vec![
