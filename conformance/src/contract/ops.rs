@@ -47,7 +47,9 @@ pub enum LeaseSel {
 }
 
 /// A revision picked relative to the model: `i % (current - base + 2)` above the sequence's
-/// first revision, so from the base (possibly compacted) up to one future revision.
+/// first revision, so from the base (possibly compacted) up to one future revision. A watch's
+/// start reads it differently: when `i % 4 == 0`, `2 + (i / 4) % 16` above the current
+/// revision (a start ahead), else `(i / 4) % (current - base + 2)` above the first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RevSel(pub u16);
 
@@ -116,7 +118,7 @@ pub enum Op {
     Watch {
         /// Index into [`PREFIXES`].
         prefix: u8,
-        /// The start revision.
+        /// The start revision (see [`RevSel`] for how a watch reads it).
         start: RevSel,
         /// Ask for previous values.
         prev_kv: bool,

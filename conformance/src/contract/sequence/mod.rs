@@ -192,12 +192,15 @@ impl<'b, B: Backend + ?Sized> Session<'b, B> {
         Revision(base + i64::from(sel.0) % span)
     }
 
-    /// A watch's start: a revision from the base up to [`FUTURE_REACH`] past the current one,
-    /// so that some watches start beyond the current revision and later writes reach them.
+    /// A watch's start: one time in four from 2 to [`FUTURE_REACH`] + 1 past the current
+    /// revision (a start ahead, which later writes may reach), else as [`Self::revision`].
     fn watch_start(&self, sel: RevSel) -> Revision {
-        let base = self.model.base().0;
-        let span = (self.model.revision().0 - base + 1 + FUTURE_REACH).max(1);
-        Revision(base + i64::from(sel.0) % span)
+        let n = i64::from(sel.0);
+        if n % 4 == 0 {
+            Revision(self.model.revision().0 + 2 + (n / 4) % FUTURE_REACH)
+        } else {
+            self.revision(RevSel(sel.0 / 4))
+        }
     }
 
     /// The request as the observation records it (`relative`) and as the transcript shows it.
