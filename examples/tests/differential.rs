@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How many sequences: a few dozen, about 11 s on etcd (`DIFFERENTIAL_SEQUENCES` for more). A
-/// quarter of the generated watches start ahead of the store and see fewer events, hence more
-/// sequences than before they did.
+/// quarter of the generated watches start ahead of the store and see fewer events, so it runs
+/// more than the 36 it ran before they did.
 const SEQUENCES: usize = 48;
 /// The generator's seed: the same sequences on every run.
 const SEED: [u8; 32] = *b"registry differential check 0001";
