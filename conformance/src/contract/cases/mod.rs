@@ -1,6 +1,6 @@
 //! The named cases: one property (or one small family) each, so a failure names what broke.
 
-mod ctx;
+pub(crate) mod ctx;
 mod input;
 mod lease;
 mod lease_window;

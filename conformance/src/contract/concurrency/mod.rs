@@ -15,7 +15,7 @@ mod spec;
 mod validators;
 
 use crate::contract::backend::Time;
-use crate::contract::cases::Ctx;
+use crate::contract::cases::ctx::Ctx;
 use crate::contract::generated::{self, Site, CASE_VAR, SEED_VAR};
 use crate::contract::model::{Model, ModelLimits};
 use crate::contract::watch_read::{read_until, ready_now};
