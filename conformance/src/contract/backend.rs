@@ -15,7 +15,9 @@ use std::time::Duration;
 pub trait Backend: Send + Sync + 'static {
     /// A registry to run one case against. For an [exclusive](Sharing::Exclusive) backend this
     /// is a fresh, empty store; for a [shared](Sharing::Shared) one it may hold other data (the
-    /// suite works under a fresh unique key prefix and never reads outside it).
+    /// suite works under a fresh unique key prefix and never reads outside it). The registry
+    /// must take calls from several tasks at once: `concurrent_clients_are_linearizable` shares
+    /// it between its clients.
     async fn registry(&self) -> Arc<dyn Registry>;
 
     /// What the backend supports and promises.
