@@ -196,6 +196,7 @@ pub(crate) fn revision_of(answer: &Answer) -> Option<i64> {
         Answer::List(r) => Some(r.revision.0),
         Answer::Delete(r) => Some(r.revision.0),
         Answer::Revoke(r) => Some(r.0),
+        Answer::PutAt(r) => Some(r.0),
         _ => None,
     }
 }

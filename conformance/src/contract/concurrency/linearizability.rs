@@ -30,8 +30,12 @@ pub(crate) struct Call<O> {
     pub(crate) op: O,
     /// When it was invoked (a logical clock shared by every client).
     pub(crate) invoked: u64,
-    /// When its answer came; `None` when the outcome is unknown.
+    /// When its answer came; `None` when the answer was lost.
     pub(crate) returned: Option<u64>,
+    /// Whether it may be left out: its answer was lost and nothing shows that it took effect.
+    /// (A call whose answer was lost but whose effect was seen is placed, anywhere after its
+    /// invocation.)
+    pub(crate) optional: bool,
 }
 
 /// What the checker found.
@@ -92,9 +96,8 @@ struct Frame<T> {
 /// The search is the Wing-Gong one, written as a depth-first search over frames: at each
 /// point the calls that may come next are those not placed yet and invoked before the earliest
 /// answer of a call not placed yet (a call cannot take effect after a call that was invoked
-/// after its answer came). Calls with a known answer are tried before calls whose answer was
-/// lost, and a lost-answer call that would change nothing is not tried: it is the same as
-/// leaving it out. A (calls placed, state) pair already explored is not explored again.
+/// after its answer came). Calls that must be placed are tried before optional ones, and an
+/// optional call that would change nothing is not tried: it is the same as leaving it out. A (calls placed, state) pair already explored is not explored again.
 pub(crate) fn check<S: Spec>(
     spec: &S,
     initial: S::State,
@@ -104,7 +107,7 @@ pub(crate) fn check<S: Spec>(
     let mut by_invoke: Vec<usize> = (0..calls.len()).collect();
     by_invoke.sort_by_key(|&c| calls[c].invoked);
     let mut placed = Bits::new(calls.len());
-    let mut known_left = calls.iter().filter(|c| c.returned.is_some()).count();
+    let mut required_left = calls.iter().filter(|c| !c.optional).count();
     let mut seen: HashSet<(Bits, u64)> = HashSet::new();
     let mut state = initial;
     let mut order: Vec<usize> = Vec::new();
@@ -119,8 +122,7 @@ pub(crate) fn check<S: Spec>(
             .iter()
             .copied()
             .filter(|&c| !placed.get(c) && calls[c].invoked < horizon);
-        let (known, lost): (Vec<usize>, Vec<usize>) =
-            open.partition(|&c| calls[c].returned.is_some());
+        let (known, lost): (Vec<usize>, Vec<usize>) = open.partition(|&c| !calls[c].optional);
         known.into_iter().chain(lost).collect()
     };
     let mut frames: Vec<Frame<S::State>> = vec![Frame {
@@ -130,7 +132,7 @@ pub(crate) fn check<S: Spec>(
     }];
     let mut steps = 0u64;
     loop {
-        if known_left == 0 {
+        if required_left == 0 {
             return Verdict::Linearizable(order);
         }
         steps += 1;
@@ -157,13 +159,13 @@ pub(crate) fn check<S: Spec>(
             state = before;
             placed.set(undone, false);
             order.pop();
-            if calls[undone].returned.is_some() {
-                known_left += 1;
+            if !calls[undone].optional {
+                required_left += 1;
             }
             continue;
         };
         frame.next += 1;
-        let unknown = calls[call].returned.is_none();
+        let unknown = calls[call].optional;
         let Some(next) = spec.step(&state, &calls[call].op) else {
             continue;
         };
@@ -180,7 +182,7 @@ pub(crate) fn check<S: Spec>(
         placed = with;
         order.push(call);
         if !unknown {
-            known_left -= 1;
+            required_left -= 1;
         }
         frames.push(Frame {
             candidates: candidates(&placed),
@@ -223,6 +225,7 @@ mod tests {
             op,
             invoked,
             returned,
+            optional: returned.is_none(),
         }
     }
 

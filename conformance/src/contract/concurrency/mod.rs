@@ -23,7 +23,7 @@ use crate::failure::Check;
 use clients::{client, client_registry, revision_of, send, Record, Timed};
 use linearizability::{check, Call, Verdict};
 use registry_api::wrap::SplitMix64;
-use registry_api::{Bytes, Registry, Revision, WatchBatch};
+use registry_api::{Bytes, EventKind, Registry, Revision, WatchBatch, WatchOptions};
 use spec::{model_answer, replay, Answer, ModelSpec, Recorded, Request};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -105,17 +105,11 @@ async fn run(cx: &mut Ctx<'_>, seed: u64, n: u32) -> Check<String> {
         )
     }))
     .await;
-    let fences = write_fences(&registry, &record, cx.caps.time).await?;
+    let fences = write_fences(&registry, &prefix, &record, cx.caps.time).await?;
     let calls: Vec<Timed> = record.calls.borrow().clone();
-    let history: Vec<Call<Recorded>> = calls
-        .iter()
-        .filter(|t| t.returned.is_some() || counts_unknown(&t.call))
-        .map(|t| Call {
-            op: t.call.clone(),
-            invoked: t.invoked,
-            returned: t.returned,
-        })
-        .collect();
+    let end = fences.values().copied().max().unwrap_or(base);
+    let puts_seen = puts_seen(cx, &prefix, base.next(), end).await;
+    let history = resolve(&calls, puts_seen.as_ref());
     let checking = Instant::now();
     let verdict = check(&ModelSpec, initial.clone(), &history, SEARCH_BUDGET);
     let check_time = checking.elapsed();
@@ -166,28 +160,85 @@ async fn run(cx: &mut Ctx<'_>, seed: u64, n: u32) -> Check<String> {
     ))
 }
 
-/// Whether a call whose answer was lost stays in the history: only if it may have changed the
-/// keys or the revision (a lost grant or keep-alive changes neither).
-fn counts_unknown(call: &Recorded) -> bool {
-    matches!(
-        call.request,
-        Request::Put { .. }
-            | Request::Delete { .. }
-            | Request::DeletePrefix { .. }
-            | Request::Revoke { .. }
+/// The revision of every put under `prefix` from `from` to `end`, by value (every value the
+/// clients write is unique), read from a watch opened after the run; `None` when it could not be
+/// read to the end.
+async fn puts_seen(
+    cx: &Ctx<'_>,
+    prefix: &[u8],
+    from: Revision,
+    end: Revision,
+) -> Option<BTreeMap<Bytes, Revision>> {
+    let mut watch = cx
+        .registry
+        .watch(prefix, WatchOptions::from_revision(from))
+        .await
+        .ok()?;
+    let got = read_until(&mut watch, Some(end), cx.caps.watch_timeout()).await;
+    let reached = got.batches.last().is_some_and(|b| b.revision >= end);
+    if got.error.is_some() || !reached {
+        return None;
+    }
+    Some(
+        got.batches
+            .iter()
+            .flat_map(|b| &b.events)
+            .filter(|e| e.kind == EventKind::Put)
+            .map(|e| (e.kv.value.clone(), e.kv.mod_revision))
+            .collect(),
     )
+}
+
+/// The history the check judges. A call whose answer was lost is resolved where the store
+/// shows what became of it, as etcd's robustness suite does: a put whose (unique) value is in
+/// the store's history took effect at that revision, one whose value is not never did. Other
+/// lost calls stay optional if they may have changed the keys or the revision (a lost grant,
+/// keep-alive or read changes neither, and is left out).
+fn resolve(calls: &[Timed], puts_seen: Option<&BTreeMap<Bytes, Revision>>) -> Vec<Call<Recorded>> {
+    calls
+        .iter()
+        .filter_map(|t| {
+            let call = |op: Recorded, optional| Call {
+                op,
+                invoked: t.invoked,
+                returned: t.returned,
+                optional,
+            };
+            if t.call.answer.is_some() {
+                return Some(call(t.call.clone(), false));
+            }
+            match (&t.call.request, puts_seen) {
+                (Request::Put { value, .. }, Some(seen)) => seen.get(value).map(|at| {
+                    let mut op = t.call.clone();
+                    op.answer = Some(Answer::PutAt(*at));
+                    call(op, false)
+                }),
+                (
+                    Request::Put { .. }
+                    | Request::Delete { .. }
+                    | Request::DeletePrefix { .. }
+                    | Request::Revoke { .. },
+                    _,
+                ) => Some(call(t.call.clone(), true)),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// Writes a fence key under every watched prefix (retrying a lost answer: the link may still
 /// be faulty), recorded as calls of a client of its own; the fence revision of each prefix.
 async fn write_fences(
     registry: &std::sync::Arc<dyn Registry>,
+    prefix: &[u8],
     record: &Record,
     time: Time,
 ) -> Check<BTreeMap<Bytes, Revision>> {
     let watched: Vec<Bytes> = {
         let watches = record.watches.borrow();
+        // The run's prefix too: the history of the whole run ends at its fence.
         let mut p: Vec<Bytes> = watches.iter().map(|w| w.prefix.clone()).collect();
+        p.push(Bytes::copy_from_slice(prefix));
         p.sort();
         p.dedup();
         p
@@ -196,19 +247,20 @@ async fn write_fences(
     for watched in watched {
         let mut key = watched.to_vec();
         key.extend_from_slice(b"~fence");
-        let request = Request::Put {
-            key: Bytes::from(key),
-            value: Bytes::from_static(b"fence"),
-            lease: None,
-        };
         for attempt in 0.. {
+            // Unique, as every value of the run: a lost answer is found by its value.
+            let request = Request::Put {
+                key: Bytes::from(key.clone()),
+                value: Bytes::from(format!("fence-{}-{attempt}", fences.len())),
+                lease: None,
+            };
             let invoked = record.tick();
             let answer = send(registry, &request).await;
             let revision = answer.as_ref().and_then(revision_of);
             record.push(
                 Recorded {
                     client: CLIENTS,
-                    request: request.clone(),
+                    request,
                     answer,
                 },
                 invoked,
@@ -255,16 +307,19 @@ async fn check_watches(
             Start::At(r) => r,
             Start::Next { lo, .. } => lo,
         };
-        let (mut batches, mut complete) = (Vec::new(), true);
+        // Up to its fence the watch must have delivered everything; what comes after it may
+        // not have arrived yet, and is judged only as far as it goes.
+        let (mut batches, mut read_to) = (Vec::new(), fence);
         if from <= fence {
             let got = read_until(&mut w.stream, Some(fence), timeout).await;
-            complete = got.error.is_none() && !got.ended && !got.timed_out;
+            if got.error.is_some() || got.ended || got.timed_out {
+                read_to = Revision(0);
+            }
             batches = got.batches;
         }
         cx.settle().await;
-        let extra = ready_now(&mut w.stream);
-        if complete {
-            batches.extend(extra.batches);
+        if read_to == fence {
+            batches.extend(ready_now(&mut w.stream).batches);
         }
         events += batches.iter().map(|b| b.events.len()).sum::<usize>();
         let log = WatchLog {
@@ -272,7 +327,7 @@ async fn check_watches(
             start,
             prev_kv: w.prev_kv,
             batches,
-            complete,
+            read_to,
         };
         for broken in validate(&log, changes) {
             let from = match w.start {
@@ -311,6 +366,7 @@ fn next_write_bounds(calls: &[Timed], invoked: u64, returned: u64) -> Start {
         .filter(|t| t.invoked > returned)
         .filter_map(|t| match t.call.answer.as_ref()? {
             Answer::Put(r) => Some(r.revision.0),
+            Answer::PutAt(r) => Some(r.0),
             Answer::Delete(d) if d.deleted > 0 => Some(d.revision.0),
             other => revision_of(other).map(|r| r + 1),
         })

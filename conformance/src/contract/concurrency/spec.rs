@@ -50,6 +50,8 @@ pub(crate) enum Answer {
     Grant(LeaseGrant),
     KeepAlive(i64),
     Revoke(Revision),
+    /// A put whose answer was lost, seen in the history at this revision.
+    PutAt(Revision),
     Failed(String),
 }
 
@@ -135,6 +137,7 @@ fn show_answer(a: &Answer) -> String {
         Answer::Grant(g) => format!("lease {}, ttl {}", g.id, g.ttl),
         Answer::KeepAlive(ttl) => format!("ttl {ttl}"),
         Answer::Revoke(r) => format!("rev {}", r.0),
+        Answer::PutAt(r) => format!("answer lost, seen in the history at rev {}", r.0),
         Answer::Failed(e) => format!("failed: {e}"),
     }
 }
@@ -182,9 +185,10 @@ impl Spec for ModelSpec {
     fn step(&self, state: &Model, op: &Recorded) -> Option<Model> {
         let mut next = state.clone();
         let answer = apply(&mut next, &op.request, op.answer.as_ref());
-        match &op.answer {
-            None => Some(next),
-            Some(got) => (*got == answer).then_some(next),
+        match (&op.answer, &answer) {
+            (None, _) => Some(next),
+            (Some(Answer::PutAt(at)), Answer::Put(put)) => (put.revision == *at).then_some(next),
+            (Some(got), _) => (*got == answer).then_some(next),
         }
     }
 

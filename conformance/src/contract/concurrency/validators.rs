@@ -32,8 +32,10 @@ pub(crate) struct WatchLog {
     pub(crate) prev_kv: bool,
     /// Every batch, progress notifications included, in the order received.
     pub(crate) batches: Vec<WatchBatch>,
-    /// Whether the reader saw everything up to the end of the history (no error, no timeout).
-    pub(crate) complete: bool,
+    /// The revision up to which the watch must have delivered every change (its fence, when
+    /// the reader reached it; 0 when the watch failed or stopped early, so that it is judged
+    /// only up to what it delivered).
+    pub(crate) read_to: Revision,
 }
 
 /// A validator: what broke in a watch's log, judged against the history.
@@ -202,7 +204,7 @@ fn resumable(log: &WatchLog, history: &[WatchBatch]) -> Result<(), String> {
             "from rev {} there is no change, the watch delivered rev {}",
             start.0, g.0
         )),
-        (None, Some(w)) if log.complete => Err(format!(
+        (None, Some(w)) if w <= log.read_to => Err(format!(
             "from rev {} the first change is at rev {}, the watch delivered nothing",
             start.0, w.0
         )),
@@ -210,18 +212,16 @@ fn resumable(log: &WatchLog, history: &[WatchBatch]) -> Result<(), String> {
     }
 }
 
-/// No gap: from its start to the last revision it delivered (to the end of the history, when
-/// it read that far without an error), the watch delivered exactly the history under its
+/// No gap: from its start to the last revision it delivered (to its fence at least, when it
+/// was read that far without an error), the watch delivered exactly the history under its
 /// prefix, previous values and create flags included.
 fn reliable(log: &WatchLog, history: &[WatchBatch]) -> Result<(), String> {
     let want = expected(log, history);
     let start = first_allowed(log, &want)?;
     let got: Vec<&WatchBatch> = events(log).collect();
-    let upto = if log.complete {
-        Revision(i64::MAX)
-    } else {
-        got.last().map_or(Revision(0), |b| b.revision)
-    };
+    let upto = got
+        .last()
+        .map_or(log.read_to, |b| b.revision.max(log.read_to));
     let want: Vec<&WatchBatch> = want
         .iter()
         .filter(|b| b.revision >= start && b.revision <= upto)
@@ -320,7 +320,7 @@ mod tests {
             start,
             prev_kv: false,
             batches,
-            complete: true,
+            read_to: Revision(6),
         }
     }
 
@@ -432,7 +432,7 @@ mod tests {
     #[test]
     fn a_watch_that_ended_early_is_judged_up_to_what_it_delivered() {
         let mut cut = log(Start::At(Revision(1)), vec![batch(2, &["a/1"])]);
-        cut.complete = false;
+        cut.read_to = Revision(0);
         assert!(validate(&cut, &history()).is_empty());
     }
 }
