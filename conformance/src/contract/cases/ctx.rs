@@ -280,6 +280,23 @@ impl<'b> Ctx<'b> {
         let mut all = got.batches.clone();
         all.extend(extra.batches.iter().cloned());
         check_properties(&all, &prefix, start)?;
+        // A progress notification at R comes after every change up to R.
+        let mut delivered = BTreeSet::new();
+        for batch in &all {
+            if !batch.is_progress() {
+                delivered.insert(batch.revision);
+                continue;
+            }
+            if let Some(missing) = want
+                .iter()
+                .find(|w| w.revision <= batch.revision && !delivered.contains(&w.revision))
+            {
+                return Err(format!(
+                    "W6 bookmarkable: watch {rel:?} sent a progress notification at rev {} before the change at rev {}",
+                    batch.revision.0, missing.revision.0
+                ));
+            }
+        }
         let events = got.event_batches();
         let (g, w) = (self.batches(&events), self.batches(&want));
         ensure!(
