@@ -22,9 +22,13 @@ cargo clippy --workspace --all-targets -- -D warnings
 bash scripts/install-chromium.sh
 echo "== cargo test --workspace" >&2
 cargo test --workspace "$@" -- --skip fleet_search
-# The seeded fleet search on its own, so that its wall time and seed count are printed.
+# The seeded fleet search on its own, so that its seeds and wall time are printed: the fixed
+# seeds 0..1000, plus a window of 1,000 new seeds derived from the commit, so each commit
+# explores seeds no run has tried (REGISTRY_FLEET_WINDOW=<start>..<end> or `none` overrides).
+# Every failing seed is printed with its replay command.
 echo "== the seeded fleet search of the simulator" >&2
-cargo test -p registry-memory --test fleet "$@" -- --nocapture --exact fleet_search
+REGISTRY_FLEET_COMMIT="${REGISTRY_FLEET_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || true)}" \
+  cargo test -p registry-memory --test fleet "$@" -- --nocapture --exact fleet_search
 echo "== cargo doc -D warnings" >&2
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 echo "== the main job: the in-memory demo" >&2

@@ -28,10 +28,11 @@ pub struct BackendArgs {
     /// share one etcd between isolated setups.
     #[arg(long, value_name = "PREFIX")]
     pub key_prefix: Option<String>,
-    /// etcd user name (etcd authentication).
+    /// etcd user name (etcd authentication). Not needed with a client certificate when etcd
+    /// takes its common name as the user (`--client-cert-auth` with auth on).
     #[arg(long, env = "REGISTRY_ETCD_USER", requires = "password")]
     pub user: Option<String>,
-    /// etcd password.
+    /// etcd password of `--user`.
     #[arg(
         long,
         env = "REGISTRY_ETCD_PASSWORD",
@@ -40,7 +41,6 @@ pub struct BackendArgs {
     )]
     pub password: Option<String>,
     /// TLS options for `https://` endpoints.
-    #[cfg(feature = "tls")]
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -57,18 +57,23 @@ impl fmt::Debug for BackendArgs {
     }
 }
 
-/// TLS options (feature `tls`).
-#[cfg(feature = "tls")]
+/// TLS options, named as etcdctl names them.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct TlsArgs {
     /// PEM file of the CA that signed etcd's server certificate.
-    #[arg(long, value_name = "PEM")]
-    pub ca_cert: Option<std::path::PathBuf>,
-    /// PEM file of this client's certificate (with `--key`, for client-certificate auth).
-    #[arg(long, value_name = "PEM", requires = "key")]
+    #[arg(
+        long,
+        value_name = "PEM",
+        alias = "ca-cert",
+        env = "REGISTRY_ETCD_CACERT"
+    )]
+    pub cacert: Option<std::path::PathBuf>,
+    /// PEM file of this client's certificate (with `--key`): required by an etcd that runs
+    /// with `--client-cert-auth`, and with auth on its common name is the etcd user.
+    #[arg(long, value_name = "PEM", requires = "key", env = "REGISTRY_ETCD_CERT")]
     pub cert: Option<std::path::PathBuf>,
     /// PEM file of this client's private key.
-    #[arg(long, value_name = "PEM", requires = "cert")]
+    #[arg(long, value_name = "PEM", requires = "cert", env = "REGISTRY_ETCD_KEY")]
     pub key: Option<std::path::PathBuf>,
     /// The name to check etcd's certificate against, when it differs from the endpoint's host.
     #[arg(long, value_name = "NAME")]
@@ -124,6 +129,20 @@ impl BackendArgs {
                 layout,
             });
         }
+        let registry = self.connect_etcd().await?;
+        Ok(Backend {
+            registry: Arc::new(registry),
+            kind: BackendKind::Etcd(self.etcd.clone()),
+            layout,
+        })
+    }
+
+    /// Connects to etcd (`--etcd` must be given) with the key prefix, credentials and TLS
+    /// options: for what only etcd has, such as its users and roles.
+    pub async fn connect_etcd(&self) -> Result<EtcdRegistry, BoxError> {
+        if !self.is_etcd() {
+            return Err("this needs etcd: give --etcd URL (or REGISTRY_ETCD)".into());
+        }
         let mut builder = EtcdRegistry::builder(self.etcd.clone());
         if let Some(prefix) = &self.key_prefix {
             builder = builder.key_prefix(prefix.clone());
@@ -131,33 +150,24 @@ impl BackendArgs {
         if let (Some(user), Some(password)) = (&self.user, &self.password) {
             builder = builder.user(user.clone(), password.clone());
         }
-        #[cfg(feature = "tls")]
-        {
-            if let Some(tls) = self.tls.options()? {
-                builder = builder.tls(tls);
-            }
+        if let Some(tls) = self.tls.options()? {
+            builder = builder.tls(tls);
         }
-        let registry = builder.connect().await?;
-        Ok(Backend {
-            registry: Arc::new(registry),
-            kind: BackendKind::Etcd(self.etcd.clone()),
-            layout,
-        })
+        Ok(builder.connect().await?)
     }
 }
 
-#[cfg(feature = "tls")]
 impl TlsArgs {
     /// The TLS settings, or `None` when no TLS option was given.
     fn options(&self) -> Result<Option<registry_etcd::TlsOptions>, BoxError> {
-        if self.ca_cert.is_none() && self.cert.is_none() && self.tls_domain.is_none() {
+        if self.cacert.is_none() && self.cert.is_none() && self.tls_domain.is_none() {
             return Ok(None);
         }
         let read = |path: &std::path::Path| {
             std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))
         };
         let mut tls = registry_etcd::TlsOptions::new();
-        if let Some(ca) = &self.ca_cert {
+        if let Some(ca) = &self.cacert {
             tls = tls.ca_certificate(registry_etcd::Certificate::from_pem(read(ca)?));
         }
         if let (Some(cert), Some(key)) = (&self.cert, &self.key) {

@@ -76,6 +76,16 @@ pub enum Error {
         what: String,
     },
 
+    /// The server refused the operation for this client's identity (etcd's RBAC: the user's
+    /// roles do not cover the key or prefix). Retrying as is cannot succeed; nothing was
+    /// written. A registration that meets it ends (see `registry-service`'s registrar).
+    #[error("permission denied: {source}")]
+    PermissionDenied {
+        /// What the server reported.
+        #[source]
+        source: BoxError,
+    },
+
     /// Anything else the backend reports, with its own error kept as the source.
     #[error("backend error: {source}")]
     Backend {
@@ -89,6 +99,13 @@ impl Error {
     /// An [`Error::Unavailable`] from any error or message.
     pub fn unavailable(source: impl Into<BoxError>) -> Self {
         Error::Unavailable {
+            source: source.into(),
+        }
+    }
+
+    /// An [`Error::PermissionDenied`] from any error or message.
+    pub fn permission_denied(source: impl Into<BoxError>) -> Self {
+        Error::PermissionDenied {
             source: source.into(),
         }
     }

@@ -138,7 +138,10 @@ impl EtcdRegistryBuilder {
         self
     }
 
-    /// Authenticates as `user` with `password`.
+    /// Authenticates as `user` with `password`. An expired token is renewed on its own.
+    ///
+    /// With client certificates (etcd's `--client-cert-auth` and auth on), no user is needed:
+    /// etcd takes the certificate's common name as the user.
     pub fn user(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
         self.user = Some((user.into(), password.into()));
         self
@@ -179,7 +182,10 @@ impl EtcdRegistryBuilder {
     /// Fails with [`InvalidArgument::Config`] for malformed settings (nothing is sent),
     /// [`Error::Unavailable`] when no endpoint answers within the connect timeout, and
     /// [`Error::Backend`] with an [`AuthError`](crate::AuthError) source when the credentials
-    /// are refused.
+    /// are refused, and [`Error::Backend`] with a [`TlsError`](crate::TlsError) source when TLS
+    /// cannot work: etcd's certificate fails verification, etcd refuses or requires a client
+    /// certificate, or an `http://` endpoint serves TLS. A user who may not read the key prefix
+    /// still connects: its calls fail with [`Error::PermissionDenied`].
     ///
     /// The backend needs real time: every timeout it sets sleeps on tokio's clock, and on a
     /// paused clock (`#[tokio::test(start_paused = true)]`, `tokio::time::pause()`) they would
@@ -204,15 +210,19 @@ impl EtcdRegistryBuilder {
                         Error::unavailable(format!("connecting timed out after {wait:?}"))
                     })?
                     .map_err(|e| errors::from_etcd(e, Context::default()))?;
+            let tls = self.has_tls();
             let key_prefix = KeyPrefix::new(self.key_prefix);
             // A probe that went to a member that is down is sent again to another endpoint:
             // the backend is usable while any endpoint answers.
-            crate::retry::retry(
+            let probed = crate::retry::retry(
                 self.endpoints.len(),
                 crate::retry::Idempotence::Safe,
                 || probe(&client, &key_prefix, wait),
             )
-            .await?;
+            .await;
+            if let Err(err) = probed {
+                return Err(crate::diagnose::explain(err, &self.endpoints, tls).await);
+            }
             tracing::debug!("connected");
             Ok(EtcdRegistry {
                 inner: Arc::new(Inner {
@@ -271,13 +281,32 @@ impl EtcdRegistryBuilder {
             options = options.with_keep_alive(interval, timeout);
         }
         if let Some((user, password)) = &self.user {
-            options = options.with_user(user.clone(), password.clone());
+            // etcd's tokens expire (`--auth-token-ttl`, 5 minutes without use by default);
+            // a registration that only renews its lease does not use its token, and its next
+            // write would fail with "invalid auth token". Each call is then authenticated
+            // again once and sent again.
+            options = options
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
         }
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
             options = options.with_tls(tls.clone());
         }
         options
+    }
+}
+
+impl EtcdRegistryBuilder {
+    fn has_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        {
+            self.tls.is_some()
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            false
+        }
     }
 }
 

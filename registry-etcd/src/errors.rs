@@ -40,11 +40,53 @@ impl Context {
     }
 }
 
-/// etcd refused the credentials (authentication) or the operation for this user (permission).
-/// The source of an [`Error::Backend`]; the status says which.
+/// etcd refused the credentials (authentication, the source of an [`Error::Backend`]) or the
+/// operation for this user (permission, the source of an [`Error::PermissionDenied`]); the
+/// status says which.
 #[derive(Debug, thiserror::Error)]
 #[error("etcd auth error: {}", .0.message())]
 pub struct AuthError(#[source] pub tonic::Status);
+
+/// A TLS connection to etcd failed for a reason that trying again will not cure. The source of
+/// an [`Error::Backend`], so not retried.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// etcd's server certificate did not verify: not signed by a trusted CA, expired, or not
+    /// valid for the endpoint's host.
+    #[error(
+        "TLS certificate verification failed for etcd's server certificate ({0}): the CA given \
+         (--cacert) must be the one that signed it, and it must name the endpoint's host"
+    )]
+    ServerCertificate(String),
+    /// etcd requires a client certificate (`--client-cert-auth`) and none was shown.
+    #[error(
+        "etcd requires a client certificate (it runs with --client-cert-auth) and none was \
+         given: pass --cert and --key ({0})"
+    )]
+    ClientCertificateRequired(String),
+    /// etcd refused the client certificate shown: not signed by a CA it trusts, or not meant
+    /// for clients.
+    #[error(
+        "etcd refused the client certificate shown ({0}): it must be signed by a CA in etcd's \
+         --trusted-ca-file and allow client authentication"
+    )]
+    ClientCertificateRefused(String),
+    /// etcd closed the connection right after the TLS handshake, as it does when it requires a
+    /// client certificate and none, or one it does not trust, was shown.
+    #[error(
+        "etcd closed the connection during the TLS handshake ({0}): when it runs with \
+         --client-cert-auth it requires a client certificate signed by a CA it trusts (--cert \
+         and --key)"
+    )]
+    ClosedDuringHandshake(String),
+    /// The endpoint speaks TLS, and was reached with plaintext.
+    #[error(
+        "{0} serves TLS but was reached over plaintext: use an https:// endpoint and the CA \
+         that signed etcd's certificate (--cacert)"
+    )]
+    PlaintextToTls(String),
+}
 
 /// Maps any etcd-client error.
 pub(crate) fn from_etcd(err: etcd_client::Error, ctx: Context) -> Error {
@@ -61,6 +103,22 @@ pub(crate) fn from_etcd(err: etcd_client::Error, ctx: Context) -> Error {
             InvalidArgument::Config(err.to_string()).into()
         }
         other => Error::backend(other),
+    }
+}
+
+/// Maps the cancel of a watch: compaction when etcd names a compact revision, a refused
+/// permission when the reason says so, else a plain cancel with etcd's reason.
+pub(crate) fn from_watch_cancel(reason: &str, compact_revision: i64) -> Error {
+    if compact_revision > 0 {
+        return Error::Compacted {
+            compact_revision: Revision(compact_revision),
+        };
+    }
+    if reason.contains("permission denied") {
+        return Error::permission_denied(format!("watch refused: {reason}"));
+    }
+    Error::WatchCancelled {
+        reason: reason.to_owned(),
     }
 }
 
@@ -117,8 +175,19 @@ pub(crate) fn from_status(status: tonic::Status, ctx: Context) -> Error {
         // the message kept.
         return Error::backend(status);
     }
+    if msg.contains("revision of auth store is old") {
+        // The roles changed between the request's authentication and its apply: the same
+        // request, sent again, is checked against the new roles.
+        return Error::unavailable(status);
+    }
+    if status.code() == Code::PermissionDenied || msg.contains("permission denied") {
+        return Error::permission_denied(AuthError(status));
+    }
     if is_auth_failure(&status) {
         return Error::backend(AuthError(status));
+    }
+    if let Some(tls) = tls_failure(&status) {
+        return Error::backend(tls);
     }
     if is_transport_failure(&status) {
         return Error::unavailable(status);
@@ -159,6 +228,28 @@ fn message_size_limit(msg: &str) -> Option<(Option<usize>, Option<usize>)> {
 
 fn number(text: &str) -> Option<usize> {
     text.trim().parse().ok()
+}
+
+/// A TLS handshake failure that will fail again the same way, read from the status and the
+/// transport errors under it (the rustls error is several sources down).
+fn tls_failure(status: &tonic::Status) -> Option<TlsError> {
+    let mut texts = vec![status.message().to_owned()];
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        texts.push(cause.to_string());
+        source = cause.source();
+    }
+    let find = |needle: &str| texts.iter().rev().find(|t| t.contains(needle)).cloned();
+    if let Some(detail) = find("invalid peer certificate") {
+        return Some(TlsError::ServerCertificate(detail));
+    }
+    if let Some(detail) = find("received fatal alert: CertificateRequired") {
+        return Some(TlsError::ClientCertificateRequired(detail));
+    }
+    if let Some(detail) = find("received fatal alert") {
+        return Some(TlsError::ClientCertificateRefused(detail));
+    }
+    None
 }
 
 fn is_auth_failure(status: &tonic::Status) -> bool {
@@ -389,6 +480,52 @@ mod tests {
             let err = from_etcd(status(code, msg), Context::default());
             assert!(err.is_retryable(), "{code:?} {msg}: {err}");
             assert!(std::error::Error::source(&err).is_some());
+        }
+    }
+
+    #[test]
+    fn permission_denied_is_typed_and_not_retryable() {
+        let err = from_etcd(
+            status(Code::PermissionDenied, "etcdserver: permission denied"),
+            Context::default(),
+        );
+        assert!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
+        assert!(!err.is_retryable());
+        assert_eq!(
+            err.to_string(),
+            "permission denied: etcd auth error: etcdserver: permission denied"
+        );
+        let err = from_etcd(
+            status(
+                Code::InvalidArgument,
+                "etcdserver: revision of auth store is old",
+            ),
+            Context::default(),
+        );
+        assert!(err.is_retryable(), "{err:?}");
+    }
+
+    #[test]
+    fn tls_failures_are_named_and_not_retryable() {
+        for (msg, expected) in [
+            (
+                "invalid peer certificate: UnknownIssuer",
+                "TLS certificate verification failed",
+            ),
+            (
+                "received fatal alert: CertificateRequired",
+                "requires a client certificate",
+            ),
+            (
+                "received fatal alert: UnknownCA",
+                "refused the client certificate shown",
+            ),
+        ] {
+            let err = from_etcd(status(Code::Unavailable, msg), Context::default());
+            assert!(!err.is_retryable(), "{msg}: {err:?}");
+            assert!(err.to_string().contains(expected), "{msg}: {err}");
+            let source = std::error::Error::source(&err).expect("source kept");
+            assert!(source.downcast_ref::<TlsError>().is_some(), "{msg}");
         }
     }
 

@@ -31,8 +31,10 @@
 //!
 //! With the `testing` feature, [`testing`] starts throwaway etcd servers and clusters.
 
+pub mod acl;
 mod builder;
 mod clock;
+mod diagnose;
 mod errors;
 mod key_prefix;
 mod keys;
@@ -46,7 +48,7 @@ pub use builder::{
     EtcdRegistryBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEP_ALIVE_INTERVAL,
     DEFAULT_KEEP_ALIVE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
 };
-pub use errors::AuthError;
+pub use errors::{AuthError, TlsError};
 #[cfg(feature = "tls")]
 pub use etcd_client::{Certificate, Identity, TlsOptions};
 

@@ -137,15 +137,7 @@ enum Opened {
 
 /// What a cancelled watch response means to the caller.
 fn cancel_error(resp: &WatchResponse) -> Error {
-    if resp.compact_revision() > 0 {
-        Error::Compacted {
-            compact_revision: Revision(resp.compact_revision()),
-        }
-    } else {
-        Error::WatchCancelled {
-            reason: resp.cancel_reason().to_owned(),
-        }
-    }
+    errors::from_watch_cancel(resp.cancel_reason(), resp.compact_revision())
 }
 
 /// The request half of a watch's gRPC stream, shared by the cancel on drop and the progress

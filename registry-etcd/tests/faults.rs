@@ -303,15 +303,20 @@ async fn credentials_and_permissions_fail_clearly() {
         .await
         .unwrap_err();
     assert!(denied.to_string().contains("permission denied"), "{denied}");
+    assert!(
+        matches!(denied, Error::PermissionDenied { .. }),
+        "{denied:?}"
+    );
+    assert!(!denied.is_retryable());
     let mut watch = reader
         .watch(b"other/", WatchOptions::default())
         .await
         .unwrap();
     match next_item(&mut watch, Duration::from_secs(5)).await {
-        Some(Err(Error::WatchCancelled { reason })) => {
-            assert!(reason.contains("permission denied"), "{reason}")
+        Some(Err(err @ Error::PermissionDenied { .. })) => {
+            assert!(err.to_string().contains("permission denied"), "{err}")
         }
-        other => panic!("expected WatchCancelled, got {other:?}"),
+        other => panic!("expected PermissionDenied, got {other:?}"),
     }
     assert!(next_item(&mut watch, Duration::from_secs(1))
         .await

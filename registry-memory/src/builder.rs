@@ -11,6 +11,7 @@ pub(crate) struct Config {
     pub(crate) max_ttl: i64,
     pub(crate) max_value_bytes: usize,
     pub(crate) history_limit: Option<i64>,
+    pub(crate) journal: usize,
 }
 
 /// Builds a [`MemoryRegistry`] with settings other than etcd's defaults.
@@ -40,6 +41,7 @@ impl Default for MemoryRegistryBuilder {
                 max_ttl: limits::MAX_LEASE_TTL,
                 max_value_bytes: limits::DEFAULT_MAX_VALUE_BYTES,
                 history_limit: None,
+                journal: 0,
             },
             manual_clock: false,
         }
@@ -73,6 +75,16 @@ impl MemoryRegistryBuilder {
     /// [`compact`](registry_api::Registry::compact) is called. Values below 1 count as 1.
     pub fn history_limit(mut self, revisions: u64) -> Self {
         self.config.history_limit = Some(i64::try_from(revisions).unwrap_or(i64::MAX).max(1));
+        self
+    }
+
+    /// Keeps a journal of the last `commits` committed revisions, each stamped with the server's
+    /// virtual time ([`MemoryRegistry::journal_after`]): the truth a test's checker reads from
+    /// the server itself, which no fault on a client can delay or hide. Off (0) by default. The
+    /// journal shares each revision's record with the history, so it costs a pointer and a
+    /// timestamp per revision kept.
+    pub fn journal(mut self, commits: usize) -> Self {
+        self.config.journal = commits;
         self
     }
 

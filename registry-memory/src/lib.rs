@@ -44,6 +44,12 @@
 //! expires a lease now, [`leader_change`](MemoryRegistry::leader_change) extends every lease as
 //! an etcd failover does.
 //!
+//! # The server's journal
+//!
+//! [`MemoryRegistryBuilder::journal`] keeps the last N committed revisions, each stamped with the
+//! server's virtual time; [`MemoryRegistry::journal_after`] reads them. A checker takes its
+//! truth from there rather than from a client of its own, which any fault on the way would delay.
+//!
 //! # Clients and links
 //!
 //! [`MemoryRegistry::client`] gives a named client of the server on its own
@@ -68,6 +74,7 @@ mod clock;
 mod deadlines;
 mod expiry;
 mod faults;
+mod journal;
 mod keys;
 mod leases;
 mod mvcc;
@@ -77,6 +84,7 @@ mod watches;
 
 pub use builder::MemoryRegistryBuilder;
 pub use client::MemoryClient;
+pub use journal::Commit;
 
 use builder::Config;
 use clock::Clock;

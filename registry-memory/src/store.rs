@@ -7,6 +7,7 @@
 
 use crate::builder::Config;
 use crate::clock::Clock;
+use crate::journal::Journal;
 use crate::keys::{KeyRange, Record};
 use crate::leases::Leases;
 use crate::mvcc::Mvcc;
@@ -39,6 +40,7 @@ impl Shared {
     pub(crate) fn new(config: Config, clock: Clock) -> Self {
         let state = State {
             history_limit: config.history_limit,
+            journal: Journal::new(config.journal),
             ..State::default()
         };
         Shared {
@@ -78,6 +80,7 @@ impl Shared {
     pub(crate) fn with_state<T>(&self, op: impl FnOnce(&mut State, Duration) -> T) -> T {
         let mut state = self.lock();
         let now = self.now(&state);
+        state.stamp = now;
         state.expire_due(now);
         let result = op(&mut state, now);
         let wake = std::mem::take(&mut state.to_wake);
@@ -106,6 +109,11 @@ pub(crate) struct State {
     /// The deadline the expiry task sleeps until, if it sleeps on one.
     pub(crate) expiry_task_deadline: Option<Duration>,
     pub(crate) history_limit: Option<i64>,
+    /// The server's journal of commits (empty and free unless the builder asked for one).
+    pub(crate) journal: Journal,
+    /// The virtual time the journal stamps the next commit with: now, or an expired lease's
+    /// deadline while its keys are deleted.
+    stamp: Duration,
 }
 
 impl State {
@@ -114,7 +122,8 @@ impl State {
     }
 
     /// Publishes a new revision to the watchers and applies the history limit.
-    fn commit(&mut self, record: &Record) {
+    fn commit(&mut self, record: &Arc<Record>) {
+        self.journal.record(self.stamp, record);
         self.watchers.notify(record, &mut self.to_wake);
         if let Some(limit) = self.history_limit {
             self.mvcc.compact_to_limit(limit);
@@ -135,9 +144,13 @@ impl State {
     pub(crate) fn expire_due(&mut self, now: Duration) {
         while let Some(id) = self.leases.next_due(now) {
             tracing::debug!(lease = %id, "lease expired");
+            // Its keys stopped being alive at its deadline, whenever the expiry runs.
+            let deadline = self.leases.get(id).map_or(now, |lease| lease.deadline);
+            self.stamp = deadline.min(now);
             // The lease is live (it is in the deadline index), so this cannot fail.
             let _ = self.revoke(id);
         }
+        self.stamp = now;
     }
 
     pub(crate) fn grant(

@@ -1,24 +1,72 @@
 //! The seeded fleet search on the simulator: 5 services x 2 instances and 2 gateways, each on
-//! its own client link, under a thousand seeded fault plans of two virtual minutes each; the
-//! same seed gives the same run; and the search catches three broken service layers.
+//! its own client link, under a thousand seeded fault plans of two virtual minutes each (plus a
+//! window of new seeds that moves with the commit), half in safety mode and half in liveness
+//! mode; the same seed gives the same run; the search catches broken service layers; and the
+//! seeds that once failed stay fixed.
 
-use registry_api::wrap::Link;
-use registry_api::{async_trait, LeaseId, Registry};
-use registry_conformance::fleet::{run_seed, search, search_test, FleetOptions, Mutant};
+use registry_api::wrap::{CallKind, Intercept, Intercepted, Link};
+use registry_api::{async_trait, LeaseId, Registry, Revision};
+use registry_conformance::fleet::{
+    run_seed, search, search_test, FleetOptions, Mode, Mutant, ServerCommit, ServerJournal,
+};
 use registry_conformance::service::{ServiceBackend, ServiceCapabilities};
 use registry_memory::MemoryRegistry;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// The simulator as the fleet (and the service-layer suite) sees it: one server, named clients
-/// on their own links.
+/// on their own links, and the server's journal as the truth.
 struct Simulator {
     server: MemoryRegistry,
+    /// Makes the truth lag behind the server as a client's would: nothing new while the server
+    /// is down, nor for this long after it is back (to show what such a checker gets wrong).
+    truth_lag: Option<Duration>,
+    /// Until when the lagging truth tells nothing new (server time).
+    blind_until: Arc<Mutex<Duration>>,
 }
+
+/// How many revisions the server's journal keeps: the fleet reads it at least every 500 ms of
+/// virtual time, and a whole run commits a few hundred.
+const JOURNAL: usize = 4_096;
 
 fn simulator() -> Simulator {
     Simulator {
-        server: MemoryRegistry::new(),
+        server: MemoryRegistry::builder().journal(JOURNAL).build(),
+        truth_lag: None,
+        blind_until: Arc::default(),
+    }
+}
+
+/// The simulator's journal as the fleet reads it.
+struct Journal {
+    server: MemoryRegistry,
+    lagging: bool,
+    blind_until: Arc<Mutex<Duration>>,
+}
+
+impl ServerJournal for Journal {
+    fn now(&self) -> Duration {
+        self.server.now()
+    }
+
+    fn after(&self, after: Revision) -> Option<Vec<ServerCommit>> {
+        let blind =
+            self.server.is_unavailable() || self.server.now() < *self.blind_until.lock().unwrap();
+        if self.lagging && blind {
+            return Some(Vec::new());
+        }
+        let commits = self.server.journal_after(after)?;
+        Some(
+            commits
+                .into_iter()
+                .map(|c| ServerCommit {
+                    at: c.at,
+                    batch: c.batch,
+                })
+                .collect(),
+        )
     }
 }
 
@@ -43,6 +91,9 @@ impl ServiceBackend for Simulator {
 
     async fn outage(&self, down: bool) {
         self.server.set_unavailable(down);
+        if let (Some(lag), false) = (self.truth_lag, down) {
+            *self.blind_until.lock().unwrap() = self.server.now() + lag;
+        }
     }
 
     async fn expire_lease(&self, lease: LeaseId) {
@@ -57,6 +108,14 @@ impl ServiceBackend for Simulator {
     async fn leader_change(&self, extra: Duration) -> bool {
         self.server.leader_change(extra);
         true
+    }
+
+    fn journal(&self) -> Option<Arc<dyn ServerJournal>> {
+        Some(Arc::new(Journal {
+            server: self.server.clone(),
+            lagging: self.truth_lag.is_some(),
+            blind_until: self.blind_until.clone(),
+        }))
     }
 }
 
@@ -96,13 +155,15 @@ fn catches(mutant: Mutant) {
         &mutant.apply(FleetOptions::default()),
     );
     let failure = report
-        .failure
+        .first_failure()
         .unwrap_or_else(|| panic!("{mutant:?} survived {CATCH_WITHIN} seeds"));
     println!(
-        "{mutant:?} caught at seed {} (of {} run) in {:.2}s: {}",
-        failure.seed,
+        "{mutant:?} caught by {} of {} seeds in {:.2}s, first by seed {} ({} mode): {}",
+        report.failures.len(),
         report.seeds_run,
         report.wall.as_secs_f64(),
+        failure.seed,
+        failure.mode,
         failure.violations[0]
     );
 }
@@ -163,4 +224,164 @@ fn a_kept_log_shows_the_run_and_hashes_to_the_same_run() {
         .iter()
         .any(|line| line.contains("fault Partition")));
     assert!(report.log.iter().any(|line| line.contains("gw0 svc0 -> i")));
+}
+
+/// Seed 4967 once failed: gw1 "routed to services/svc0/i1 7.013s after its lease ended". The
+/// server's journal shows why that was the checker's mistake: i1's key was deleted at 97.487 s
+/// (revision 62), then an outage ran from 97.822 s to 104.435 s; at 104.474 s i1 registered
+/// again (revision 72); gw1, whose cache listed at 104.486 s (at revision 72), routed to it at
+/// 104.500 s. The checker of the time followed the truth through a client of its own that
+/// retried every 100 ms after the outage and had not listed yet (it did at 104.522 s), so it
+/// still believed i1 gone since 97.487 s. The service layer was right; the truth now comes from
+/// the server itself.
+#[test]
+fn seed_4967_a_gateway_that_sees_a_re_registration_before_any_client_could_tell() {
+    let options = FleetOptions {
+        keep_log: true,
+        // The mode the seed failed in: faults for the whole run (the seed itself now draws
+        // liveness).
+        mode: Some(Mode::Safety),
+        ..FleetOptions::default()
+    };
+    let report = run_seed(&simulator, 4967, &options);
+    assert!(report.passed(), "{:#?}", report.violations);
+    // The run still goes through the situation: the deletion, the outage, the re-registration
+    // right after it, and gw1's pick of i1 before a client cut off by the outage could know.
+    // (Should the service layer's timing change and the seed stop doing so, a seed that does
+    // is one the lagging truth below fails on.)
+    let at = |time: &str, what: &str| {
+        let found = report
+            .log
+            .iter()
+            .any(|line| line.starts_with(&format!("[{time:>8}s]")) && line.contains(what));
+        assert!(found, "seed 4967 no longer shows `{what}` at {time}s");
+    };
+    at("97.500", "server r62 at 97.487s: delete services/svc0/i1");
+    at("104.435", "fault OutageEnd");
+    at("104.500", "server r72 at 104.474s: put services/svc0/i1 ");
+    at("104.500", "gw1 svc0 -> i1");
+
+    // And a truth that lags behind the server as that client did (nothing new during an
+    // outage, nor for 100 ms after it) blames gw1 for exactly that pick.
+    let lagging = || Simulator {
+        truth_lag: Some(Duration::from_millis(100)),
+        ..simulator()
+    };
+    let blamed = run_seed(&lagging, 4967, &options);
+    assert!(
+        blamed.violations.iter().any(|v| v.contains(
+            "[ 104.500s] gw1 routed to services/svc0/i1 7.013s after the server deleted it (at \
+             97.487s"
+        )),
+        "{:#?}",
+        blamed.violations
+    );
+}
+
+#[test]
+fn a_liveness_run_stops_its_faults_early_converges_within_the_bound_and_holds() {
+    let options = FleetOptions {
+        keep_log: true,
+        mode: Some(Mode::Liveness),
+        ..FleetOptions::default()
+    };
+    let duration = options.profile.duration;
+    let report = run_seed(&simulator, 11, &options);
+    assert!(report.passed(), "{:#?}", report.violations);
+    assert_eq!(report.mode, Mode::Liveness);
+    assert!(report.quiet_at < duration);
+    assert!(report
+        .plan
+        .steps
+        .iter()
+        .all(|step| step.at < report.quiet_at));
+    let converged = report.settled_after.expect("converged");
+    assert!(converged <= options.liveness_bound(), "{converged:?}");
+    assert!(report
+        .log
+        .iter()
+        .any(|l| l.ends_with("faults stop: everything healed")));
+    // The same seed in safety mode runs its faults to the end.
+    let safety = run_seed(
+        &simulator,
+        11,
+        &FleetOptions {
+            mode: Some(Mode::Safety),
+            ..options
+        },
+    );
+    assert_eq!(safety.quiet_at, duration);
+    assert!(safety.plan.steps.len() > report.plan.steps.len());
+}
+
+/// Holds every lease grant after the first back for 12 s after the first refused one: an
+/// instance that comes back, but later than the liveness bound allows.
+#[derive(Debug, Default)]
+struct SlowComeback {
+    granted: AtomicBool,
+    refusing_since: Mutex<Option<Instant>>,
+}
+
+#[async_trait]
+impl Intercept for SlowComeback {
+    async fn before(&self, kind: CallKind) -> registry_api::Result<()> {
+        if kind != CallKind::LeaseGrant || !self.granted.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let since = *self.refusing_since.lock().unwrap().get_or_insert(now);
+        if now.duration_since(since) < Duration::from_secs(12) {
+            return Err(registry_api::Error::unavailable("coming back slowly"));
+        }
+        Ok(())
+    }
+
+    async fn after(
+        &self,
+        kind: CallKind,
+        outcome: Result<(), &registry_api::Error>,
+    ) -> registry_api::Result<()> {
+        if kind == CallKind::LeaseGrant && outcome.is_ok() {
+            self.granted.store(true, Ordering::SeqCst);
+            *self.refusing_since.lock().unwrap() = None;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn the_liveness_bound_catches_an_instance_that_comes_back_but_too_late() {
+    let slow = |mode| FleetOptions {
+        mode: Some(mode),
+        instance_layer: Some(Arc::new(|_: &str, inner: Arc<dyn Registry>| {
+            Arc::new(Intercepted::new(inner, SlowComeback::default())) as Arc<dyn Registry>
+        })),
+        ..FleetOptions::default()
+    };
+    let liveness = search(simulator, 0..CATCH_WITHIN, &slow(Mode::Liveness));
+    let caught = liveness.first_failure().expect("the bound is enforced");
+    assert!(
+        caught.violations[0].contains("not converged (the liveness bound)"),
+        "{:?}",
+        caught.violations
+    );
+    // Safety mode only asks for "eventually": the same layer passes it.
+    let safety = search(simulator, 0..CATCH_WITHIN, &slow(Mode::Safety));
+    assert!(
+        safety.passed(),
+        "{:#?}",
+        safety
+            .failures
+            .iter()
+            .map(|f| &f.violations)
+            .collect::<Vec<_>>()
+    );
+    println!(
+        "a 12 s comeback: {} of {} liveness seeds caught it (first {}: {}); every safety seed \
+         passed",
+        liveness.failures.len(),
+        liveness.seeds_run,
+        caught.seed,
+        caught.violations[0]
+    );
 }

@@ -1,19 +1,22 @@
 //! A whole app under a fault plan: registrations, discovery caches and pickers, each on its own
-//! client, run for a stretch of virtual time, healed, and checked at quiescence.
+//! client, run for a stretch of virtual time under faults, then healed, in one of two
+//! [`Mode`]s; checked throughout and at the end against the server's journal.
 
-use super::plan::{FaultPlan, Profile};
+use super::checker::{lock, replay, route, unconverged, Caches, Shared, World};
+use super::log::Log;
+use super::mode::Mode;
+use super::plan::{FaultPlan, Profile, MAX_LEADER_EXTRA};
 use super::play::{heal_all, play};
+use super::truth::Truth;
 use crate::service::ServiceBackend;
-use futures::StreamExt;
 use registry_api::wrap::SplitMix64;
-use registry_api::{EventKind, ListOptions, Registry, WatchOptions};
+use registry_api::{LeaseId, Registry};
 use registry_service::{
-    Backoff, Discovery, DiscoveryEvent, DiscoveryOptions, Picker, PickerOptions, Registration,
-    RegistrationOptions, RegistrationState, ServiceInstance, Strategy,
+    Backoff, Discovery, DiscoveryOptions, Picker, PickerOptions, Registration, RegistrationOptions,
+    ServiceInstance, Strategy,
 };
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
@@ -26,8 +29,9 @@ pub type ClientLayer = Arc<dyn Fn(&str, Arc<dyn Registry>) -> Arc<dyn Registry> 
 ///
 /// Services are named `svc0`, `svc1`, ...; instance `i<j>` of service `svc<s>` registers on
 /// client `svc<s>-i<j>`; gateway `g` runs on client `gw<g>`, with one [`Discovery`] and one
-/// [`Picker`] per service. The harness reads the truth on its own client `fleet-observer`,
-/// which faults never hit.
+/// [`Picker`] per service. The truth comes from the server's own journal
+/// ([`ServiceBackend::journal`]); compactions go through a client of the harness's own,
+/// `fleet-admin`, which no fault but an outage hits.
 #[derive(Clone)]
 pub struct FleetOptions {
     /// How many services.
@@ -40,12 +44,22 @@ pub struct FleetOptions {
     pub ttl: Duration,
     /// How often each gateway routes one request to each service.
     pub route_every: Duration,
-    /// The invariant's bound: a gateway whose cache is synced never routes to an instance more
-    /// than this long after the instance's lease ended (deleting its key).
+    /// The routing bound: a gateway whose cache is synced never routes to an instance more than
+    /// this long after the server deleted its key (its lease ended, or it was deleted).
     pub stale_bound: Duration,
-    /// After the plan, everything is healed; the fleet must be quiescent (every instance
-    /// registered, every cache equal to the truth) within this long.
+    /// The mode: `None` (the default) lets each seed draw its own ([`Mode::of_seed`]).
+    pub mode: Option<Mode>,
+    /// [`Mode::Safety`]: after the plan, everything is healed; the fleet must then be
+    /// quiescent (every instance registered, every cache equal to the truth) within this long.
+    /// Generous on purpose: it says "eventually", the timed claim is the liveness mode's.
     pub settle_within: Duration,
+    /// [`Mode::Liveness`]: the bound. Once the faults stop and everything is healed, every
+    /// registration and every cache must have converged within this long, and stay so. `None`
+    /// (the default) derives it from the fleet's timings: [`FleetOptions::liveness_bound`].
+    pub converge_within: Option<Duration>,
+    /// [`Mode::Liveness`]: once converged, the fleet must stay so (the same leases, caches
+    /// still equal to the truth) for this long, with no fault to excuse a change.
+    pub hold_converged: Duration,
     /// The faults (its `duration` is how long the app runs under them).
     pub profile: Profile,
     /// Wraps each instance's registry.
@@ -58,8 +72,10 @@ pub struct FleetOptions {
 }
 
 impl Default for FleetOptions {
-    /// 5 services x 2 instances, 2 gateways routing every 500 ms, 4 s TTL, a 5 s bound, 60 s
-    /// to settle, two virtual minutes of [`Profile::default`].
+    /// 5 services x 2 instances, 2 gateways routing every 500 ms, 4 s TTL, a 5 s routing
+    /// bound, two virtual minutes of [`Profile::default`], the mode drawn from each seed; 60 s
+    /// to settle in safety mode; in liveness mode convergence within the bound derived from
+    /// these timings (9.33 s, see [`FleetOptions::liveness_bound`]), then held for 10 s.
     fn default() -> Self {
         FleetOptions {
             services: 5,
@@ -68,7 +84,10 @@ impl Default for FleetOptions {
             ttl: Duration::from_secs(4),
             route_every: Duration::from_millis(500),
             stale_bound: Duration::from_secs(5),
+            mode: None,
             settle_within: Duration::from_secs(60),
+            converge_within: None,
+            hold_converged: Duration::from_secs(10),
             profile: Profile::default(),
             instance_layer: None,
             gateway_layer: None,
@@ -86,7 +105,10 @@ impl fmt::Debug for FleetOptions {
             .field("ttl", &self.ttl)
             .field("route_every", &self.route_every)
             .field("stale_bound", &self.stale_bound)
+            .field("mode", &self.mode)
             .field("settle_within", &self.settle_within)
+            .field("converge_within", &self.converge_within)
+            .field("hold_converged", &self.hold_converged)
             .field("profile", &self.profile)
             .field("instance_layer", &self.instance_layer.is_some())
             .field("gateway_layer", &self.gateway_layer.is_some())
@@ -96,6 +118,50 @@ impl fmt::Debug for FleetOptions {
 }
 
 impl FleetOptions {
+    /// The liveness bound in force: [`converge_within`](Self::converge_within) if set, else
+    /// the longest the service layer may take, by its own documented timings, to converge once
+    /// the faults stop:
+    /// - a lease the faults kept from being renewed can still die after they stop: at most a
+    ///   TTL after its last renewal, plus a leader change's extension (up to 1 s);
+    /// - its registrar learns it at its next keep-alive round, at most TTL/3 later;
+    /// - and is registered again within its worst-case recovery, `backoff.max +
+    ///   request_timeout` (2 s + 1 s here; `RegistrationOptions::worst_case_recovery`);
+    /// - meanwhile every cache follows its open watch at once, or, if its watch broke, lists
+    ///   again within the same `backoff.max + request_timeout`.
+    ///
+    /// With the default 4 s TTL: 4 + 1 + 1.33 + 3 = 9.33 s.
+    ///
+    /// ```
+    /// use registry_conformance::fleet::FleetOptions;
+    /// use std::time::Duration;
+    ///
+    /// assert_eq!(FleetOptions::default().liveness_bound(), Duration::from_millis(9_333));
+    /// ```
+    pub fn liveness_bound(&self) -> Duration {
+        if let Some(bound) = self.converge_within {
+            return bound;
+        }
+        // A third of the TTL, at millisecond grain.
+        let round = Duration::from_millis(u64::try_from((self.ttl / 3).as_millis()).unwrap_or(0));
+        self.ttl + MAX_LEADER_EXTRA + round + backoff().max + REQUEST_TIMEOUT
+    }
+
+    /// The mode seed `seed` runs: the forced one, or the seed's own.
+    pub fn mode_of(&self, seed: u64) -> Mode {
+        self.mode.unwrap_or_else(|| Mode::of_seed(seed))
+    }
+
+    /// What seed `seed` runs: its mode, when the faults stop (counted from the start of the
+    /// plan), and its plan (the faults before that point).
+    pub fn plan_of(&self, seed: u64) -> (Mode, Duration, FaultPlan) {
+        let profile = self.plan_profile();
+        let mode = self.mode_of(seed);
+        let quiet_at = mode.quiet_at(seed, profile.duration);
+        let mut plan = FaultPlan::generate(seed, &profile);
+        plan.steps.retain(|step| step.at < quiet_at);
+        (mode, quiet_at, plan)
+    }
+
     /// The client names of the instances, in order.
     pub fn instance_clients(&self) -> Vec<String> {
         let mut names = Vec::new();
@@ -128,7 +194,11 @@ impl FleetOptions {
 pub struct FleetReport {
     /// The seed.
     pub seed: u64,
-    /// The plan it ran.
+    /// The mode it ran.
+    pub mode: Mode,
+    /// When the faults stopped and everything was healed, counted from the start of the plan.
+    pub quiet_at: Duration,
+    /// The plan it ran (the faults before `quiet_at`).
     pub plan: FaultPlan,
     /// Every invariant broken, with when and where (empty when the run passed).
     pub violations: Vec<String>,
@@ -138,7 +208,9 @@ pub struct FleetReport {
     pub events: u64,
     /// Faults of the plan the backend could not stage.
     pub skipped_faults: u64,
-    /// How long after the heal the fleet was quiescent (`None` if it never was).
+    /// How long after the heal (at `quiet_at`) the fleet had converged: in liveness mode, from
+    /// when on it stayed converged to the end of the bound. `None` if it was not converged by
+    /// the mode's bound.
     pub settled_after: Option<Duration>,
     /// A hash of everything observed, with virtual times (routes, discovery events,
     /// registration states): the same seed gives the same hash.
@@ -153,308 +225,229 @@ impl FleetReport {
     pub fn passed(&self) -> bool {
         self.violations.is_empty()
     }
-}
 
-/// At most this many violations are kept per run: the first ones tell the story.
-const MAX_VIOLATIONS: usize = 20;
-
-/// The log everything observable goes through, hashed as it comes (FNV-1a).
-#[derive(Debug)]
-struct Log {
-    start: Instant,
-    hash: u64,
-    routes: u64,
-    events: u64,
-    violations: Vec<String>,
-    lines: Option<Vec<String>>,
-}
-
-impl Log {
-    fn at(&self) -> Duration {
-        self.start.elapsed()
-    }
-
-    fn record(&mut self, line: &str) {
-        let now = self.at();
-        if let Some(lines) = &mut self.lines {
-            lines.push(format!("[{:>8.3}s] {line}", now.as_secs_f64()));
-        }
-        let at = self.at().as_millis().to_le_bytes();
-        for byte in at.iter().chain(line.as_bytes()).chain(b"\n") {
-            self.hash ^= u64::from(*byte);
-            self.hash = self.hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-
-    fn violation(&mut self, what: String) {
-        if self.violations.len() < MAX_VIOLATIONS {
-            let at = self.at();
-            self.violations
-                .push(format!("[{:>8.3}s] {what}", at.as_secs_f64()));
+    /// A report of a run that could not take place (the backend keeps no journal, the run
+    /// panicked): its seed and plan, and why.
+    pub(super) fn aborted(seed: u64, options: &FleetOptions, why: String) -> FleetReport {
+        let (mode, quiet_at, plan) = options.plan_of(seed);
+        FleetReport {
+            seed,
+            mode,
+            quiet_at,
+            plan,
+            violations: vec![why],
+            routes: 0,
+            events: 0,
+            skipped_faults: 0,
+            settled_after: None,
+            log_hash: 0,
+            log: Vec::new(),
         }
     }
 }
 
-/// The truth as the observer reads it: which instance keys exist, and when each gone one went.
-#[derive(Debug, Default)]
-struct Truth {
-    alive: BTreeSet<String>,
-    ended: BTreeMap<String, Instant>,
-}
-
-impl Truth {
-    fn put(&mut self, key: String) {
-        self.ended.remove(&key);
-        self.alive.insert(key);
-    }
-
-    fn delete(&mut self, key: String, now: Instant) {
-        if self.alive.remove(&key) {
-            self.ended.insert(key, now);
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct World {
-    truth: Truth,
-    /// Per gateway and service: the instances as replayed from the discovery events.
-    replayed: BTreeMap<(usize, usize), BTreeMap<String, ServiceInstance>>,
-}
-
-type Shared<T> = Arc<Mutex<T>>;
-
-fn lock<T>(shared: &Shared<T>) -> MutexGuard<'_, T> {
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-const PREFIX: &[u8] = b"services/";
-
-/// Follows the truth under `services/` through a healthy client: list, then watch from the
-/// list's revision + 1; on any failure (a server outage, a compaction) list again and diff.
-/// Deletions seen late only make the routing check more lenient, never wrong.
-async fn observe(observer: Arc<dyn Registry>, world: Shared<World>) {
-    loop {
-        if let Ok(list) = observer.list(PREFIX, ListOptions::default()).await {
-            let now = Instant::now();
-            let keys: BTreeSet<String> = list.kvs.iter().map(|kv| kv.key_str().into()).collect();
-            {
-                let mut world = lock(&world);
-                let gone: Vec<String> = world.truth.alive.difference(&keys).cloned().collect();
-                for key in gone {
-                    world.truth.delete(key, now);
-                }
-                for key in keys {
-                    world.truth.put(key);
-                }
-            }
-            let from = WatchOptions::from_revision(list.revision.next());
-            if let Ok(mut watch) = observer.watch(PREFIX, from).await {
-                while let Some(Ok(batch)) = watch.next().await {
-                    let now = Instant::now();
-                    let mut world = lock(&world);
-                    for event in &batch.events {
-                        let key = event.kv.key_str().into_owned();
-                        match event.kind {
-                            EventKind::Put => world.truth.put(key),
-                            EventKind::Delete => world.truth.delete(key, now),
-                        }
-                    }
-                }
-            }
-        }
-        sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// One gateway's routing loop: a pick per service every `every`, each checked against the
-/// truth when the cache claims to be synced.
-async fn route(
-    gateway: usize,
-    caches: Arc<Vec<(Discovery, Picker)>>,
-    every: Duration,
-    bound: Duration,
-    world: Shared<World>,
-    log: Shared<Log>,
-) {
-    loop {
-        sleep(every).await;
-        let now = Instant::now();
-        for (service, (discovery, picker)) in caches.iter().enumerate() {
-            let picked = picker.pick();
-            let mut log = lock(&log);
-            log.routes += 1;
-            let Some(instance) = picked else {
-                log.record(&format!("gw{gateway} svc{service} -> none"));
-                continue;
-            };
-            log.record(&format!("gw{gateway} svc{service} -> {}", instance.id));
-            let id = instance.id.clone();
-            instance.success();
-            if !discovery.is_synced() {
-                // A cache that knows it is stale keeps its last view: that is its job.
-                continue;
-            }
-            let key = format!("services/svc{service}/{id}");
-            let world = lock(&world);
-            if let Some(ended) = world.truth.ended.get(&key) {
-                let late = now.duration_since(*ended);
-                if late > bound {
-                    log.violation(format!(
-                        "gw{gateway} routed to {key} {:.3}s after its lease ended (bound {:.3}s), \
-                         with a cache that claims to be synced",
-                        late.as_secs_f64(),
-                        bound.as_secs_f64()
-                    ));
-                }
-            }
-        }
-    }
-}
-
-/// Replays one cache's events: an add of a present instance or a removal of an absent one is
-/// an event applied twice or one skipped before it.
-async fn replay(
-    gateway: usize,
-    service: usize,
-    discovery: Discovery,
-    world: Shared<World>,
-    log: Shared<Log>,
-) {
-    let mut events = discovery.subscribe();
-    drop(discovery);
-    while let Some(event) = events.recv().await {
-        let mut log = lock(&log);
-        let mut world = lock(&world);
-        let view = world.replayed.entry((gateway, service)).or_default();
-        log.events += 1;
-        let (what, id, ok) = match &event {
-            DiscoveryEvent::Added(i) => (
-                "added",
-                &i.id,
-                view.insert(i.id.clone(), i.clone()).is_none(),
-            ),
-            DiscoveryEvent::Updated { old, new } => (
-                "updated",
-                &new.id,
-                view.insert(new.id.clone(), new.clone()).as_ref() == Some(old),
-            ),
-            DiscoveryEvent::Removed(i) => ("removed", &i.id, view.remove(&i.id).is_some()),
-        };
-        log.record(&format!("gw{gateway} svc{service} {what} {id}"));
-        if !ok {
-            log.violation(format!(
-                "gw{gateway} svc{service}: event {what} {id} does not follow from the events \
-                 before it (applied twice, or one skipped)"
-            ));
-        }
-    }
-}
-
-/// Why the fleet is not quiescent yet, or `None` when it is.
-async fn unsettled(
-    observer: &Arc<dyn Registry>,
-    registrations: &[(String, Registration)],
-    expected: &[ServiceInstance],
-    gateways: &[Arc<Vec<(Discovery, Picker)>>],
-    world: &Shared<World>,
-) -> Option<String> {
-    let list = match observer.list(PREFIX, ListOptions::default()).await {
-        Ok(list) => list,
-        Err(e) => return Some(format!("the truth cannot be read: {e}")),
-    };
-    let truth: BTreeMap<String, (Option<registry_api::LeaseId>, Option<ServiceInstance>)> = list
-        .kvs
-        .iter()
-        .map(|kv| {
-            let instance = ServiceInstance::from_json(&kv.value).ok();
-            (kv.key_str().into_owned(), (kv.lease, instance))
-        })
-        .collect();
-    for ((client, registration), instance) in registrations.iter().zip(expected) {
-        let key = format!("services/{}/{}", instance.service, instance.id);
-        let state = registration.state();
-        let RegistrationState::Registered { lease, .. } = state else {
-            return Some(format!("{client} is not registered: {state:?}"));
-        };
-        match truth.get(&key) {
-            Some((Some(held), Some(found))) if *held == lease && found == instance => {}
-            other => {
-                return Some(format!(
-                    "{client} says registered with lease {lease}, the store holds {other:?}"
-                ))
-            }
-        }
-    }
-    let world = lock(world);
-    for (g, caches) in gateways.iter().enumerate() {
-        for (s, (discovery, _)) in caches.iter().enumerate() {
-            let prefix = format!("services/svc{s}/");
-            let want: Vec<&ServiceInstance> = truth
-                .iter()
-                .filter(|(key, _)| key.starts_with(&prefix))
-                .filter_map(|(_, (_, instance))| instance.as_ref())
-                .collect();
-            let snapshot = discovery.snapshot();
-            let have: Vec<&ServiceInstance> = snapshot.iter().collect();
-            if !discovery.is_synced() || have != want {
-                return Some(format!(
-                    "gw{g} svc{s}: cache (synced: {}) holds {:?}, the truth is {:?}",
-                    discovery.is_synced(),
-                    have.iter().map(|i| &i.id).collect::<Vec<_>>(),
-                    want.iter().map(|i| &i.id).collect::<Vec<_>>()
-                ));
-            }
-            let replayed: Vec<&ServiceInstance> = world
-                .replayed
-                .get(&(g, s))
-                .map(|view| view.values().collect())
-                .unwrap_or_default();
-            if replayed != have {
-                return Some(format!(
-                    "gw{g} svc{s}: its events replay to {:?}, its cache holds {:?}",
-                    replayed.iter().map(|i| &i.id).collect::<Vec<_>>(),
-                    have.iter().map(|i| &i.id).collect::<Vec<_>>()
-                ));
-            }
-        }
-    }
-    None
-}
-
-/// Runs the fleet of `options` on `backend` under the plan drawn from `seed`, then heals
-/// everything, waits for quiescence and checks the invariants. Call it on a paused runtime for a
-/// backend on virtual time (the search does).
+/// Runs the fleet of `options` on `backend` under the plan drawn from `seed`, in the seed's
+/// [`Mode`], and checks the invariants. Call it on a paused runtime for a backend on virtual
+/// time (the search does).
 ///
-/// The invariants:
-/// - at quiescence every instance is registered (its state says so, and the store holds its
-///   key with that lease and its value), and every cache is synced and equal to the truth;
-/// - every cache's events, replayed from the start, give its final view: no event applied twice
-///   or skipped;
-/// - no gateway whose cache claims to be synced routes to an instance more than
-///   [`FleetOptions::stale_bound`] after its lease ended.
+/// The truth is the server's own journal ([`ServiceBackend::journal`]); a backend without one
+/// fails at once, saying so. The invariants:
+/// - throughout, no gateway whose cache claims to be synced routes to an instance the server
+///   deleted more than [`FleetOptions::stale_bound`] earlier, or never held;
+/// - throughout, every cache's events replay to its view: no event applied twice or skipped;
+/// - [`Mode::Safety`]: after the plan everything is healed, and within
+///   [`FleetOptions::settle_within`] every instance is registered (its state says so, and the
+///   server holds its key with that lease and its value) and every cache is synced and equal to
+///   the truth;
+/// - [`Mode::Liveness`]: the faults stop at [`FleetReport::quiet_at`], everything is healed, and
+///   the same holds within [`FleetOptions::liveness_bound`], then keeps holding, with the same
+///   leases, for [`FleetOptions::hold_converged`].
 pub async fn run_fleet<B: ServiceBackend>(
     backend: &B,
     seed: u64,
     options: &FleetOptions,
 ) -> FleetReport {
-    let profile = options.plan_profile();
-    let plan = FaultPlan::generate(seed, &profile);
-    let start = Instant::now();
-    let log = Arc::new(Mutex::new(Log {
-        start,
-        hash: 0xcbf2_9ce4_8422_2325,
-        routes: 0,
-        events: 0,
-        violations: Vec::new(),
-        lines: options.keep_log.then(Vec::new),
-    }));
-    let world: Shared<World> = Arc::default();
-    let observer = backend.client("fleet-observer").await;
+    let (mode, quiet_at, plan) = options.plan_of(seed);
+    let Some(journal) = backend.journal() else {
+        let why = "the backend keeps no server journal (ServiceBackend::journal): the fleet \
+                   search has no truth to check against";
+        return FleetReport::aborted(seed, options, why.into());
+    };
+    let log = Arc::new(Mutex::new(Log::new(options.keep_log)));
+    lock(&log).record(&format!(
+        "seed {seed}, {mode} mode: faults until {:.3}s",
+        quiet_at.as_secs_f64()
+    ));
+    let world = Arc::new(Mutex::new(World::new(Truth::new(journal, "services/"))));
+    let admin = backend.client("fleet-admin").await;
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-    tasks.push(tokio::spawn(observe(observer.clone(), world.clone())));
+    let (registrations, expected) = register(backend, seed, options, &log).await;
+    let mut gateways = Vec::new();
+    for g in 0..options.gateways {
+        gateways.push(gateway(backend, seed, options, g, &world, &log, &mut tasks).await);
+    }
+    for (g, caches) in gateways.iter().enumerate() {
+        tasks.push(tokio::spawn(route(
+            g,
+            caches.clone(),
+            options.route_every,
+            options.stale_bound,
+            world.clone(),
+            log.clone(),
+        )));
+    }
 
-    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    // The plan, on virtual time from here.
+    let plan_start = Instant::now();
+    let lease_of = |client: &str| {
+        registrations
+            .iter()
+            .find(|(name, _)| name == client)
+            .and_then(|(_, registration)| registration.lease())
+    };
+    let skipped = play(&plan, backend, &lease_of, admin.as_ref(), |step| {
+        lock(&log).record(&format!("fault {:?}", step.fault))
+    })
+    .await;
+    sleep_until(plan_start + quiet_at).await;
+    let clients = options.plan_profile().clients;
+    heal_all(backend, &clients).await;
+    lock(&log).record("faults stop: everything healed");
+
+    let check = || unconverged(&registrations, &expected, &gateways, &world, &log);
+    let leases = || registrations.iter().map(|(_, r)| r.lease()).collect();
+    let settled_after = match mode {
+        Mode::Safety => converge(options.settle_within, &check).await,
+        Mode::Liveness => {
+            let converged = converged_by(options.liveness_bound(), &check).await;
+            if converged.is_ok() {
+                hold(options.hold_converged, &check, leases, &log).await;
+            }
+            converged
+        }
+    };
+    if let Ok(after) = settled_after {
+        lock(&log).record(&format!(
+            "converged {:.3}s after the heal",
+            after.as_secs_f64()
+        ));
+    }
+    for task in &tasks {
+        task.abort();
+    }
+    let mut log = lock(&log);
+    if let Err(last) = &settled_after {
+        let (what, within) = match mode {
+            Mode::Safety => ("not quiescent", options.settle_within),
+            Mode::Liveness => (
+                "not converged (the liveness bound)",
+                options.liveness_bound(),
+            ),
+        };
+        log.violation(format!(
+            "{what} {:.1}s after the faults stopped: {last}",
+            within.as_secs_f64()
+        ));
+    }
+    for (client, registration) in registrations.iter() {
+        log.record(&format!("{client} ends {:?}", registration.state()));
+    }
+    FleetReport {
+        seed,
+        mode,
+        quiet_at,
+        plan,
+        violations: log.violations.clone(),
+        routes: log.routes,
+        events: log.events,
+        skipped_faults: skipped,
+        settled_after: settled_after.ok(),
+        log_hash: log.hash,
+        log: log.lines.take().unwrap_or_default(),
+    }
+}
+
+/// How often convergence is checked: fine enough to measure it, cheap (no call to any server).
+const CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// Waits until `check` finds nothing wrong, up to `within`: how long that took, or the last
+/// reason it gave.
+async fn converge(
+    within: Duration,
+    check: &dyn Fn() -> Option<String>,
+) -> Result<Duration, String> {
+    let from = Instant::now();
+    loop {
+        let why = match check() {
+            None => return Ok(from.elapsed()),
+            Some(why) => why,
+        };
+        if from.elapsed() + CHECK_EVERY > within {
+            return Err(why);
+        }
+        sleep(CHECK_EVERY).await;
+    }
+}
+
+/// Watches `check` for all of `bound`: converged at its end, since when (counted from now), or
+/// the reason it gave last. A divergence inside the bound is the tail of the faults (a lease
+/// they left without renewal dies up to a TTL after they stop) and only restarts the count.
+async fn converged_by(
+    bound: Duration,
+    check: &dyn Fn() -> Option<String>,
+) -> Result<Duration, String> {
+    let from = Instant::now();
+    let mut since = None;
+    loop {
+        match check() {
+            None => since = since.or_else(|| Some(from.elapsed())),
+            Some(why) => {
+                since = None;
+                if from.elapsed() + CHECK_EVERY > bound {
+                    return Err(why);
+                }
+            }
+        }
+        if from.elapsed() + CHECK_EVERY > bound {
+            // Converged now (the arm above returned otherwise).
+            return Ok(since.unwrap_or_default());
+        }
+        sleep(CHECK_EVERY).await;
+    }
+}
+
+/// Once converged, with no fault left and past the bound, the fleet stays so for `period`:
+/// the checks keep passing and no registration changes its lease.
+async fn hold(
+    period: Duration,
+    check: &dyn Fn() -> Option<String>,
+    leases: impl Fn() -> Vec<Option<LeaseId>>,
+    log: &Shared<Log>,
+) {
+    let held = leases();
+    let until = Instant::now() + period;
+    while Instant::now() < until {
+        sleep(CHECK_EVERY).await;
+        let why = check().or_else(|| {
+            let now = leases();
+            (now != held).then(|| format!("leases changed from {held:?} to {now:?}"))
+        });
+        if let Some(why) = why {
+            lock(log).violation(format!(
+                "converged, then diverged with no fault left: {why}"
+            ));
+            return;
+        }
+    }
+}
+
+/// Starts every instance's registration, each on its own client.
+async fn register<B: ServiceBackend>(
+    backend: &B,
+    seed: u64,
+    options: &FleetOptions,
+    log: &Shared<Log>,
+) -> (Vec<(String, Registration)>, Vec<ServiceInstance>) {
     let mut registrations = Vec::new();
     let mut expected = Vec::new();
     for s in 0..options.services {
@@ -474,9 +467,9 @@ pub async fn run_fleet<B: ServiceBackend>(
                 instance.clone(),
                 RegistrationOptions::default()
                     .ttl(options.ttl)
-                    .backoff(backoff.clone())
+                    .backoff(backoff())
                     .seed(SplitMix64::derive(seed, &client))
-                    .request_timeout(Duration::from_secs(1)),
+                    .request_timeout(REQUEST_TIMEOUT),
             )
             .await;
             match registered {
@@ -484,116 +477,70 @@ pub async fn run_fleet<B: ServiceBackend>(
                     registrations.push((client, registration));
                     expected.push(instance);
                 }
-                Err(e) => lock(&log).violation(format!("{client} could not register at all: {e}")),
+                Err(e) => lock(log).violation(format!("{client} could not register at all: {e}")),
             }
         }
     }
+    (registrations, expected)
+}
 
-    let mut gateways = Vec::new();
-    for g in 0..options.gateways {
-        let client = format!("gw{g}");
-        let mut registry = backend.client(&client).await;
-        if let Some(layer) = &options.gateway_layer {
-            registry = layer(&client, registry);
-        }
-        let mut caches = Vec::new();
-        for s in 0..options.services {
-            let service = format!("svc{s}");
-            let name = format!("{client}/{service}");
-            let discovery = match Discovery::start(
-                registry.clone(),
-                service,
-                DiscoveryOptions::default()
-                    .backoff(backoff.clone())
-                    .seed(SplitMix64::derive(seed, &name))
-                    .request_timeout(Duration::from_secs(1)),
-            ) {
-                Ok(discovery) => discovery,
-                Err(e) => {
-                    lock(&log).violation(format!("{name}: discovery did not start: {e}"));
-                    continue;
-                }
-            };
-            tasks.push(tokio::spawn(replay(
-                g,
-                s,
-                discovery.clone(),
-                world.clone(),
-                log.clone(),
-            )));
-            let picker = Picker::new(
-                discovery.clone(),
-                PickerOptions::new(Strategy::RoundRobin).seed(SplitMix64::derive(seed, &name)),
-            );
-            caches.push((discovery, picker));
-        }
-        for (discovery, _) in &caches {
-            discovery.wait_synced().await;
-        }
-        gateways.push(Arc::new(caches));
+/// Gateway `g`: a discovery cache and a picker per service on one client, each cache's events
+/// replayed by a task of `tasks`; returns once every cache is synced.
+async fn gateway<B: ServiceBackend>(
+    backend: &B,
+    seed: u64,
+    options: &FleetOptions,
+    g: usize,
+    world: &Shared<World>,
+    log: &Shared<Log>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Caches {
+    let client = format!("gw{g}");
+    let mut registry: Arc<dyn Registry> = backend.client(&client).await;
+    if let Some(layer) = &options.gateway_layer {
+        registry = layer(&client, registry);
     }
-    for (g, caches) in gateways.iter().enumerate() {
-        tasks.push(tokio::spawn(route(
+    let mut caches = Vec::new();
+    for s in 0..options.services {
+        let service = format!("svc{s}");
+        let name = format!("{client}/{service}");
+        let discovery = match Discovery::start(
+            registry.clone(),
+            service,
+            DiscoveryOptions::default()
+                .backoff(backoff())
+                .seed(SplitMix64::derive(seed, &name))
+                .request_timeout(REQUEST_TIMEOUT),
+        ) {
+            Ok(discovery) => discovery,
+            Err(e) => {
+                lock(log).violation(format!("{name}: discovery did not start: {e}"));
+                continue;
+            }
+        };
+        tasks.push(tokio::spawn(replay(
             g,
-            caches.clone(),
-            options.route_every,
-            options.stale_bound,
+            s,
+            discovery.clone(),
             world.clone(),
             log.clone(),
         )));
+        let picker = Picker::new(
+            discovery.clone(),
+            PickerOptions::new(Strategy::RoundRobin).seed(SplitMix64::derive(seed, &name)),
+        );
+        caches.push((discovery, picker));
     }
+    for (discovery, _) in &caches {
+        discovery.wait_synced().await;
+    }
+    Arc::new(caches)
+}
 
-    // The plan, on virtual time from here.
-    let registrations = Arc::new(registrations);
-    let plan_start = Instant::now();
-    let lease_of = |client: &str| {
-        registrations
-            .iter()
-            .find(|(name, _)| name == client)
-            .and_then(|(_, registration)| registration.lease())
-    };
-    let skipped = play(&plan, backend, &lease_of, observer.as_ref(), |step| {
-        lock(&log).record(&format!("fault {:?}", step.fault))
-    })
-    .await;
-    sleep_until(plan_start + profile.duration).await;
-    heal_all(backend, &profile.clients).await;
-    let healed = Instant::now();
+/// Every call of the fleet's registrations and caches gives up after this long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 
-    let mut settled_after = None;
-    let mut last = String::new();
-    while healed.elapsed() <= options.settle_within {
-        match unsettled(&observer, &registrations, &expected, &gateways, &world).await {
-            None => {
-                settled_after = Some(healed.elapsed());
-                break;
-            }
-            Some(why) => last = why,
-        }
-        sleep(Duration::from_millis(250)).await;
-    }
-    for task in &tasks {
-        task.abort();
-    }
-    let mut log = lock(&log);
-    if settled_after.is_none() {
-        log.violation(format!(
-            "not quiescent {:.0}s after the heal: {last}",
-            options.settle_within.as_secs_f64()
-        ));
-    }
-    for (client, registration) in registrations.iter() {
-        log.record(&format!("{client} ends {:?}", registration.state()));
-    }
-    FleetReport {
-        seed,
-        plan,
-        violations: log.violations.clone(),
-        routes: log.routes,
-        events: log.events,
-        skipped_faults: skipped,
-        settled_after,
-        log_hash: log.hash,
-        log: log.lines.take().unwrap_or_default(),
-    }
+/// The fleet's retry waits: 100 ms doubling to 2 s, jittered.
+fn backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(2))
 }

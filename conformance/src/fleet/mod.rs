@@ -18,17 +18,25 @@
 //! between the service layer and each client), or run their own app under a plan with [`play`]
 //! and [`heal_all`] and check their own invariants.
 
+mod checker;
 mod harness;
+mod log;
+mod mode;
 mod mutants;
 mod plan;
 mod play;
 mod search;
+mod seeds;
+mod truth;
 
 pub use harness::{run_fleet, ClientLayer, FleetOptions, FleetReport};
+pub use mode::Mode;
 pub use mutants::Mutant;
 pub use plan::{Fault, FaultPlan, Profile, Step, Weights};
 pub use play::{heal_all, play, stage};
-pub use search::{run_seed, search, search_test, SearchReport, SEEDS_VAR, SEED_VAR};
+pub use search::{run_seed, search, search_test, SearchReport, THREADS_VAR};
+pub use seeds::{window_for, SeedPlan, WindowSource, COMMIT_VAR, SEEDS_VAR, SEED_VAR, WINDOW_VAR};
+pub use truth::{ServerCommit, ServerJournal};
 
 /// Stamps a `#[test]` named `fleet_search` that runs the seeded fleet search over
 /// `seeds` seeds (0 to `seeds - 1`) on fresh backends from `$backend` (a

@@ -4,6 +4,9 @@ use registry_api::wrap::{Latency, SplitMix64};
 use std::fmt;
 use std::time::Duration;
 
+/// The most a leader change extends the leases by.
+pub(super) const MAX_LEADER_EXTRA: Duration = Duration::from_secs(1);
+
 /// One fault, or the end of one, on a named client's link or on the whole server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -271,7 +274,7 @@ impl FaultPlan {
                 7 => add(Duration::ZERO, Fault::Compact),
                 _ => add(
                     Duration::ZERO,
-                    Fault::LeaderChange(rng.duration(Duration::ZERO, Duration::from_secs(1))),
+                    Fault::LeaderChange(rng.duration(Duration::ZERO, MAX_LEADER_EXTRA)),
                 ),
             }
         }

@@ -1,7 +1,9 @@
-//! The seeded search: many seeds of one fleet, on as many threads as the machine has, each
-//! seed on its own paused runtime.
+//! The seeded search: many seeds of one fleet, on every core, each seed on its own paused
+//! runtime; every failing seed is reported, not only the first.
 
 use super::harness::{run_fleet, FleetOptions, FleetReport};
+use super::mode::Mode;
+use super::seeds::{SeedPlan, SEED_VAR};
 use crate::service::ServiceBackend;
 use std::ops::Range;
 use std::panic::AssertUnwindSafe;
@@ -9,28 +11,42 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The environment variable that replays one seed: `REGISTRY_FLEET_SEED=<seed>`.
-pub const SEED_VAR: &str = "REGISTRY_FLEET_SEED";
-
-/// The environment variable that overrides how many seeds a stamped search runs:
-/// `REGISTRY_FLEET_SEEDS=<count>` (more in a nightly job, fewer on a slow machine).
-pub const SEEDS_VAR: &str = "REGISTRY_FLEET_SEEDS";
+/// The environment variable that sets how many threads a search runs on:
+/// `REGISTRY_FLEET_THREADS=<n>` (default: every core the machine has).
+pub const THREADS_VAR: &str = "REGISTRY_FLEET_THREADS";
 
 /// What a search found.
 #[derive(Clone, Debug)]
 pub struct SearchReport {
     /// How many seeds ran.
     pub seeds_run: u64,
-    /// The lowest failing seed's report, if any seed failed. Every seed below it passed.
-    pub failure: Option<FleetReport>,
+    /// How many of them ran in [`Mode::Liveness`] (the others in [`Mode::Safety`]).
+    pub liveness_seeds: u64,
+    /// Every failing seed's report, in seed order.
+    pub failures: Vec<FleetReport>,
     /// Wall-clock time of the whole search.
     pub wall: Duration,
     /// Threads it ran on.
     pub threads: usize,
-    /// Routes and discovery events over every seed that ran.
+    /// Requests routed by the gateways over every seed that ran.
     pub routes: u64,
     /// Discovery events over every seed that ran.
     pub events: u64,
+    /// The longest convergence after the faults stopped among the liveness seeds that
+    /// converged: how close the search came to the bound.
+    pub slowest_convergence: Option<(u64, Duration)>,
+}
+
+impl SearchReport {
+    /// True when every seed passed.
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// The lowest failing seed's report, if any.
+    pub fn first_failure(&self) -> Option<&FleetReport> {
+        self.failures.first()
+    }
 }
 
 /// Runs one seed of the fleet on a fresh backend from `make`, on its own current-thread
@@ -60,73 +76,117 @@ where
         }),
         Err(e) => Err(format!("cannot build a runtime: {e}")),
     };
-    outcome.unwrap_or_else(|why| FleetReport {
-        seed,
-        plan: super::FaultPlan::generate(seed, &options.plan_profile()),
-        violations: vec![format!("the run panicked: {why}")],
-        routes: 0,
-        events: 0,
-        skipped_faults: 0,
-        settled_after: None,
-        log_hash: 0,
-        log: Vec::new(),
+    outcome.unwrap_or_else(|why| {
+        FleetReport::aborted(seed, options, format!("the run panicked: {why}"))
     })
 }
 
-/// Runs `seeds` of the fleet, in parallel, and reports the lowest failing seed (every seed
-/// below it is run too, so the answer does not depend on the threads' timing).
+/// Runs every seed of `seeds` in parallel and reports every failing one.
 pub fn search<B, F>(make: F, seeds: Range<u64>, options: &FleetOptions) -> SearchReport
 where
     F: Fn() -> B + Sync,
     B: ServiceBackend,
 {
+    search_ranges(make, &[seeds], options)
+}
+
+#[derive(Default)]
+struct Totals {
+    seeds: u64,
+    liveness: u64,
+    routes: u64,
+    events: u64,
+    slowest: Option<(u64, Duration)>,
+    failures: Vec<FleetReport>,
+}
+
+/// Runs every seed of every range (a seed in two ranges runs twice), on [`THREADS_VAR`] threads
+/// or one per core.
+pub(super) fn search_ranges<B, F>(
+    make: F,
+    ranges: &[Range<u64>],
+    options: &FleetOptions,
+) -> SearchReport
+where
+    F: Fn() -> B + Sync,
+    B: ServiceBackend,
+{
     let started = Instant::now();
-    let threads = std::thread::available_parallelism()
-        .map(usize::from)
-        .unwrap_or(1)
-        .clamp(1, 8);
-    let next = AtomicU64::new(seeds.start);
-    let lowest_failure = AtomicU64::new(u64::MAX);
-    let found: Mutex<Option<FleetReport>> = Mutex::new(None);
-    let totals = Mutex::new((0u64, 0u64, 0u64));
+    let threads = threads();
+    let total: u64 = ranges.iter().map(|r| r.end.saturating_sub(r.start)).sum();
+    let seed_at = |mut index: u64| {
+        for range in ranges {
+            let len = range.end.saturating_sub(range.start);
+            if index < len {
+                return range.start + index;
+            }
+            index -= len;
+        }
+        u64::MAX
+    };
+    let next = AtomicU64::new(0);
+    let totals = Mutex::new(Totals::default());
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {
-                let seed = next.fetch_add(1, Ordering::SeqCst);
-                if seed >= seeds.end || seed > lowest_failure.load(Ordering::SeqCst) {
+                let index = next.fetch_add(1, Ordering::SeqCst);
+                if index >= total {
                     break;
                 }
-                let report = run_seed(&make, seed, options);
-                {
-                    let mut totals = totals.lock().unwrap_or_else(|e| e.into_inner());
-                    totals.0 += 1;
-                    totals.1 += report.routes;
-                    totals.2 += report.events;
+                let report = run_seed(&make, seed_at(index), options);
+                let mut totals = totals.lock().unwrap_or_else(|e| e.into_inner());
+                totals.seeds += 1;
+                totals.routes += report.routes;
+                totals.events += report.events;
+                if report.mode == Mode::Liveness {
+                    totals.liveness += 1;
+                    if let Some(after) = report.settled_after {
+                        // Ties go to the lowest seed, so the answer does not depend on timing.
+                        let slower = totals.slowest.map_or(true, |(seed, slowest)| {
+                            after > slowest || (after == slowest && report.seed < seed)
+                        });
+                        if slower {
+                            totals.slowest = Some((report.seed, after));
+                        }
+                    }
                 }
                 if !report.passed() {
-                    lowest_failure.fetch_min(seed, Ordering::SeqCst);
-                    let mut found = found.lock().unwrap_or_else(|e| e.into_inner());
-                    if found.as_ref().map_or(true, |f| f.seed > seed) {
-                        *found = Some(report);
-                    }
+                    totals.failures.push(report);
                 }
             });
         }
     });
-    let (seeds_run, routes, events) = totals.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut totals = totals.into_inner().unwrap_or_else(|e| e.into_inner());
+    totals.failures.sort_by_key(|report| report.seed);
     SearchReport {
-        seeds_run,
-        failure: found.into_inner().unwrap_or_else(|e| e.into_inner()),
+        seeds_run: totals.seeds,
+        liveness_seeds: totals.liveness,
+        failures: totals.failures,
         wall: started.elapsed(),
         threads,
-        routes,
-        events,
+        routes: totals.routes,
+        events: totals.events,
+        slowest_convergence: totals.slowest,
     }
 }
 
-/// What the test that [`fleet_search!`](crate::fleet_search) stamps does: searches seeds
-/// `0..seeds` (or as many as [`SEEDS_VAR`] says, or only the seed in [`SEED_VAR`]), prints the wall time, and on failure panics
-/// with the seed, what broke, the plan, and the command that replays exactly that seed.
+fn threads() -> usize {
+    std::env::var(THREADS_VAR)
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(1)
+        })
+        .max(1)
+}
+
+/// What the test that [`fleet_search!`](crate::fleet_search) stamps does: searches the seeds
+/// [`SeedPlan::from_env`] gives (the fixed seeds `0..seeds` plus the moving window, or only the
+/// seed in [`SEED_VAR`]), prints the ranges, the modes and the wall time, and on failure panics
+/// listing every failing seed with the command that replays exactly that seed, then the first
+/// one's plan.
 pub fn search_test<B, F>(
     test: &str,
     package: &str,
@@ -138,53 +198,59 @@ pub fn search_test<B, F>(
     F: Fn() -> B + Sync,
     B: ServiceBackend,
 {
-    let replay = std::env::var(SEED_VAR)
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok());
-    let range = match replay {
-        Some(seed) => seed..seed.saturating_add(1),
-        None => {
-            let count = std::env::var(SEEDS_VAR)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .unwrap_or(seeds);
-            0..count
-        }
-    };
+    let plan = SeedPlan::from_env(seeds);
     // Replaying one seed keeps its whole event log, printed below.
-    options.keep_log |= replay.is_some();
-    let report = search(make, range.clone(), &options);
+    options.keep_log |= plan.replay.is_some();
+    let report = search_ranges(make, &plan.ranges(), &options);
+    println!("{plan}");
     println!(
-        "fleet search: {} seeds ({}..{}) in {:.2}s wall on {} threads; {} routes, {} discovery events",
+        "fleet search: {} seeds in {:.2}s wall on {} threads ({} safety, {} liveness); {} routes, \
+         {} discovery events",
         report.seeds_run,
-        range.start,
-        range.end,
         report.wall.as_secs_f64(),
         report.threads,
+        report.seeds_run - report.liveness_seeds,
+        report.liveness_seeds,
         report.routes,
         report.events
     );
-    if let Some(seed) = replay {
-        println!("replayed seed {seed} (from {SEED_VAR})");
+    if let Some((seed, after)) = report.slowest_convergence {
+        println!(
+            "liveness: the slowest seed ({seed}) converged {:.3}s after its faults stopped \
+             (bound {:.3}s)",
+            after.as_secs_f64(),
+            options.liveness_bound().as_secs_f64()
+        );
     }
-    if let Some(failure) = report.failure.as_ref().filter(|f| !f.log.is_empty()) {
+    if let Some(failure) = report.first_failure().filter(|f| !f.log.is_empty()) {
         println!("event log of seed {}:", failure.seed);
         for line in &failure.log {
             println!("  {line}");
         }
     }
-    if let Some(failure) = report.failure {
-        let stem = std::path::Path::new(file)
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("fleet");
-        let name = test.rsplit("::").next().unwrap_or(test);
-        panic!(
-            "fleet seed {seed} failed:\n  {violations}\n{plan}\nreplay exactly this seed with:\n  \
-             {SEED_VAR}={seed} cargo test -p {package} --test {stem} {name} -- --nocapture",
+    let Some(first) = report.first_failure() else {
+        return;
+    };
+    let stem = std::path::Path::new(file)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("fleet");
+    let name = test.rsplit("::").next().unwrap_or(test);
+    let mut message = format!("{} failing fleet seeds:\n", report.failures.len());
+    for failure in &report.failures {
+        message.push_str(&format!(
+            "fleet seed {seed} failed ({mode} mode):\n  {violations}\n  replay: {SEED_VAR}={seed} \
+             cargo test -p {package} --test {stem} {name} -- --nocapture\n",
             seed = failure.seed,
+            mode = failure.mode,
             violations = failure.violations.join("\n  "),
-            plan = failure.plan,
-        );
+        ));
     }
+    panic!(
+        "{message}the first one, seed {seed}, ran {mode} mode with faults until {quiet:.3}s; {plan}",
+        seed = first.seed,
+        mode = first.mode,
+        quiet = first.quiet_at.as_secs_f64(),
+        plan = first.plan,
+    );
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::Time;
+use crate::fleet::ServerJournal;
 
 /// A backend as the service-layer scenarios see it: one server, any number of named clients.
 ///
@@ -52,6 +53,14 @@ pub trait ServiceBackend: Send + Sync + 'static {
     async fn leader_change(&self, extra: Duration) -> bool {
         let _ = extra;
         false
+    }
+
+    /// The server's own journal of what it committed, stamped with its virtual time: the truth
+    /// the fleet search checks against, read without a client so that no fault delays it.
+    /// `None` (the default) when the backend keeps none; the fleet search then fails at once,
+    /// saying so.
+    fn journal(&self) -> Option<Arc<dyn ServerJournal>> {
+        None
     }
 
     /// Lets `by` pass: a virtual sleep on [`Time::Virtual`], a real one on [`Time::Real`].

@@ -45,6 +45,20 @@ pub async fn run(command: &mut Command) -> (bool, String, String) {
     (output.status.success(), stdout, stderr)
 }
 
+/// Runs the `registry` CLI with exactly `args` (no `REGISTRY_ETCD` or `REGISTRY_NAMESPACE` from
+/// the environment) to the end: whether it succeeded, its stdout and its stderr.
+pub async fn run_registry<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_registry"));
+    command
+        .args(args)
+        .env("RUST_LOG", "error")
+        .env_remove("REGISTRY_ETCD")
+        .env_remove("REGISTRY_NAMESPACE")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    run(&mut command).await
+}
+
 /// Starts `binary args...`; its stderr goes to the test's own.
 pub fn spawn(binary: &str, args: &[&str]) -> Child {
     Child::start(command(binary, args), false)

@@ -121,6 +121,7 @@ impl EtcdCluster {
                         }
                         args
                     },
+                    tls: None,
                     cleanup_dir: dir.path().to_owned(),
                 })
             })

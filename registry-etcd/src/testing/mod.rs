@@ -4,6 +4,9 @@
 //!   on the same data and ports, kill.
 //! - [`EtcdCluster`]: three (or more) members on loopback, fast elections; kill and restart
 //!   members, find the leader.
+//! - [`EtcdServer::start_tls`]: one etcd whose client port speaks TLS, with certificates made
+//!   in the test by a [`TestCa`]: server certificate only, client certificates required, or
+//!   client certificates whose common name is the etcd user ([`TlsMode`]).
 //! - [`TcpProxy`]: a loopback TCP proxy between client and server that delays, resets or
 //!   black-holes connections on demand ([`ProxyMode`]).
 //! - [`shared_endpoints`] / [`isolated_registry`]: one server shared by every test of a test
@@ -33,14 +36,17 @@
 //! }
 //! ```
 
+mod auth;
+mod certs;
 mod cluster;
 mod process;
 mod proxy;
 mod server;
 
+pub use certs::{CertifiedKey, TestCa};
 pub use cluster::EtcdCluster;
 pub use proxy::{ProxyMode, ProxyStats, TcpProxy};
-pub use server::EtcdServer;
+pub use server::{EtcdServer, TlsMode};
 
 use crate::EtcdRegistry;
 use std::io;

@@ -68,6 +68,18 @@ pub(crate) fn url(port: u16) -> String {
     format!("http://127.0.0.1:{port}")
 }
 
+/// A member's client TLS: its certificate files, whether clients must show a certificate, and
+/// the plain-HTTP port its `/health` is polled on (the client port speaks only TLS).
+#[derive(Debug, Clone)]
+pub(crate) struct MemberTls {
+    pub(crate) cert_file: PathBuf,
+    pub(crate) key_file: PathBuf,
+    pub(crate) trusted_ca_file: PathBuf,
+    /// Require client certificates signed by `trusted_ca_file`.
+    pub(crate) client_cert_auth: bool,
+    pub(crate) metrics_port: u16,
+}
+
 /// How one member is started.
 #[derive(Debug, Clone)]
 pub(crate) struct MemberSpec {
@@ -79,6 +91,8 @@ pub(crate) struct MemberSpec {
     pub(crate) initial_cluster: String,
     pub(crate) token: String,
     pub(crate) extra_args: Vec<String>,
+    /// TLS on the client port, if any (peers always talk plain HTTP on loopback).
+    pub(crate) tls: Option<MemberTls>,
     /// Removed by the watchdog if the test process dies without cleaning up.
     pub(crate) cleanup_dir: PathBuf,
 }
@@ -101,7 +115,18 @@ impl Member {
     }
 
     pub(crate) fn endpoint(&self) -> String {
-        url(self.spec.client_port)
+        match self.spec.tls {
+            Some(_) => format!("https://127.0.0.1:{}", self.spec.client_port),
+            None => url(self.spec.client_port),
+        }
+    }
+
+    /// The plain-HTTP port that answers `/health`.
+    fn health_port(&self) -> u16 {
+        match &self.spec.tls {
+            Some(tls) => tls.metrics_port,
+            None => self.spec.client_port,
+        }
     }
 
     /// Starts the process (on its existing data dir, if any). Does not wait for health.
@@ -114,7 +139,7 @@ impl Member {
             .append(true)
             .open(&spec.log)?;
         writeln!(log, "=== starting {} ({})", spec.name, bin.display())?;
-        let client = url(spec.client_port);
+        let client = self.endpoint();
         let peer = url(spec.peer_port);
         let mut command = Command::new(&bin);
         command
@@ -137,7 +162,24 @@ impl Member {
             .args(["--initial-cluster", &spec.initial_cluster])
             .args(["--initial-cluster-token", &spec.token])
             .args(["--initial-cluster-state", "new"])
-            .args(["--log-level", "warn"])
+            .args(["--log-level", "warn"]);
+        if let Some(tls) = &spec.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert_file)
+                .arg("--key-file")
+                .arg(&tls.key_file)
+                .arg(format!("--listen-metrics-urls={}", url(tls.metrics_port)));
+            // etcd requires client certificates whenever it has a trusted CA file, whatever
+            // `--client-cert-auth` says: a server-only setup must not name one.
+            if tls.client_cert_auth {
+                command
+                    .arg("--trusted-ca-file")
+                    .arg(&tls.trusted_ca_file)
+                    .arg("--client-cert-auth");
+            }
+        }
+        command
             .args(&spec.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
@@ -173,7 +215,7 @@ impl Member {
     pub(crate) fn wait_healthy(&mut self, timeout: Duration) -> io::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if healthy(self.spec.client_port) {
+            if healthy(self.health_port()) {
                 return Ok(());
             }
             if !self.is_running() {

@@ -7,10 +7,15 @@
 //! registry --etcd http://127.0.0.1:2379 deregister hello manual
 //! registry status --etcd http://127.0.0.1:2379 --json
 //! registry ui --etcd http://127.0.0.1:2379 --listen 127.0.0.1:8080
+//! registry acl enable --root-password ROOTPW --etcd http://127.0.0.1:2379
+//! registry acl add-service hello hello --user-password PW --etcd ... --user root --password ROOTPW
+//! registry acl show --etcd ... --user root --password ROOTPW
 //! ```
 //!
 //! Global options (`--etcd`, `--namespace`, `--json`...) go before or after the subcommand, as
 //! etcdctl's flags do.
+
+mod acl;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use registry_api::ListOptions;
@@ -31,7 +36,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 /// Lists, watches, registers and deregisters service instances in etcd, sums them up by status,
-/// and serves a live dashboard of them.
+/// serves a live dashboard of them, and sets up least-privilege roles on etcd's RBAC.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -94,6 +99,11 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Least privilege on etcd's RBAC: each service writes only its own instances, each client
+    /// reads only the services it calls, operators manage the namespace. The connecting user
+    /// (`--user`, `--password`, or a client certificate) must be root once auth is on.
+    #[command(subcommand)]
+    Acl(acl::AclCommand),
 }
 
 /// Parses the command line, with the backend options accepted after the subcommand too.
@@ -128,6 +138,15 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 .into(),
         );
     }
+    if let Command::Acl(command) = args.command {
+        let registry = tokio::time::timeout(WAIT, args.backend.connect_etcd())
+            .await
+            .map_err(|_| format!("could not reach etcd within {WAIT:?}"))??;
+        let layout = registry_service::KeyLayout::new(args.backend.namespace.clone())?;
+        return tokio::time::timeout(WAIT, acl::run(&registry, &layout, command, args.json))
+            .await
+            .map_err(|_| format!("etcd did not answer within {WAIT:?}"))?;
+    }
     let backend = tokio::time::timeout(WAIT, args.backend.connect())
         .await
         .map_err(|_| format!("could not reach etcd within {WAIT:?}"))??;
@@ -156,6 +175,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
         Command::Deregister { service, id } => deregister(&backend, &service, &id, args.json).await,
         Command::Status => status(&backend, args.json).await,
         Command::Ui { listen } => ui(backend, listen, args.json).await,
+        // Run above, before connecting as the service layer does.
+        Command::Acl(_) => Err("acl subcommands need etcd's own client".into()),
     }
 }
 
