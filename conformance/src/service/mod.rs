@@ -8,19 +8,28 @@
 //! On virtual time the bounds are exact (expiry lateness zero, no allowance); on real time each
 //! bound is the stated one plus the backend's declared expiry lateness and a second of
 //! scheduling allowance.
+//!
+//! Everything an adapter names is here: [`ServiceBackend`], [`ServiceCapabilities`], [`Time`],
+//! [`Links`] (per-client partitions for any backend) and [`Link`] (what
+//! [`ServiceBackend::link`] returns); plus `Registry` and `LeaseId` from `registry_api`.
 
 mod backend;
 mod ctx;
 mod discovery;
-mod harness;
 mod links;
 mod picking;
 mod registration;
+mod scenario_runner;
 mod tap;
 
+/// The time a [`ServiceCapabilities`] declares (the contract suite's).
+pub use crate::contract::Time;
 pub use backend::{ServiceBackend, ServiceCapabilities};
-pub use harness::{run_scenario, run_test, runtime, scenario_names};
 pub use links::Links;
+/// What [`ServiceBackend::link`] returns, re-exported so that an adapter needs no other import
+/// for it (it is `registry_api::wrap::Link`).
+pub use registry_api::wrap::Link;
+pub use scenario_runner::{run_scenario, run_test, runtime, scenario_names};
 
 use crate::failure::Check;
 use ctx::ServiceCtx;
