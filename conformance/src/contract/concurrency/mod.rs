@@ -92,7 +92,7 @@ async fn run(cx: &mut Ctx<'_>, seed: u64, n: u32) -> Check<String> {
     let lease_ttl = cx.caps.min_ttl.max(300);
     let registry = cx.registry.clone();
     futures::future::join_all((0..CLIENTS).map(|id| {
-        let client_seed = SplitMix64::derive(run_seed, &format!("client {id}"));
+        let client_seed = SplitMix64::derive(run_seed, format!("client {id}"));
         let registry = client_registry(&registry, jitter, client_seed);
         client(
             id,
