@@ -1,7 +1,9 @@
 //! The [`Registry`] contract over the state machine: input checks first (nothing is written on
-//! bad input), then one locked operation, each in a debug-level `tracing` span.
+//! bad input), then one locked operation, each in a debug-level `tracing` span; on a timed
+//! client, between the two legs of its round trip (see [`crate::timing`]).
 
 use crate::keys::{KeyDisplay, KeyRange, Kv};
+use crate::timing::Leg;
 use crate::watches::{self, WatchSpec};
 use crate::{expiry, MemoryRegistry};
 use async_trait::async_trait;
@@ -10,8 +12,29 @@ use registry_api::{
     ListResponse, PutOptions, PutResponse, Registry, Result, Revision, WatchOptions, WatchStream,
 };
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Waits out one leg of a round trip on tokio's clock (nothing for a zero delay).
+pub(crate) async fn pause(delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+}
 
 impl MemoryRegistry {
+    /// Runs `op` on the server between the request leg and the reply leg of a `leg` round
+    /// trip: the server applies it at one instant, after the request arrived; the caller has
+    /// the answer only after the reply leg. An instant handle runs it at once.
+    async fn round_trip<T>(&self, leg: Leg, op: impl FnOnce() -> T) -> T {
+        let Some((before, after)) = self.legs(leg) else {
+            return op();
+        };
+        pause(before).await;
+        let answer = op();
+        pause(after).await;
+        answer
+    }
+
     fn grant_now(&self, ttl: i64, id: Option<LeaseId>) -> Result<LeaseGrant> {
         let span = tracing::debug_span!("memory.lease_grant", ttl, id = ?id, lease = tracing::field::Empty);
         let _entered = span.enter();
@@ -177,62 +200,72 @@ impl MemoryRegistry {
             prev_kv: opts.prev_kv,
             progress_notify: opts.progress_notify,
         };
+        let timer = self.timer.clone();
         self.shared
-            .call(|state, _| Ok(watches::open(self.shared.clone(), state, spec)))
+            .call(|state, _| Ok(watches::open(self.shared.clone(), state, spec, timer)))
     }
 }
 
 #[async_trait]
 impl Registry for MemoryRegistry {
     async fn lease_grant(&self, ttl: i64, id: Option<LeaseId>) -> Result<LeaseGrant> {
-        self.grant_now(ttl, id)
+        self.round_trip(Leg::Call, || self.grant_now(ttl, id)).await
     }
 
     async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64> {
-        self.keep_alive_now(id)
+        self.round_trip(Leg::KeepAlive, || self.keep_alive_now(id))
+            .await
     }
 
     async fn lease_keep_alive_many(&self, ids: &[LeaseId]) -> Result<Vec<Result<i64>>> {
-        self.keep_alive_many_now(ids)
+        self.round_trip(Leg::KeepAlive, || self.keep_alive_many_now(ids))
+            .await
     }
 
     async fn lease_revoke(&self, id: LeaseId) -> Result<Revision> {
-        self.revoke_now(id)
+        self.round_trip(Leg::Call, || self.revoke_now(id)).await
     }
 
     async fn lease_time_to_live(&self, id: LeaseId) -> Result<LeaseTimeToLive> {
-        self.time_to_live_now(id)
+        self.round_trip(Leg::Call, || self.time_to_live_now(id))
+            .await
     }
 
     async fn leases(&self) -> Result<Vec<LeaseId>> {
-        self.leases_now()
+        self.round_trip(Leg::Call, || self.leases_now()).await
     }
 
     async fn put(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<PutResponse> {
-        self.put_now(key, value, &opts)
+        self.round_trip(Leg::Call, || self.put_now(key, value, &opts))
+            .await
     }
 
     async fn get(&self, key: &[u8]) -> Result<GetResponse> {
-        self.get_now(key)
+        self.round_trip(Leg::Call, || self.get_now(key)).await
     }
 
     async fn list(&self, prefix: &[u8], opts: ListOptions) -> Result<ListResponse> {
-        self.list_now(prefix, &opts)
+        self.round_trip(Leg::Call, || self.list_now(prefix, &opts))
+            .await
     }
 
     async fn delete(&self, key: &[u8]) -> Result<DeleteResponse> {
-        self.delete_now(KeyRange::Key(key))
+        self.round_trip(Leg::Call, || self.delete_now(KeyRange::Key(key)))
+            .await
     }
 
     async fn delete_prefix(&self, prefix: &[u8]) -> Result<DeleteResponse> {
-        self.delete_now(KeyRange::Prefix(prefix))
+        self.round_trip(Leg::Call, || self.delete_now(KeyRange::Prefix(prefix)))
+            .await
     }
 
     async fn compact(&self, revision: Revision) -> Result<Revision> {
-        self.compact_now(revision)
+        self.round_trip(Leg::Call, || self.compact_now(revision))
+            .await
     }
 
     async fn watch(&self, prefix: &[u8], opts: WatchOptions) -> Result<WatchStream> {
-        self.watch_now(prefix, &opts)
+        self.round_trip(Leg::Watch, || self.watch_now(prefix, &opts))
+            .await
     }
 }

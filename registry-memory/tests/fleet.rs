@@ -202,7 +202,7 @@ fn a_failing_search_prints_its_seed_and_the_replay_command() {
         message.contains("cargo test -p registry-memory --test fleet caught -- --nocapture"),
         "{message}"
     );
-    assert!(message.contains("REGISTRY_FLEET_SEED="), "{message}");
+    assert!(message.contains("REGISTRY_SEED="), "{message}");
     assert!(message.contains("fault plan of seed"), "{message}");
 }
 

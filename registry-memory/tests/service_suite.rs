@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use registry_api::wrap::{Counting, KeyPrefix};
 use registry_api::{LeaseId, Registry};
 use registry_conformance::service::{ServiceBackend, ServiceCapabilities};
-use registry_memory::MemoryRegistry;
+use registry_memory::{Latencies, MemoryRegistry};
 use std::sync::{Arc, OnceLock};
 
 /// One store per scenario, created on the first client call (so on the scenario's paused
@@ -39,7 +39,8 @@ impl ServiceBackend for Simulator {
     }
 
     fn capabilities(&self) -> ServiceCapabilities {
-        ServiceCapabilities::simulator()
+        // The simulator's default timing: etcd's measured delays on every call and delivery.
+        ServiceCapabilities::simulator().with_latency(Latencies::etcd().bound())
     }
 
     async fn partition(&self, name: &str, cut: bool) {
@@ -80,3 +81,7 @@ mod over_the_wrappers {
 
     registry_conformance::service_suite!(wrapped_simulator);
 }
+
+// Every scenario again over seeds 0..100 of the simulator's timing (`scripts/test.sh` runs it
+// on its own with the wall time printed; `REGISTRY_SEEDS` changes the seeds).
+registry_conformance::service_seed_search!(simulator, seeds = 100);

@@ -85,10 +85,15 @@ pub struct ServiceCapabilities {
     pub outage: bool,
     /// [`ServiceBackend::expire_lease`] works.
     pub expire_lease: bool,
+    /// The longest one round trip (a call, a watch's opening, a keep-alive) or one watch
+    /// delivery takes on [`Time::Virtual`]: zero for an instant simulator, its timing
+    /// profile's bound for a timed one. Bounds on virtual time allow a few of these.
+    pub latency: Duration,
 }
 
 impl ServiceCapabilities {
-    /// The simulator: virtual time, exact expiry, every fault.
+    /// The simulator: virtual time, exact expiry, every fault, instant calls (set the latency of
+    /// a timed one with [`with_latency`](Self::with_latency)).
     pub fn simulator() -> Self {
         ServiceCapabilities {
             time: Time::Virtual,
@@ -97,7 +102,14 @@ impl ServiceCapabilities {
             partition: true,
             outage: true,
             expire_lease: true,
+            latency: Duration::ZERO,
         }
+    }
+
+    /// The same, with `latency` as the longest round trip or delivery.
+    pub fn with_latency(mut self, latency: Duration) -> Self {
+        self.latency = latency;
+        self
     }
 
     /// A real etcd started by the test: real time, about a second of expiry lateness.

@@ -20,6 +20,7 @@ mod links;
 mod picking;
 mod registration;
 mod scenario_runner;
+mod seeds;
 mod tap;
 
 /// The time a [`ServiceCapabilities`] declares (the contract suite's).
@@ -30,6 +31,7 @@ pub use links::Links;
 /// for it (it is `registry_api::wrap::Link`).
 pub use registry_api::wrap::Link;
 pub use scenario_runner::{run_scenario, run_test, runtime, scenario_names};
+pub use seeds::{search_seeds, seed_search_test, SeedFailure, SeedsReport};
 
 use crate::failure::Check;
 use ctx::ServiceCtx;
