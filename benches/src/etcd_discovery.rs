@@ -118,7 +118,8 @@ async fn latency(
         );
     }
     for cache in &caches {
-        tokio::time::timeout(WAIT, cache.wait_synced())
+        cache
+            .wait_synced(WAIT)
             .await
             .map_err(|_| "a cache did not sync".to_owned())?;
     }

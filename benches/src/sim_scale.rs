@@ -249,7 +249,10 @@ async fn simulate(scale: Scale, seed: u64) -> std::io::Result<Outcome> {
         caches.push(hub.discovery(&service_name(s)).map_err(io)?);
     }
     for cache in &caches {
-        cache.wait_synced().await;
+        cache
+            .wait_synced(Duration::from_secs(60))
+            .await
+            .map_err(io)?;
     }
     let rss_cached = procfs::rss();
     let setup_virtual = t0.elapsed();

@@ -184,6 +184,7 @@ macro_rules! __service_scenarios {
             malformed_values_are_skipped_counted_and_never_fatal,
             handles_of_one_service_share_one_watch,
             cache_is_synced_only_once_its_watch_is_up,
+            waits_return_a_synced_view_and_a_cut_view_knows_it_is_stale,
             picker_follows_the_cache,
         }
     };

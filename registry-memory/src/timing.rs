@@ -497,10 +497,13 @@ mod tests {
 
     #[test]
     fn a_client_follows_the_simulator_unless_given_its_own() {
-        let timing = Timing::new(Latencies::instant(), RunSeed {
-            seed: 1,
-            source: registry_api::seeding::SeedSource::Scoped,
-        });
+        let timing = Timing::new(
+            Latencies::instant(),
+            RunSeed {
+                seed: 1,
+                source: registry_api::seeding::SeedSource::Scoped,
+            },
+        );
         let client = timing.client("a");
         assert_eq!(client.legs(&timing, Leg::Call), None);
         timing.set(Latencies::fixed(Duration::from_millis(3)));

@@ -351,7 +351,10 @@ async fn an_instance_partitioned_past_its_ttl_re_registers_and_is_never_routed_t
         DiscoveryOptions::default(),
     )
     .unwrap();
-    discovery.wait_synced().await;
+    discovery
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
     let picker = Picker::new(discovery.clone(), PickerOptions::default());
     let old_lease = registration.lease().unwrap();
     // The test's own probes take no time, so they run every 50 ms exactly.
@@ -424,7 +427,10 @@ async fn a_partitioned_gateway_keeps_its_last_view_flagged_stale() {
         )),
     )
     .unwrap();
-    discovery.wait_synced().await;
+    discovery
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
     assert!(discovery.is_synced());
 
     server.link("gateway").partition();
@@ -441,7 +447,8 @@ async fn a_partitioned_gateway_keeps_its_last_view_flagged_stale() {
     assert_eq!(held, vec!["a"], "the last view, not an empty one");
 
     server.link("gateway").heal();
-    timeout(Duration::from_secs(5), discovery.wait_synced())
+    discovery
+        .wait_synced(Duration::from_secs(5))
         .await
         .expect("synced again after healing");
     let now: Vec<String> = discovery.snapshot().iter().map(|i| i.id.clone()).collect();

@@ -219,7 +219,8 @@ impl<'b> ServiceCtx<'b> {
 
     /// Waits until `discovery` is synced, within `bound`.
     pub(crate) async fn synced(&self, discovery: &Discovery, bound: Duration) -> Check {
-        tokio::time::timeout(bound, discovery.wait_synced())
+        discovery
+            .wait_synced(bound)
             .await
             .map_err(|_| format!("the cache did not sync within {bound:?}"))
     }

@@ -110,7 +110,9 @@ where
         seeding::with_seed(seed, || {
             let backend = rt.block_on(make());
             if backend.capabilities().time != Time::Virtual {
-                return Err("the backend is not on virtual time: there is no seed to search".into());
+                return Err(
+                    "the backend is not on virtual time: there is no seed to search".into(),
+                );
             }
             run_scenario(name, &backend, &rt).map_err(|failure| failure.message)
         })

@@ -90,7 +90,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
         &args.service,
         DiscoveryOptions::default().namespace(backend.layout.namespace()),
     )?;
-    tokio::time::timeout(Duration::from_secs(30), discovery.wait_synced())
+    discovery
+        .wait_synced(Duration::from_secs(30))
         .await
         .map_err(|_| {
             format!(
@@ -123,7 +124,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 GoTarget::new(target.clone())?,
                 DiscoveryOptions::default(),
             )?;
-            tokio::time::timeout(Duration::from_secs(30), go.wait_synced())
+            go.wait_synced(Duration::from_secs(30))
                 .await
                 .map_err(|_| format!("could not list Go target {target} within 30 s"))?;
             Gateway::with_go_target(discovery, go, options)
