@@ -200,7 +200,7 @@ impl Greeter for SlowNode {
 }
 
 async fn gateway_p99(report: &mut Report, requests: usize) {
-    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::builder().instant().build());
     let mut registrations = Vec::new();
     for i in 0..5 {
         let id = format!("n{i}");

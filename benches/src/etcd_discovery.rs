@@ -302,7 +302,7 @@ pub(crate) fn simulator_crashes() -> Report {
         }
     };
     let outcome = runtime.block_on(async {
-        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::builder().instant().build());
         crash_run(
             registry,
             "services",
