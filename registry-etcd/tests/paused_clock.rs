@@ -141,8 +141,8 @@ async fn a_keep_alive_in_flight_when_the_clock_stops_names_the_paused_clock() {
     let (r, proxy) = connect_through_a_proxy("paused-in-flight").await;
     let lease = r.lease_grant(30, None).await.unwrap().id;
     r.lease_keep_alive(lease).await.unwrap(); // the shared keep-alive stream is open
-    // Nothing answers from now on, and the clock stops while the keep-alive waits for its
-    // reply: its reply timeout (the backend's own, on the caller's clock) fires at once.
+                                              // Nothing answers from now on, and the clock stops while the keep-alive waits for its
+                                              // reply: its reply timeout (the backend's own, on the caller's clock) fires at once.
     proxy.set_mode(ProxyMode::BlackHole);
     let renewal = tokio::spawn({
         let r = r.clone();
