@@ -167,6 +167,8 @@ struct Node {
     /// When it was last picked, in nanoseconds after the picker's epoch plus one; 0: never.
     last_pick: AtomicU64,
     record: Mutex<Record>,
+    #[cfg(feature = "metrics")]
+    series: crate::metrics::NodeSeries,
 }
 
 #[derive(Debug, Default)]
@@ -176,13 +178,15 @@ struct Record {
 }
 
 impl Node {
-    fn new(id: String) -> Self {
+    fn new(instance: &ServiceInstance) -> Self {
         Node {
-            id,
+            id: instance.id.clone(),
             in_flight: AtomicU64::new(0),
             out: AtomicBool::new(false),
             last_pick: AtomicU64::new(0),
             record: Mutex::new(Record::default()),
+            #[cfg(feature = "metrics")]
+            series: crate::metrics::NodeSeries::new(&instance.service, &instance.id),
         }
     }
 
@@ -236,7 +240,7 @@ impl PickState {
         for (i, instance) in snapshot.iter().enumerate() {
             let node = match self.by_id.get(&instance.id) {
                 Some(&j) => self.nodes[j].clone(),
-                None => Arc::new(Node::new(instance.id.clone())),
+                None => Arc::new(Node::new(instance)),
             };
             let ok = include_draining || instance.status.is_serving();
             if ok {
@@ -444,6 +448,8 @@ impl Picker {
     fn guard(&self, state: &PickState, index: usize, now: Instant, probe: bool) -> Pick {
         let node = state.nodes[index].clone();
         node.in_flight.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        node.series.picked();
         node.last_pick
             .store(self.nanos(now).saturating_add(1), Ordering::Relaxed);
         Pick::new(
@@ -519,6 +525,23 @@ impl Shared {
             }
             None => {}
         }
+        #[cfg(feature = "metrics")]
+        {
+            use crate::metrics::Outcome;
+            let (ended, latency) = match outcome {
+                Some(answered) => {
+                    let latency = node.record().ewma.measured(now, &options.ewma);
+                    let ended = if answered {
+                        Outcome::Success
+                    } else {
+                        Outcome::Failure
+                    };
+                    (ended, latency)
+                }
+                None => (Outcome::Dropped, None),
+            };
+            node.series.ended(ended, latency);
+        }
         if outcome == Some(true) && !probe {
             // The common path touches only this node's record.
             node.record().outlier.consecutive_failures = 0;
@@ -547,11 +570,15 @@ impl Shared {
         {
             Verdict::Unchanged => {}
             Verdict::Restored => {
+                #[cfg(feature = "metrics")]
+                node.series.ejected(false);
                 node.out.store(false, Ordering::Relaxed);
                 state.out.retain(|(n, _)| !Arc::ptr_eq(n, node));
                 tracing::info!(id = %node.id, "probe succeeded; node back to full traffic");
             }
             Verdict::EjectedAgain { until } => {
+                #[cfg(feature = "metrics")]
+                node.series.ejected(true);
                 tracing::warn!(id = %node.id, ejected_for = ?until - now,
                     "probe failed; node ejected again");
             }
@@ -559,6 +586,8 @@ impl Shared {
                 tracing::debug!(id = %node.id, "ejection cap reached; node stays in");
             }
             Verdict::Ejected { until } => {
+                #[cfg(feature = "metrics")]
+                node.series.ejected(true);
                 if let Some(index) = indexed {
                     node.out.store(true, Ordering::Relaxed);
                     state.out.push((node.clone(), index));
