@@ -29,7 +29,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! With the `testing` feature, [`testing`] starts throwaway etcd servers and clusters.
+//! With the `testing` feature, the `testing` module starts throwaway etcd servers and clusters.
 
 pub mod acl;
 mod builder;
