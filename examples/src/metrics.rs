@@ -46,6 +46,17 @@ pub async fn serve(address: SocketAddr) -> Result<(SocketAddr, MetricsServer), B
     Ok((bound, MetricsServer(server)))
 }
 
+/// `--metrics ADDR` of a binary: [`serve`] on `address` when given, printing
+/// `metrics on <url>` (what the tests wait for), else nothing.
+pub async fn serve_flag(address: Option<SocketAddr>) -> Result<Option<MetricsServer>, BoxError> {
+    let Some(address) = address else {
+        return Ok(None);
+    };
+    let (bound, server) = serve(address).await?;
+    println!("metrics on http://{bound}/metrics");
+    Ok(Some(server))
+}
+
 async fn render(handle: PrometheusHandle) -> impl axum::response::IntoResponse {
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],

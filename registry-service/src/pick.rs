@@ -73,6 +73,7 @@
 
 mod ejection;
 mod ewma;
+mod node;
 mod picked;
 mod strategy;
 
@@ -83,11 +84,11 @@ pub use strategy::Strategy;
 
 use crate::instance::ServiceInstance;
 use crate::seed::{process_seed, SplitMix64};
-use ejection::{Outlier, Verdict};
-use ewma::PeakEwma;
+use ejection::Verdict;
+use node::Node;
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::time::Instant;
 
@@ -154,57 +155,6 @@ impl PickerOptions {
     pub fn include_draining(mut self, include: bool) -> Self {
         self.include_draining = include;
         self
-    }
-}
-
-/// What the picker knows about one node; shared with the guards of its calls.
-#[derive(Debug)]
-struct Node {
-    id: String,
-    in_flight: AtomicU64,
-    /// True while ejected, awaiting a probe or probing. Written under the picker's lock.
-    out: AtomicBool,
-    /// When it was last picked, in nanoseconds after the picker's epoch plus one; 0: never.
-    last_pick: AtomicU64,
-    record: Mutex<Record>,
-    #[cfg(feature = "metrics")]
-    series: crate::metrics::NodeSeries,
-}
-
-#[derive(Debug, Default)]
-struct Record {
-    ewma: PeakEwma,
-    outlier: Outlier,
-}
-
-impl Node {
-    fn new(instance: &ServiceInstance) -> Self {
-        Node {
-            id: instance.id.clone(),
-            in_flight: AtomicU64::new(0),
-            out: AtomicBool::new(false),
-            last_pick: AtomicU64::new(0),
-            record: Mutex::new(Record::default()),
-            #[cfg(feature = "metrics")]
-            series: crate::metrics::NodeSeries::new(&instance.service, &instance.id),
-        }
-    }
-
-    fn record(&self) -> MutexGuard<'_, Record> {
-        self.record.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Its cost in a comparison with `rival`: its latency estimate (its rival's when it has no
-    /// sample yet, the default when neither has) times its calls in flight plus one.
-    fn cost(&self, rival: &Node, now: Instant, options: &EwmaOptions) -> f64 {
-        let in_flight = self.in_flight.load(Ordering::Relaxed);
-        let own = self.record().ewma.measured(now, options);
-        let estimate = own
-            .or_else(|| rival.record().ewma.measured(now, options))
-            .unwrap_or(options.default_rtt.as_nanos() as f64);
-        // At least a nanosecond: answers measured as instant (virtual time, a local cache)
-        // still leave the calls in flight to tell nodes apart.
-        estimate.max(1.0) * (in_flight as f64 + 1.0)
     }
 }
 
@@ -526,22 +476,7 @@ impl Shared {
             None => {}
         }
         #[cfg(feature = "metrics")]
-        {
-            use crate::metrics::Outcome;
-            let (ended, latency) = match outcome {
-                Some(answered) => {
-                    let latency = node.record().ewma.measured(now, &options.ewma);
-                    let ended = if answered {
-                        Outcome::Success
-                    } else {
-                        Outcome::Failure
-                    };
-                    (ended, latency)
-                }
-                None => (Outcome::Dropped, None),
-            };
-            node.series.ended(ended, latency);
-        }
+        node.ended(outcome, now, &options.ewma);
         if outcome == Some(true) && !probe {
             // The common path touches only this node's record.
             node.record().outlier.consecutive_failures = 0;

@@ -86,14 +86,7 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> Result<(), BoxError> {
     // Before discovery and the picker: they take their series from the recorder installed when
     // they start.
-    let _metrics = match args.metrics {
-        Some(metrics_address) => {
-            let (bound, server) = metrics::serve(metrics_address).await?;
-            println!("metrics on http://{bound}/metrics");
-            Some(server)
-        }
-        None => None,
-    };
+    let _metrics = metrics::serve_flag(args.metrics).await?;
     let backend = args.backend.connect().await?;
     let discovery = Discovery::start(
         backend.registry.clone(),

@@ -78,14 +78,7 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), BoxError> {
     // Before the registration: it takes its series from the recorder installed when it starts.
-    let _metrics = match args.metrics {
-        Some(metrics_address) => {
-            let (bound, server) = metrics::serve(metrics_address).await?;
-            println!("metrics on http://{bound}/metrics");
-            Some(server)
-        }
-        None => None,
-    };
+    let _metrics = metrics::serve_flag(args.metrics).await?;
     let metadata = cli::metadata_from_pairs(&args.meta)?;
     let backend = args.backend.connect().await?;
     let listener = TcpListener::bind(args.listen).await?;
