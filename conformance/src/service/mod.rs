@@ -19,6 +19,8 @@
 mod ctx;
 mod discovery;
 mod picking;
+#[cfg(test)]
+mod races;
 mod registration;
 mod seeds;
 mod suite_runner;
