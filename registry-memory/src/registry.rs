@@ -21,18 +21,29 @@ pub(crate) async fn pause(delay: Duration) {
     }
 }
 
-impl MemoryRegistry {
-    /// Runs `op` on the server between the request leg and the reply leg of a `leg` round
-    /// trip: the server applies it at one instant, after the request arrived; the caller has
-    /// the answer only after the reply leg. An instant handle runs it at once.
-    async fn round_trip<T>(&self, leg: Leg, op: impl FnOnce() -> T) -> T {
-        let Some((before, after)) = self.legs(leg) else {
-            return op();
-        };
+/// `op` between two pauses: the request leg and the reply leg.
+fn delayed<'a, T: Send + 'a>(
+    (before, after): (Duration, Duration),
+    op: impl FnOnce() -> T + Send + 'a,
+) -> futures::future::BoxFuture<'a, T> {
+    Box::pin(async move {
         pause(before).await;
         let answer = op();
         pause(after).await;
         answer
+    })
+}
+
+impl MemoryRegistry {
+    /// Runs `op` on the server between the request leg and the reply leg of a `leg` round
+    /// trip: the server applies it at one instant, after the request arrived; the caller has
+    /// the answer only after the reply leg. An instant handle runs it at once. The delayed path
+    /// is boxed, so that an instant call's future holds no timer (benchmarks run instant).
+    async fn round_trip<T: Send>(&self, leg: Leg, op: impl FnOnce() -> T + Send) -> T {
+        match self.legs(leg) {
+            None => op(),
+            Some(legs) => delayed(legs, op).await,
+        }
     }
 
     fn grant_now(&self, ttl: i64, id: Option<LeaseId>) -> Result<LeaseGrant> {

@@ -252,6 +252,8 @@ impl Discovery {
             malformed: malformed.clone(),
             counters: counters.clone(),
             listed: false,
+            #[cfg(feature = "metrics")]
+            series: crate::metrics::DiscoverySeries::new(&service),
         };
         let failed = store.clone();
         let task = OwnedTask::spawn(

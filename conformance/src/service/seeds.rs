@@ -2,11 +2,11 @@
 //! backend built with that seed in scope, so that a simulator with seeded timing explores a
 //! new interleaving per seed; every failing pair is reported with the line that replays it.
 
-use super::backend::ServiceBackend;
-use super::scenario_runner::{run_scenario, runtime, scenario_names};
+use super::suite_runner::{run_scenario, scenario_names};
 use crate::backend::Time;
 use crate::fleet::threads;
 use registry_api::seeding;
+use registry_testing::{runtime, ServiceBackend};
 use std::future::Future;
 use std::ops::Range;
 use std::panic::AssertUnwindSafe;

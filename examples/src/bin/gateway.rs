@@ -84,6 +84,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), BoxError> {
+    // Before discovery and the picker: they take their series from the recorder installed when
+    // they start.
+    let _metrics = metrics::serve_flag(args.metrics).await?;
     let backend = args.backend.connect().await?;
     let discovery = Discovery::start(
         backend.registry.clone(),
@@ -99,15 +102,6 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 args.service, backend.kind
             )
         })?;
-    let _metrics = match args.metrics {
-        Some(metrics_address) => {
-            let (bound, mut tasks) = metrics::serve(metrics_address).await?;
-            tasks.extend(metrics::observe_discovery(&discovery));
-            println!("metrics on http://{bound}/metrics");
-            Some(tasks)
-        }
-        None => None,
-    };
     let mut options = GatewayOptions::default();
     let base = Duration::from_millis(args.down_for_ms);
     options.picker.ejection = options
@@ -131,12 +125,6 @@ async fn run(args: Args) -> Result<(), BoxError> {
         }
         None => Gateway::new(discovery, options),
     };
-    let _balancer_metrics = _metrics.is_some().then(|| {
-        let nodes = gateway.clone();
-        metrics::observe_picker(&args.service, gateway.picker().clone(), move || {
-            nodes.nodes()
-        })
-    });
 
     let listener = TcpListener::bind(args.listen).await?;
     println!("listening on {}", listener.local_addr()?);

@@ -18,6 +18,9 @@ pub(super) struct Feed {
     pub(super) counters: Arc<Counters>,
     /// The first list is done.
     pub(super) listed: bool,
+    /// The cache's series.
+    #[cfg(feature = "metrics")]
+    pub(super) series: crate::metrics::DiscoverySeries,
 }
 
 /// What the feed counts for the handles (and metrics) to read.
@@ -54,6 +57,9 @@ impl Feed {
                     .iter()
                     .filter_map(|change| self.decode(change))
                     .collect();
+                #[cfg(feature = "metrics")]
+                self.series
+                    .changing(&self.writer.reader().snapshot(), &updates);
                 self.writer.apply(revision, updates);
             }
             WatcherEvent::Synced { revision } => {
@@ -71,6 +77,12 @@ impl Feed {
                 self.writer.failed(error);
             }
         }
+        #[cfg(feature = "metrics")]
+        self.series.observe(&crate::metrics::DiscoveryReading {
+            status: self.writer.reader().status(),
+            resyncs: self.counters.resyncs.load(Ordering::Relaxed),
+            watch_restarts: self.counters.watch_restarts.load(Ordering::Relaxed),
+        });
     }
 
     /// What a change means for the instances: `None` for keys that are not instances.
