@@ -35,10 +35,14 @@ impl Feed {
     /// writer is dropped on the way out, which marks the store closed: that is what
     /// [`Discovery::shutdown`](super::Discovery::shutdown) waits for.
     pub(super) async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        // One wait for the whole run: made afresh per event, it would register with the stop
+        // channel and leave it again on every event.
+        let stopped = stop.wait_for(|stop| *stop);
+        tokio::pin!(stopped);
         loop {
             let event = tokio::select! {
                 biased;
-                _ = stop.wait_for(|stop| *stop) => return,
+                _ = &mut stopped => return,
                 event = self.watcher.next() => event,
             };
             match event {
