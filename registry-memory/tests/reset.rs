@@ -135,7 +135,7 @@ async fn a_bumped_restore_is_compacted_at_the_raised_revision() {
     // The keys keep their revisions.
     assert_eq!(list.kvs[1].mod_revision, Revision(3));
     assert!(matches!(
-        r.list(b"", ListOptions { revision: Some(Revision(3)), ..ListOptions::default() }).await,
+        r.list(b"", ListOptions::at(Revision(3))).await,
         Err(Error::Compacted { compact_revision }) if compact_revision == Revision(1_003)
     ));
     // A watcher resuming from what it held is told to list again rather than left waiting.

@@ -315,7 +315,7 @@ async fn restore_under_a_fleet(options: RestoreOptions) -> Outcome {
     // Every registration holds its key on its live lease again.
     let registrations_back = loop {
         let mut missing = Vec::new();
-        for (service, registration) in &live {
+        for (_, registration) in &live {
             let key = registration.key().to_owned();
             let kv = server.get(key.as_bytes()).await.unwrap().kv;
             let on_lease = matches!(
