@@ -107,7 +107,7 @@ fn describe() {
     describe_gauge!(
         "registry_discovery_staleness_seconds",
         Unit::Seconds,
-        "Seconds since the discovery cache was last seen synced; 0 while it is"
+        "Seconds since the discovery cache was last seen synced (or, serving a snapshot file, the file's age); 0 while it is"
     );
     describe_counter!(
         "registry_discovery_resyncs_total",
@@ -116,6 +116,10 @@ fn describe() {
     describe_counter!(
         "registry_discovery_watch_restarts_total",
         "Times the discovery cache's watch failed (unavailable, compacted, stalled, ...) and restarted"
+    );
+    describe_counter!(
+        "registry_discovery_regressions_total",
+        "Times the registry's revision went back under the discovery cache (a store restored from an older backup)"
     );
     describe_counter!(
         "registry_discovery_events_total",
@@ -337,6 +341,7 @@ pub fn observe_discovery(discovery: &Discovery) -> MetricsTasks {
     let labels = [("service", service)];
     counter!("registry_discovery_resyncs_total", &labels).absolute(0);
     counter!("registry_discovery_watch_restarts_total", &labels).absolute(0);
+    counter!("registry_discovery_regressions_total", &labels).absolute(0);
     let sampler = tokio::spawn(async move {
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -370,8 +375,15 @@ pub fn observe_discovery(discovery: &Discovery) -> MetricsTasks {
             counter!("registry_discovery_resyncs_total", &labels).absolute(discovery.resyncs());
             counter!("registry_discovery_watch_restarts_total", &labels)
                 .absolute(discovery.watch_restarts());
+            let status = discovery.status();
+            counter!("registry_discovery_regressions_total", &labels).absolute(status.regressions);
             let staleness = match (synced, last_synced) {
                 (true, _) => 0.0,
+                // Serving a snapshot file: as old as the file.
+                (false, None) if status.seeded.is_some() => status
+                    .seeded
+                    .as_ref()
+                    .map_or(0.0, |seeded| seeded.age().as_secs_f64()),
                 (false, Some(at)) => now.duration_since(at).as_secs_f64(),
                 (false, None) => now.duration_since(started).as_secs_f64(),
             };
