@@ -167,7 +167,7 @@ async fn a_gateway_restarted_during_an_outage_serves_its_snapshot_then_follows_e
     let back = Instant::now();
     let mut n4 = hello_node(&etcd, &prefix, "n4");
     n4.wait_line("registered").await;
-    let checker = connect(&[etcd.clone()], &prefix).await;
+    let checker = connect(&server.endpoints(), &prefix).await;
     // Reconnecting, a backoff wait, n3's whole TTL again after the restart and etcd's
     // lateness in expiring it.
     let bound = RECONNECT + BACKOFF + TTL + EXPIRY_LATENESS;
