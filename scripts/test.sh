@@ -19,6 +19,14 @@ echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings" >&2
 cargo clippy --workspace --all-targets -- -D warnings
+# The workspace build turns registry-service's `metrics` feature on (the examples use it); the
+# crate must also be clean, and free of the `metrics` dependency, without it.
+echo "== registry-service without its metrics feature" >&2
+if cargo tree -p registry-service -e normal --prefix none | grep -q '^metrics '; then
+  echo "registry-service depends on metrics with the feature off" >&2
+  exit 1
+fi
+cargo clippy -p registry-service --all-targets -- -D warnings
 bash scripts/install-chromium.sh
 echo "== cargo test --workspace" >&2
 cargo test --workspace "$@" -- --skip fleet_search

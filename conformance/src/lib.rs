@@ -113,8 +113,19 @@ macro_rules! __conformance_cases {
 /// write `async $backend` for an async constructor). Scenarios run on a paused current-thread
 /// runtime when the backend declares [`Time::Virtual`], on a normal one for [`Time::Real`].
 ///
+/// The ready-made backends need no adapter (`registry_memory::testing::backend`,
+/// `registry_etcd::testing::backend`, behind their `testing` features):
+///
 /// ```
-/// # use registry_api::{LeaseId, Registry};
+/// registry_conformance::service_suite!(registry_memory::testing::backend);
+/// # fn main() {}
+/// ```
+///
+/// Another backend implements [`ServiceBackend`](service::ServiceBackend) (from
+/// `registry-testing`, re-exported in [`service`]):
+///
+/// ```
+/// # use registry_api::Registry;
 /// # use registry_conformance::service::{Links, ServiceBackend, ServiceCapabilities};
 /// # use registry_memory::MemoryRegistry;
 /// # use std::sync::{Arc, OnceLock};
@@ -126,13 +137,12 @@ macro_rules! __conformance_cases {
 /// #         let store = self.store.get_or_init(MemoryRegistry::new).clone();
 /// #         self.links.wrap(name, Arc::new(store))
 /// #     }
-/// #     fn capabilities(&self) -> ServiceCapabilities { ServiceCapabilities::simulator() }
+/// #     fn capabilities(&self) -> ServiceCapabilities {
+/// #         ServiceCapabilities { expire_lease: false, ..ServiceCapabilities::simulator() }
+/// #     }
 /// #     async fn partition(&self, name: &str, cut: bool) { self.links.cut(name, cut) }
 /// #     async fn outage(&self, down: bool) {
 /// #         if let Some(s) = self.store.get() { s.set_unavailable(down) }
-/// #     }
-/// #     async fn expire_lease(&self, lease: LeaseId) {
-/// #         if let Some(s) = self.store.get() { let _ = s.expire_lease(lease); }
 /// #     }
 /// # }
 /// fn simulator() -> Sim {

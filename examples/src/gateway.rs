@@ -183,7 +183,6 @@ impl Gateway {
     async fn attempt(&self, node: Pick, request: HelloRequest) -> Result<HelloReply, Status> {
         let result = self.call(&node, request).await;
         let failed = matches!(&result, Err(status) if is_node_failure(status));
-        crate::metrics::record_pick(&node.service, &node.id, !failed);
         if failed {
             node.failure();
         } else {

@@ -1,71 +1,78 @@
 //! A first app's tests, to copy: an `orders` service registers itself; a `checkout` client
-//! discovers it, picks an instance per request and retries once on another. Everything runs on
-//! the simulator under tokio's paused clock, so TTLs and outages take no real time, and each
-//! process of the fleet gets its own client link (`MemoryRegistry::client`) to cut.
+//! discovers it, picks an instance per request and retries once on another. Every scenario runs
+//! twice, with no backend written by hand: on the simulator, under tokio's paused clock (TTLs and
+//! outages take no real time), and on a throwaway etcd on 127.0.0.1 (real time). Each process
+//! of the app gets its own client (`etcd.client(name)`), which a scenario can cut off alone.
 
-use registry_memory::MemoryRegistry;
 use registry_service::{
     Discovery, DiscoveryOptions, Picker, PickerOptions, Registration, RegistrationOptions,
     ServiceInstance, Status,
 };
-use std::sync::Arc;
+use registry_testing::ServiceBackend;
 use std::time::Duration;
 use tokio::time::Instant;
 
-const TTL: Duration = Duration::from_secs(5);
+const TTL: Duration = Duration::from_secs(3);
 const WAIT: Duration = Duration::from_secs(60);
 
-/// One `orders` process: its own client of the simulated etcd, registered under its id.
-async fn orders(etcd: &MemoryRegistry, id: &str) -> Registration {
+registry_testing::scenarios! {
+    a_registered_instance_is_discovered,
+    a_crashed_instance_leaves_one_ttl_after_its_last_keep_alive,
+    a_graceful_shutdown_stops_picks_before_the_instance_leaves,
+    a_client_cut_off_keeps_its_last_view_and_catches_up,
+    an_instance_cut_off_longer_than_its_ttl_comes_back_by_itself,
+    an_outage_keeps_the_last_view_and_heals_by_itself,
+    a_failed_call_is_retried_on_another_instance;
+    simulator: registry_memory::testing::backend(),
+    etcd: registry_etcd::testing::backend(),
+}
+
+/// One `orders` process: its own client of etcd, registered under its id.
+async fn orders(etcd: &dyn ServiceBackend, id: &str) -> Registration {
     let instance = ServiceInstance::new("orders", id, format!("10.0.0.{}:8080", id.len()));
     let options = RegistrationOptions::default().ttl(TTL).seed(7);
-    let client = Arc::new(etcd.client(id));
     // Keep the handle: dropping a Registration deregisters the instance.
-    Registration::start(client, instance, options)
+    Registration::start(etcd.client(id).await, instance, options)
         .await
         .unwrap()
 }
 
 /// The `checkout` process: a live view of `orders` and a picker over it.
-fn checkout(etcd: &MemoryRegistry) -> (Discovery, Picker) {
-    let client = Arc::new(etcd.client("checkout"));
-    let options = DiscoveryOptions::default().seed(11);
-    let orders = Discovery::start(client, "orders", options).unwrap();
+async fn checkout(etcd: &dyn ServiceBackend) -> (Discovery, Picker) {
+    let client = etcd.client("checkout").await;
+    let orders = Discovery::start(client, "orders", DiscoveryOptions::default().seed(11)).unwrap();
     let picker = Picker::new(orders.clone(), PickerOptions::default().seed(3));
     (orders, picker)
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_registered_instance_is_discovered() {
-    let etcd = MemoryRegistry::new();
-    let (orders_view, picker) = checkout(&etcd);
-    let a = orders(&etcd, "a").await;
+async fn a_registered_instance_is_discovered(etcd: &dyn ServiceBackend) {
+    let (orders_view, picker) = checkout(etcd).await;
+    let a = orders(etcd, "a").await;
     a.wait_registered(WAIT).await.unwrap();
     let seen = orders_view.wait_for_instance("a", WAIT).await.unwrap();
     assert_eq!(seen.address, "10.0.0.1:8080");
     assert_eq!(picker.pick().unwrap().id, "a");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_crashed_instance_leaves_exactly_one_ttl_after_its_last_keep_alive() {
-    let etcd = MemoryRegistry::new();
-    let (orders_view, _picker) = checkout(&etcd);
-    let a = orders(&etcd, "a").await;
+async fn a_crashed_instance_leaves_one_ttl_after_its_last_keep_alive(etcd: &dyn ServiceBackend) {
+    let (orders_view, _picker) = checkout(etcd).await;
+    let a = orders(etcd, "a").await;
     orders_view.wait_for_len(1, WAIT).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    etcd.sleep(TTL / 2).await; // between two keep-alives (every TTL/3)
     let deadline = a.status().lease_deadline.unwrap();
     a.abandon(); // the process dies: no more keep-alives, no revoke
     orders_view.wait_for_len(0, WAIT).await.unwrap();
-    assert_eq!(Instant::now(), deadline);
+    // Exactly at the deadline on the simulator; etcd may be late by its declared lateness.
+    let caps = etcd.capabilities();
+    assert!(Instant::now() >= deadline, "never before its lease ran out");
+    assert!(Instant::now() - deadline <= caps.expiry_lateness + caps.allowance());
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_graceful_shutdown_stops_picks_before_the_instance_leaves() {
-    let etcd = MemoryRegistry::new();
-    let (orders_view, picker) = checkout(&etcd);
-    let (a, _b) = (orders(&etcd, "a").await, orders(&etcd, "b").await);
+async fn a_graceful_shutdown_stops_picks_before_the_instance_leaves(etcd: &dyn ServiceBackend) {
+    let (orders_view, picker) = checkout(etcd).await;
+    let (a, _b) = (orders(etcd, "a").await, orders(etcd, "b").await);
     orders_view.wait_for_len(2, WAIT).await.unwrap();
-    let shutdown = tokio::spawn(async move { a.shutdown(Duration::from_secs(2)).await });
+    let shutdown = tokio::spawn(async move { a.shutdown(Duration::from_secs(1)).await });
     let draining = |all: &[ServiceInstance]| all.iter().any(|i| i.status == Status::Draining);
     orders_view.wait_until(draining, WAIT).await.unwrap();
     for _ in 0..20 {
@@ -79,39 +86,48 @@ async fn a_graceful_shutdown_stops_picks_before_the_instance_leaves() {
     orders_view.wait_for_len(1, WAIT).await.unwrap();
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_client_cut_off_keeps_its_last_view_and_catches_up() {
-    let etcd = MemoryRegistry::new();
-    let (orders_view, _picker) = checkout(&etcd);
-    let _a = orders(&etcd, "a").await;
+async fn a_client_cut_off_keeps_its_last_view_and_catches_up(etcd: &dyn ServiceBackend) {
+    let (orders_view, _picker) = checkout(etcd).await;
+    let _a = orders(etcd, "a").await;
     orders_view.wait_for_len(1, WAIT).await.unwrap();
-    etcd.link("checkout").partition();
-    let _b = orders(&etcd, "b").await; // registered while checkout cannot see it
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    etcd.partition("checkout", true).await; // only this process is cut off
+    let b = orders(etcd, "b").await;
+    b.wait_registered(WAIT).await.unwrap(); // registered while checkout cannot see it
+    etcd.sleep(Duration::from_secs(1)).await;
     assert!(orders_view.is_stale());
     assert_eq!(orders_view.len(), 1, "stale, not empty");
-    etcd.link("checkout").heal();
+    etcd.partition("checkout", false).await;
     orders_view.wait_for_len(2, WAIT).await.unwrap();
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_instance_cut_off_longer_than_its_ttl_comes_back_by_itself() {
-    let etcd = MemoryRegistry::new();
-    let (orders_view, _picker) = checkout(&etcd);
-    let a = orders(&etcd, "a").await;
+async fn an_instance_cut_off_longer_than_its_ttl_comes_back_by_itself(etcd: &dyn ServiceBackend) {
+    let (orders_view, _picker) = checkout(etcd).await;
+    let a = orders(etcd, "a").await;
     orders_view.wait_for_len(1, WAIT).await.unwrap();
-    etcd.link("a").partition();
+    etcd.partition("a", true).await;
     orders_view.wait_for_len(0, WAIT).await.unwrap(); // its lease expired on the server
-    etcd.link("a").heal();
+    etcd.partition("a", false).await;
     orders_view.wait_for_instance("a", WAIT).await.unwrap();
     assert_eq!(a.status().lease_losses, 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_failed_call_is_retried_on_another_instance() {
-    let etcd = MemoryRegistry::new();
-    let (orders_view, picker) = checkout(&etcd);
-    let (_a, _b) = (orders(&etcd, "a").await, orders(&etcd, "b").await);
+async fn an_outage_keeps_the_last_view_and_heals_by_itself(etcd: &dyn ServiceBackend) {
+    let (orders_view, picker) = checkout(etcd).await;
+    let a = orders(etcd, "a").await;
+    orders_view.wait_for_len(1, WAIT).await.unwrap();
+    etcd.outage(true).await; // etcd is gone, for every process
+    etcd.sleep(TTL + Duration::from_secs(1)).await;
+    assert!(orders_view.is_stale());
+    assert_eq!(picker.pick().unwrap().id, "a", "the last view still routes");
+    etcd.outage(false).await; // back, with its data: nothing is restarted by hand
+    let _b = orders(etcd, "b").await;
+    orders_view.wait_for_len(2, WAIT).await.unwrap();
+    a.wait_registered(WAIT).await.unwrap();
+}
+
+async fn a_failed_call_is_retried_on_another_instance(etcd: &dyn ServiceBackend) {
+    let (orders_view, picker) = checkout(etcd).await;
+    let (_a, _b) = (orders(etcd, "a").await, orders(etcd, "b").await);
     orders_view.wait_for_len(2, WAIT).await.unwrap();
     for _ in 0..20 {
         let first = picker.pick().unwrap();

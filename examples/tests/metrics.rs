@@ -1,7 +1,8 @@
 //! `--metrics ADDR` of a running `hello-service` and `gateway` on a real etcd: the documented
-//! series are there, with plausible values after a registration, a lease loss (the test revokes
-//! the node's lease behind its back) and a resync (the gateway reaches etcd through a proxy that
-//! the test makes reset every connection for a while).
+//! series, emitted by `registry-service` itself (the binaries only install the exporter), are
+//! there, with plausible values after a registration, a lease loss (the test revokes the node's
+//! lease behind its back), calls through the gateway, and a resync (the gateway reaches etcd
+//! through a proxy that the test makes reset every connection for a while).
 
 mod support;
 
@@ -91,8 +92,8 @@ async fn hello_service_and_gateway_export_registration_and_discovery_series() {
             "127.0.0.1:0",
         ],
     );
-    node.wait_line("registered").await;
     let node_metrics = node.wait_line("metrics on").await;
+    node.wait_line("registered").await;
     let through_proxy = proxy.endpoint();
     let mut gateway = spawn(
         env!("CARGO_BIN_EXE_gateway"),
@@ -160,23 +161,24 @@ async fn hello_service_and_gateway_export_registration_and_discovery_series() {
     )
     .expect("a round trip");
     assert!((0.0..2.0).contains(&round_trip), "{text}");
-    let remaining = value(
+    let deadline = value(
         &text,
-        "registry_registration_lease_remaining_seconds",
+        "registry_registration_lease_deadline_timestamp_seconds",
         &node_labels,
     )
-    .expect("the lease's time left");
-    assert!(remaining > 0.0 && remaining <= 2.0, "{text}");
+    .expect("the lease's deadline");
+    let remaining = deadline - unix_now();
+    assert!(
+        remaining > 0.0 && remaining <= 2.1,
+        "{remaining} s left: {text}"
+    );
     let changed = value(
         &text,
         "registry_registration_state_changed_timestamp_seconds",
         &node_labels,
     )
     .expect("a state change time");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
+    let now = unix_now();
     assert!(
         (now - 60.0..=now + 1.0).contains(&changed),
         "{changed} is not about now ({now})"
@@ -201,7 +203,11 @@ async fn hello_service_and_gateway_export_registration_and_discovery_series() {
         "{text}"
     );
     assert_eq!(
-        value(&text, "registry_discovery_staleness_seconds", &service),
+        value(
+            &text,
+            "registry_discovery_stale_since_timestamp_seconds",
+            &service
+        ),
         Some(0.0)
     );
     assert_eq!(
@@ -323,8 +329,12 @@ async fn hello_service_and_gateway_export_registration_and_discovery_series() {
     proxy.set_mode(ProxyMode::Reset);
     let text = wait_for(&gateway_metrics, "the cache out of sync", |text| {
         value(text, "registry_discovery_synced", &service) == Some(0.0)
-            && value(text, "registry_discovery_staleness_seconds", &service)
-                .is_some_and(|stale| stale > 0.0)
+            && value(
+                text,
+                "registry_discovery_stale_since_timestamp_seconds",
+                &service,
+            )
+            .is_some_and(|since| (unix_now() - 60.0..=unix_now()).contains(&since))
     })
     .await;
     eprintln!("out of sync:\n{text}");
@@ -336,7 +346,11 @@ async fn hello_service_and_gateway_export_registration_and_discovery_series() {
     })
     .await;
     assert_eq!(
-        value(&text, "registry_discovery_staleness_seconds", &service),
+        value(
+            &text,
+            "registry_discovery_stale_since_timestamp_seconds",
+            &service
+        ),
         Some(0.0)
     );
     assert!(
@@ -357,6 +371,13 @@ async fn hello_service_and_gateway_export_registration_and_discovery_series() {
         Some(1.0),
         "{text}"
     );
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 #[test]

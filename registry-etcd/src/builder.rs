@@ -187,13 +187,16 @@ impl EtcdRegistryBuilder {
     /// certificate, or an `http://` endpoint serves TLS. A user who may not read the key prefix
     /// still connects: its calls fail with [`Error::PermissionDenied`].
     ///
-    /// The backend needs real time: every timeout it sets sleeps on tokio's clock, and on a
-    /// paused clock (`#[tokio::test(start_paused = true)]`, `tokio::time::pause()`) they would
-    /// all fire at once. So `connect` on a paused clock fails at once with
-    /// [`Error::NotSupported`] naming tokio's paused clock (nothing is sent), and a call whose
-    /// timeout fired because the clock was paused after connecting fails with the same error
-    /// instead of `Unavailable` ("Timeout expired"). Tests on virtual time use
-    /// `registry-memory`.
+    /// The backend needs real time: the timeouts of its calls sleep on the caller's tokio
+    /// clock, and on a paused clock (`#[tokio::test(start_paused = true)]`,
+    /// `tokio::time::pause()`) they would all fire at once. So `connect` on a paused clock
+    /// fails at once with [`Error::NotSupported`] naming tokio's paused clock (nothing is
+    /// sent); every call of a registry whose caller's clock was paused after connecting fails
+    /// the same way before anything is sent; and a call in flight when the clock stopped fails
+    /// with the same error instead of `Unavailable` ("Timeout expired"). The connection itself
+    /// runs on a runtime of the backend's own, so its HTTP/2 pings keep real time and a pause
+    /// never gets it a GOAWAY (`too_many_pings`): once the clock runs again, the registry and
+    /// its open watches carry on. Tests on virtual time use `registry-memory`.
     pub async fn connect(self) -> Result<EtcdRegistry> {
         let span = tracing::info_span!("etcd.connect", endpoints = ?self.endpoints);
         self.open(true).instrument(span).await
@@ -209,17 +212,16 @@ impl EtcdRegistryBuilder {
         self.open(false).instrument(span).await
     }
 
-    /// Builds the client; with `probe`, one round trip must succeed first.
+    /// Builds the client; with `probe_first`, one round trip must succeed first.
     async fn open(self, probe_first: bool) -> Result<EtcdRegistry> {
         self.validate()?;
-        if crate::clock::is_paused() {
-            return Err(crate::clock::paused());
-        }
+        crate::clock::check()?;
         let options = self.connect_options();
         let wait = self.connect_timeout + self.request_timeout;
-        let client = tokio::time::timeout(wait, Client::connect(&self.endpoints, Some(options)))
+        let connecting = crate::connection::connect(self.endpoints.clone(), options);
+        let client = tokio::time::timeout(wait, connecting)
             .await
-            .map_err(|_| Error::unavailable(format!("connecting timed out after {wait:?}")))?
+            .map_err(|_| Error::unavailable(format!("connecting timed out after {wait:?}")))??
             .map_err(|e| errors::from_etcd(e, Context::default()))?;
         let tls = self.has_tls();
         let key_prefix = KeyPrefix::new(self.key_prefix);

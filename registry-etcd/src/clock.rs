@@ -1,20 +1,24 @@
 //! tokio's paused clock, which the etcd backend cannot run under.
 //!
-//! Every deadline of the backend (tonic's connect and request timeouts, hyper's HTTP/2 pings,
-//! the backend's own waits) sleeps on tokio's clock. Under `#[tokio::test(start_paused = true)]`
-//! or `tokio::time::pause()` that clock jumps to the next deadline whenever the runtime is idle,
-//! and a runtime waiting on the network is idle: every timeout fires at once, and calls fail with
-//! a misleading "Timeout expired". The backend says so instead: `connect` refuses a paused clock
-//! up front, and a call that failed because the clock ran ahead of real time reports the paused
-//! clock rather than the timeout.
+//! The backend's own deadlines (the keep-alive reply's, the probe's, a watch's first answer's)
+//! sleep on the caller's tokio clock. Under `#[tokio::test(start_paused = true)]` or
+//! `tokio::time::pause()` that clock jumps to the next deadline whenever the runtime is idle,
+//! and a runtime waiting on the network is idle: every timeout fires at once. The connection
+//! itself is out of reach of that clock: it runs on a runtime of the registry's own
+//! ([`crate::connection`]), so HTTP/2 pings keep their real interval.
+//!
+//! The backend says so instead of failing in misleading ways: `connect` refuses a paused clock
+//! up front, every call of a connected registry checks the clock first and refuses it with the
+//! same error, and a call in flight when the clock stopped reports the paused clock rather than
+//! the timeout.
 
 use registry_api::Error;
 use std::time::Duration;
 
 /// What [`paused`] says.
 const PAUSED: &str = "tokio's paused clock: the etcd backend needs real time, and tokio's clock \
-    is paused (start_paused or time::pause), so every connect, request and ping timeout fires at \
-    once; run it on a runtime whose clock is not paused, or use registry-memory for virtual time";
+    is paused (start_paused or time::pause), so every timeout of a call would fire at once; run \
+    it on a runtime whose clock is not paused, or use registry-memory for virtual time";
 
 /// The error for a paused clock: [`Error::NotSupported`], naming it.
 pub(crate) fn paused() -> Error {
@@ -23,13 +27,35 @@ pub(crate) fn paused() -> Error {
     }
 }
 
-/// True when tokio's clock stands still while real time passes. Blocks the thread for 1 ms,
-/// once per connect.
+/// How long real time must pass with tokio's clock standing still before it is called paused:
+/// far above the clock's resolution, and spent only when the clock is paused (a running clock
+/// moves on the first read).
+const STILL_FOR: Duration = Duration::from_micros(50);
+
+/// True when tokio's clock stands still while real time passes. A running clock has moved by
+/// the second read (some tens of nanoseconds); a paused one never moves while no task awaits,
+/// so it is seen after [`STILL_FOR`] of spinning. Cheap enough for every call.
 pub(crate) fn is_paused() -> bool {
-    let watch = Stopwatch::start();
-    std::thread::sleep(Duration::from_millis(1));
-    let (tokio, real) = watch.elapsed();
-    tokio < real / 2
+    let tokio = tokio::time::Instant::now();
+    let real = std::time::Instant::now();
+    loop {
+        if tokio.elapsed() > Duration::ZERO {
+            return false;
+        }
+        if real.elapsed() >= STILL_FOR {
+            return true;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// `Ok` on a running clock, the paused-clock error on a paused one: the first thing every call
+/// does.
+pub(crate) fn check() -> registry_api::Result<()> {
+    if is_paused() {
+        return Err(paused());
+    }
+    Ok(())
 }
 
 /// The time on both clocks when a call started, to tell afterwards whether tokio's clock ran

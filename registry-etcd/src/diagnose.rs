@@ -19,7 +19,9 @@ pub(crate) async fn explain(err: Error, endpoints: &[String], tls: bool) -> Erro
     }
     // Only a connection the server closed is worth a look: a refused or silent one (nothing
     // listens, a black hole, a timeout) is what `Unavailable` already says.
-    let text = chain_text(&err);
+    // Lower case: the same reset reads "Connection reset by peer" from the OS and
+    // "connection reset" from an error made of its kind alone.
+    let text = chain_text(&err).to_lowercase();
     let Some(how) = CLOSED_BY_PEER
         .into_iter()
         .find(|needle| text.contains(needle))
@@ -35,14 +37,14 @@ pub(crate) async fn explain(err: Error, endpoints: &[String], tls: bool) -> Erro
     }
     // etcd refusing a client certificate closes the connection cleanly ("connection closed",
     // "broken pipe"); a reset is left to the network.
-    if tls && how != "Connection reset" {
+    if tls && how != "connection reset" {
         return Error::backend(TlsError::ClosedDuringHandshake(how.to_owned()));
     }
     err
 }
 
-/// How the transport words a connection the other side closed.
-const CLOSED_BY_PEER: [&str; 3] = ["connection closed", "broken pipe", "Connection reset"];
+/// How the transport words a connection the other side closed (in lower case).
+const CLOSED_BY_PEER: [&str; 3] = ["connection closed", "broken pipe", "connection reset"];
 
 fn chain_text(err: &Error) -> String {
     let mut text = err.to_string();

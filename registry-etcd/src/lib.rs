@@ -29,11 +29,12 @@
 //! # Ok(()) }
 //! ```
 //!
-//! With the `testing` feature, [`testing`] starts throwaway etcd servers and clusters.
+//! With the `testing` feature, the `testing` module starts throwaway etcd servers and clusters.
 
 pub mod acl;
 mod builder;
 mod clock;
+mod connection;
 mod diagnose;
 mod errors;
 mod key_prefix;
@@ -137,7 +138,8 @@ impl EtcdRegistry {
     }
 
     /// The underlying etcd-client, for what the contract does not cover (maintenance, auth,
-    /// cluster). Keys used through it are not prefixed.
+    /// cluster). Keys used through it are not prefixed. Its connection runs on the backend's
+    /// own runtime, so its pings keep real time; its calls' timeouts are the caller's.
     pub fn client(&self) -> Client {
         self.inner.client.clone()
     }
@@ -145,6 +147,7 @@ impl EtcdRegistry {
     /// The store's compaction point, or `None` if it was never compacted. etcd has no direct
     /// call for it; this opens a short watch that etcd cancels with the compact revision.
     pub async fn compact_revision(&self) -> Result<Option<Revision>> {
+        clock::check()?;
         let watch = clock::Stopwatch::start();
         watch.check(self.inner.compact_revision().await)
     }
@@ -165,6 +168,7 @@ impl Registry for EtcdRegistry {
     async fn lease_keep_alive_many(&self, ids: &[LeaseId]) -> Result<Vec<Result<i64>>> {
         let span = tracing::debug_span!("etcd.lease_keep_alive_many", leases = ids.len());
         async move {
+            clock::check()?;
             registry_api::limits::check_keep_alive_batch(ids.len())?;
             let renewals = ids
                 .iter()
@@ -221,12 +225,14 @@ impl Registry for EtcdRegistry {
 }
 
 impl EtcdRegistry {
-    /// Runs one call, sending it again on another endpoint where [`retry`] allows. A timeout
-    /// that fired on a paused tokio clock is reported as such.
+    /// Runs one call, sending it again on another endpoint where [`retry`] allows. A paused
+    /// tokio clock is refused before anything is sent, and a timeout that fired because the
+    /// clock stopped while the call was in flight is reported as the paused clock.
     async fn retry<T, Fut>(&self, kind: retry::Idempotence, call: impl FnMut() -> Fut) -> Result<T>
     where
         Fut: std::future::Future<Output = Result<T>>,
     {
+        clock::check()?;
         let watch = clock::Stopwatch::start();
         watch.check(retry::retry(self.inner.endpoints.len(), kind, call).await)
     }

@@ -158,6 +158,7 @@ struct ProgressRequester {
 impl ProgressRequester {
     async fn request(self) -> Result<()> {
         let span = tracing::debug_span!(parent: &self.span, "etcd.watch.request_progress");
+        crate::clock::check()?;
         let watch = crate::clock::Stopwatch::start();
         let sent = async move {
             // The request channel is bounded (etcd-client's, 100 requests): a full one waits,

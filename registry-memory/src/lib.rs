@@ -58,6 +58,12 @@
 //! [`Link`](registry_api::wrap::Link): partition it, slow its calls and watch deliveries, hold
 //! and release them, lose its replies, while the server and every other client go on.
 //!
+//! # Testing an app
+//!
+//! With the `testing` feature, `testing::backend()` is a ready-made
+//! `registry_testing::ServiceBackend`: an app's own scenarios run on it with one line of
+//! `registry_testing::scenarios!`.
+//!
 //! # Progress notifications
 //!
 //! A watch opened with `progress_notify` gets an empty batch at revision `R` whenever it has
@@ -83,6 +89,8 @@ mod mvcc;
 mod registry;
 mod reset;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod watches;
 
 pub use builder::MemoryRegistryBuilder;

@@ -1,81 +1,56 @@
 //! The whole service-layer suite on the simulator, on virtual time: one named test per
 //! scenario, a fresh store per scenario, every fault native (a partition is the simulator's own
-//! per-client link). The same suite again with every client seen through the wrappers of
-//! `registry_api::wrap` (`KeyPrefix` over `Counting` over the client's link): the suite runs over
-//! a wrapped backend as over the backend itself.
+//! per-client link), through the ready-made backend an app uses (`testing::backend()`). The
+//! same suite again with every client seen through the wrappers of `registry_api::wrap`
+//! (`KeyPrefix` over `Counting` over the client's link): the suite runs over a wrapped backend
+//! as over the backend itself.
 
 use async_trait::async_trait;
 use registry_api::wrap::{Counting, KeyPrefix};
 use registry_api::{LeaseId, Registry};
 use registry_conformance::service::{ServiceBackend, ServiceCapabilities};
-use registry_memory::MemoryRegistry;
-use std::sync::{Arc, OnceLock};
+use registry_memory::testing::Simulator;
+use std::sync::Arc;
 
-/// One store per scenario, created on the first client call (so on the scenario's paused
-/// clock), shared by every named client, each on its own link.
+registry_conformance::service_suite!(registry_memory::testing::backend);
+
+/// The ready-made backend with every client seen through the wrappers.
 #[derive(Debug, Default)]
-struct Simulator {
-    store: OnceLock<MemoryRegistry>,
-    /// Every client behind a key prefix over a request counter, when set.
-    wrapped: bool,
+struct Wrapped {
+    simulator: Simulator,
     counting: Counting,
 }
 
-impl Simulator {
-    fn store(&self) -> &MemoryRegistry {
-        self.store.get_or_init(MemoryRegistry::new)
-    }
-}
-
 #[async_trait]
-impl ServiceBackend for Simulator {
+impl ServiceBackend for Wrapped {
     async fn client(&self, name: &str) -> Arc<dyn Registry> {
-        let client = self.store().client(name);
-        if self.wrapped {
-            Arc::new(KeyPrefix::new(self.counting.wrap(client), "wrapped/"))
-        } else {
-            Arc::new(client)
-        }
+        let client = self.simulator.server().client(name);
+        Arc::new(KeyPrefix::new(self.counting.wrap(client), "wrapped/"))
     }
 
     fn capabilities(&self) -> ServiceCapabilities {
-        ServiceCapabilities::simulator()
+        self.simulator.capabilities()
     }
 
     async fn partition(&self, name: &str, cut: bool) {
-        let link = self.store().link(name);
-        if cut {
-            link.partition();
-        } else {
-            link.heal();
-        }
+        self.simulator.partition(name, cut).await;
     }
 
     async fn outage(&self, down: bool) {
-        self.store().set_unavailable(down);
+        self.simulator.outage(down).await;
     }
 
     async fn expire_lease(&self, lease: LeaseId) {
-        // An unknown lease has nothing to expire; the scenario then sees its own failure.
-        let _ = self.store().expire_lease(lease);
+        self.simulator.expire_lease(lease).await;
     }
 }
-
-fn simulator() -> Simulator {
-    Simulator::default()
-}
-
-registry_conformance::service_suite!(simulator);
 
 /// The suite over the simulator behind `KeyPrefix` over `Counting` over each client's link.
 mod over_the_wrappers {
     use super::*;
 
-    fn wrapped_simulator() -> Simulator {
-        Simulator {
-            wrapped: true,
-            ..Simulator::default()
-        }
+    fn wrapped_simulator() -> Wrapped {
+        Wrapped::default()
     }
 
     registry_conformance::service_suite!(wrapped_simulator);

@@ -274,6 +274,8 @@ impl Discovery {
             listed: false,
             file: file.clone(),
             seed_pending: false,
+            #[cfg(feature = "metrics")]
+            series: crate::metrics::DiscoverySeries::new(&service),
         };
         let failed = store.clone();
         let task = OwnedTask::spawn(

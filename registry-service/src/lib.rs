@@ -20,6 +20,8 @@
 //!   - [`discovery`]: the two for a service's instances, decoded, filtered and subsetted
 //!     ([`Discovery`], [`View`], shared through a [`DiscoveryHub`]).
 //! - [`pick`]: choosing a node per request ([`Picker`]).
+//! - `metrics` (feature `metrics`): the series all of the above emit through the `metrics`
+//!   facade, for the recorder the app installs.
 //!
 //! All randomness (backoff jitter, random picks) comes from seeds in the options: the same seed
 //! gives the same run.
@@ -28,6 +30,8 @@ pub mod backoff;
 pub mod discovery;
 mod error;
 pub mod instance;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod owned;
 pub mod pick;
 pub mod registration;

@@ -21,6 +21,11 @@
 //! Round-robin in source order, uniform random, random weighted by [`Metadata::weight`], and
 //! power-of-two-choices on peak EWMA latency × (calls in flight + 1) ([`ewma`](EwmaOptions)).
 //!
+//! Under power-of-two-choices a new node gets traffic at once: a node the picker has not picked
+//! yet gets the next pick (after a probe that is due; of several new at once, the k-th within k
+//! picks), and until its first answer it is costed at its rival's latency, so a first call
+//! dropped without an outcome does not leave it starving behind a default estimate.
+//!
 //! # Ejection
 //!
 //! Failing nodes are ejected by bounded rules after Envoy's outlier detection: growing
@@ -68,6 +73,7 @@
 
 mod ejection;
 mod ewma;
+mod node;
 mod picked;
 mod strategy;
 
@@ -78,11 +84,11 @@ pub use strategy::Strategy;
 
 use crate::instance::ServiceInstance;
 use crate::seed::{process_seed, SplitMix64};
-use ejection::{Outlier, Verdict};
-use ewma::PeakEwma;
+use ejection::Verdict;
+use node::Node;
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::time::Instant;
 
@@ -152,45 +158,6 @@ impl PickerOptions {
     }
 }
 
-/// What the picker knows about one node; shared with the guards of its calls.
-#[derive(Debug)]
-struct Node {
-    id: String,
-    in_flight: AtomicU64,
-    /// True while ejected, awaiting a probe or probing. Written under the picker's lock.
-    out: AtomicBool,
-    /// When it was last picked, in nanoseconds after the picker's epoch plus one; 0: never.
-    last_pick: AtomicU64,
-    record: Mutex<Record>,
-}
-
-#[derive(Debug, Default)]
-struct Record {
-    ewma: PeakEwma,
-    outlier: Outlier,
-}
-
-impl Node {
-    fn new(id: String) -> Self {
-        Node {
-            id,
-            in_flight: AtomicU64::new(0),
-            out: AtomicBool::new(false),
-            last_pick: AtomicU64::new(0),
-            record: Mutex::new(Record::default()),
-        }
-    }
-
-    fn record(&self) -> MutexGuard<'_, Record> {
-        self.record.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn cost(&self, now: Instant, options: &EwmaOptions) -> f64 {
-        let in_flight = self.in_flight.load(Ordering::Relaxed);
-        self.record().ewma.estimate(now, options) * (in_flight as f64 + 1.0)
-    }
-}
-
 #[derive(Debug)]
 struct PickState {
     /// The snapshot the fields below index.
@@ -205,6 +172,9 @@ struct PickState {
     /// Nodes not at full traffic (ejected, awaiting a probe, probing), with their index. At
     /// most the ejection cap's share of the nodes, plus nodes whose probe failed.
     out: Vec<(Arc<Node>, usize)>,
+    /// Indices of eligible nodes never picked yet, in snapshot order: under power-of-two-choices
+    /// each gets the next pick. Emptied as they are picked; empty between changes of the source.
+    fresh: Vec<usize>,
     rng: SplitMix64,
     turn: u64,
 }
@@ -216,18 +186,22 @@ impl PickState {
         let mut by_id = HashMap::with_capacity(snapshot.len());
         let mut eligible = Vec::with_capacity(snapshot.len());
         let mut is_eligible = Vec::with_capacity(snapshot.len());
+        let mut fresh = Vec::new();
         for (i, instance) in snapshot.iter().enumerate() {
             let node = match self.by_id.get(&instance.id) {
                 Some(&j) => self.nodes[j].clone(),
-                None => Arc::new(Node::new(instance.id.clone())),
+                None => Arc::new(Node::new(instance)),
             };
-            nodes.push(node);
-            by_id.insert(instance.id.clone(), i);
             let ok = include_draining || instance.status.is_serving();
             if ok {
                 eligible.push(i);
+                if node.last_pick.load(Ordering::Relaxed) == 0 {
+                    fresh.push(i);
+                }
             }
             is_eligible.push(ok);
+            nodes.push(node);
+            by_id.insert(instance.id.clone(), i);
         }
         let mut out = std::mem::take(&mut self.out);
         out.retain_mut(|(node, index)| match by_id.get(&node.id) {
@@ -244,9 +218,22 @@ impl PickState {
             eligible,
             is_eligible,
             out,
+            fresh,
             rng: self.rng.clone(),
             turn: self.turn,
         };
+    }
+
+    /// The first node never picked, not ejected and not `excluded`, forgetting those picked
+    /// since; `None` when there is none (at once between changes of the source).
+    fn first_fresh(&mut self, excluded: impl Fn(&str) -> bool) -> Option<usize> {
+        let nodes = &self.nodes;
+        self.fresh
+            .retain(|&i| nodes[i].last_pick.load(Ordering::Relaxed) == 0);
+        self.fresh
+            .iter()
+            .copied()
+            .find(|&i| !excluded(&self.snapshot[i].id) && !nodes[i].out.load(Ordering::Relaxed))
     }
 }
 
@@ -298,6 +285,7 @@ impl Picker {
                     eligible: Vec::new(),
                     is_eligible: Vec::new(),
                     out: Vec::new(),
+                    fresh: Vec::new(),
                     rng: SplitMix64::new(options.seed.unwrap_or_else(process_seed)),
                     turn: 0,
                 }),
@@ -356,6 +344,15 @@ impl Picker {
             tracing::debug!(id = %state.snapshot[index].id, "probing a node back from ejection");
             return Some(self.guard(&state, index, now, true));
         }
+        if options.strategy == Strategy::PowerOfTwoChoices {
+            // A node not picked yet goes first: it has no latency to compete with, and a random
+            // draw would leave when it is first tried to chance (the fewer of the nodes a
+            // draw takes, the longer).
+            if let Some(index) = state.first_fresh(&excluded) {
+                tracing::debug!(id = %state.snapshot[index].id, "first pick of a new node");
+                return Some(self.guard(&state, index, now, false));
+            }
+        }
         let total = state.eligible.len();
         let panic = options.ejection.panics(total - out_eligible, total);
         let PickState {
@@ -375,7 +372,7 @@ impl Picker {
                 !excluded(&snapshot[i].id)
                     && (take_out.get() || !nodes[i].out.load(Ordering::Relaxed))
             },
-            cost: |i: usize| nodes[i].cost(now, &options.ewma),
+            cost: |i: usize, rival: usize| nodes[i].cost(&nodes[rival], now, &options.ewma),
             weight: |i: usize| snapshot[i].metadata.weight,
             stale: |i: usize| {
                 let force = options.ewma.force_pick_after;
@@ -401,6 +398,8 @@ impl Picker {
     fn guard(&self, state: &PickState, index: usize, now: Instant, probe: bool) -> Pick {
         let node = state.nodes[index].clone();
         node.in_flight.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        node.series.picked();
         node.last_pick
             .store(self.nanos(now).saturating_add(1), Ordering::Relaxed);
         Pick::new(
@@ -476,6 +475,8 @@ impl Shared {
             }
             None => {}
         }
+        #[cfg(feature = "metrics")]
+        node.ended(outcome, now, &options.ewma);
         if outcome == Some(true) && !probe {
             // The common path touches only this node's record.
             node.record().outlier.consecutive_failures = 0;
@@ -504,11 +505,15 @@ impl Shared {
         {
             Verdict::Unchanged => {}
             Verdict::Restored => {
+                #[cfg(feature = "metrics")]
+                node.series.ejected(false);
                 node.out.store(false, Ordering::Relaxed);
                 state.out.retain(|(n, _)| !Arc::ptr_eq(n, node));
                 tracing::info!(id = %node.id, "probe succeeded; node back to full traffic");
             }
             Verdict::EjectedAgain { until } => {
+                #[cfg(feature = "metrics")]
+                node.series.ejected(true);
                 tracing::warn!(id = %node.id, ejected_for = ?until - now,
                     "probe failed; node ejected again");
             }
@@ -516,6 +521,8 @@ impl Shared {
                 tracing::debug!(id = %node.id, "ejection cap reached; node stays in");
             }
             Verdict::Ejected { until } => {
+                #[cfg(feature = "metrics")]
+                node.series.ejected(true);
                 if let Some(index) = indexed {
                     node.out.store(true, Ordering::Relaxed);
                     state.out.push((node.clone(), index));

@@ -445,3 +445,42 @@ async fn a_retry_with_default_options_never_lands_on_the_node_that_failed() {
     // Nothing left once every node is excluded.
     assert!(picker.pick_excluding(&["n0", "n1", "n2"]).is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn power_of_two_choices_picks_a_new_node_next_and_keeps_it_in_traffic() {
+    let source = Arc::new(Changing(Mutex::new(fixed(3))));
+    let picker = Picker::new(
+        Shared(source.clone()),
+        PickerOptions::new(Strategy::PowerOfTwoChoices).seed(4),
+    );
+    // Three nodes measured at 1 ms.
+    for _ in 0..30 {
+        let call = picker.pick().expect("a node");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        call.success();
+    }
+    // A new node is the very next pick; its call is dropped with no outcome (cancelled), so
+    // it still has no latency sample.
+    source.set(fixed(4));
+    assert_eq!(
+        picker.pick().expect("a node").id,
+        "n3",
+        "the first pick after it appears"
+    );
+    // Unmeasured, it is costed as its rival: about its share of 300 calls, not none until
+    // `force_pick_after` (1 s) has passed, and not all of them.
+    let mut n3 = 0;
+    for _ in 0..300 {
+        let call = picker.pick().expect("a node");
+        n3 += usize::from(call.id == "n3");
+        drop(call);
+    }
+    println!("the unmeasured new node got {n3} of 300 picks (a fair share: 75)");
+    assert!((40..=150).contains(&n3), "{n3} of 300");
+    // Several new at once: the k-th within k picks, in the source's order, skipping the
+    // excluded.
+    source.set(fixed(7));
+    assert_eq!(picker.pick_excluding(&["n4"]).expect("a node").id, "n5");
+    let next: Vec<String> = (0..2).map(|_| picker.pick().unwrap().id.clone()).collect();
+    assert_eq!(next, ["n4", "n6"]);
+}

@@ -6,6 +6,26 @@ use registry_api::{limits, Registry};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How the backend's lease clock moves (`registry_testing::Time`, shared with the service-layer
+/// suite).
+///
+/// # The contract suite's clock and tokio's
+///
+/// The contract suite runs each case on a current-thread tokio runtime whose clock is *not*
+/// paused ([`runtime`](crate::runtime)): tokio's clock is the wall clock there, and the suite
+/// uses it only to bound how long it waits for a watch item (300 ms on virtual time).
+/// `tokio::time::advance` therefore panics with "time is not frozen" inside a case.
+///
+/// A [`Time::Virtual`] backend keeps a clock of its own that moves only when the suite calls
+/// [`Backend::advance`] (`MemoryRegistry::with_manual_clock` and `MemoryRegistry::advance`),
+/// and no case sleeps. Do not pause tokio's clock to get one: a paused runtime moves its clock
+/// forward by itself whenever every task waits, which the suite does while it waits for watch
+/// items, so leases would expire at moments the model never chose. (The service-layer suite is
+/// different: it runs each scenario on a paused runtime, and its backends read tokio's clock.)
+/// On [`Time::Real`] time passes on its own; expiry cases sleep for real, and generated
+/// sequences use TTLs long enough never to expire while they run.
+pub use registry_testing::Time;
+
 /// A backend under test.
 ///
 /// The suite calls [`registry`](Backend::registry) once per case (and once per generated
@@ -40,30 +60,6 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     async fn advance(&self, by: Duration) {
         (**self).advance(by).await
     }
-}
-
-/// How the backend's lease clock moves.
-///
-/// # The contract suite's clock and tokio's
-///
-/// The contract suite runs each case on a current-thread tokio runtime whose clock is *not*
-/// paused ([`runtime`](crate::runtime)): tokio's clock is the wall clock there, and the suite
-/// uses it only to bound how long it waits for a watch item (300 ms on virtual time).
-/// `tokio::time::advance` therefore panics with "time is not frozen" inside a case.
-///
-/// A [`Time::Virtual`] backend keeps a clock of its own that moves only when the suite calls
-/// [`Backend::advance`] (`MemoryRegistry::with_manual_clock` and `MemoryRegistry::advance`).
-/// Do not pause tokio's clock to get one: a paused runtime moves its clock forward by itself
-/// whenever every task waits, which the suite does while it waits for watch items, so leases
-/// would expire at moments the model never chose. (The service-layer suite is different: it
-/// runs each scenario on a paused runtime, and its backends read tokio's clock.)
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Time {
-    /// The suite moves time with [`Backend::advance`], and only then; no case sleeps.
-    Virtual,
-    /// Time passes on its own; expiry cases sleep for real, and generated sequences use TTLs
-    /// long enough never to expire while they run.
-    Real,
 }
 
 /// How a backend reports the seconds a lease has left

@@ -34,9 +34,10 @@ pub use mode::Mode;
 pub use mutants::Mutant;
 pub use plan::{Fault, FaultPlan, Profile, Step, Weights};
 pub use play::{heal_all, play, stage};
+/// Where the truth comes from (defined in `registry-testing`, beside `ServiceBackend::journal`).
+pub use registry_testing::{ServerCommit, ServerJournal};
 pub use search::{run_seed, search, search_test, SearchReport, THREADS_VAR};
 pub use seeds::{window_for, SeedPlan, WindowSource, COMMIT_VAR, SEEDS_VAR, SEED_VAR, WINDOW_VAR};
-pub use truth::{ServerCommit, ServerJournal};
 
 /// Stamps a `#[test]` named `fleet_search` that runs the seeded fleet search over
 /// `seeds` seeds (0 to `seeds - 1`) on fresh backends from `$backend` (a

@@ -7,33 +7,12 @@
 //! back (seed 4967 of the default search failed that way). The journal has no such lag: what it
 //! says is what the store did, and when.
 
-use registry_api::{EventKind, KeyValue, Revision, WatchBatch};
+use registry_api::{EventKind, KeyValue, Revision};
+use registry_testing::ServerJournal;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// One revision the server committed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerCommit {
-    /// When, in the server's virtual time ([`ServerJournal::now`]'s clock).
-    pub at: Duration,
-    /// The revision and its changes, with `prev_kv`.
-    pub batch: WatchBatch,
-}
-
-/// The server's own account of what it committed, read straight from it (no client, no link):
-/// where the fleet search takes its truth from. A backend offers one through
-/// [`ServiceBackend::journal`](crate::service::ServiceBackend::journal); the simulator's is
-/// `MemoryRegistry::journal_after`.
-pub trait ServerJournal: Send + Sync {
-    /// The server's virtual time now, on the clock the commits are stamped with.
-    fn now(&self) -> Duration;
-
-    /// Every revision committed after `after`, oldest first; `None` when the journal no longer
-    /// holds all of them.
-    fn after(&self, after: Revision) -> Option<Vec<ServerCommit>>;
-}
 
 /// The keys under the fleet's prefix as the journal tells them: what is alive now, and when
 /// each gone key went.

@@ -2,7 +2,6 @@
 //! options and bounds of the backend's time, and the helpers every scenario shares: waiting on
 //! either time, reading the truth from the server, registering and discovering.
 
-use super::backend::{ServiceBackend, ServiceCapabilities};
 use super::tap::{Renewal, Tap, Tapped};
 use crate::backend::Time;
 use crate::failure::Check;
@@ -11,6 +10,7 @@ use registry_service::{
     Backoff, Discovery, DiscoveryEvent, DiscoveryEvents, DiscoveryOptions, Registration,
     RegistrationOptions, RegistrationState, ServiceInstance,
 };
+use registry_testing::{ServiceBackend, ServiceCapabilities};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -133,11 +133,7 @@ impl<'b> ServiceCtx<'b> {
     /// Scheduling and delivery slack on top of a stated bound: none on virtual time (bounds are
     /// exact), a second on a real server on a loaded machine.
     pub(crate) fn allowance(&self) -> Duration {
-        if self.is_virtual() {
-            Duration::ZERO
-        } else {
-            Duration::from_secs(1)
-        }
+        self.caps.allowance()
     }
 
     /// How long a client takes to serve again after the server comes back: nothing for a

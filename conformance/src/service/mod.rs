@@ -9,27 +9,22 @@
 //! bound is the stated one plus the backend's declared expiry lateness and a second of
 //! scheduling allowance.
 //!
-//! Everything an adapter names is here: [`ServiceBackend`], [`ServiceCapabilities`], [`Time`],
-//! [`Links`] (per-client partitions for any backend) and [`Link`] (what
-//! [`ServiceBackend::link`] returns); plus `Registry` and `LeaseId` from `registry_api`.
+//! The backend's side lives in `registry-testing`, re-exported here so that an adapter needs
+//! no other import: [`ServiceBackend`], [`ServiceCapabilities`], [`Time`], [`Links`] (per-client
+//! partitions for any backend), [`Link`] (what [`ServiceBackend::link`] returns) and
+//! [`runtime`]; plus `Registry` and `LeaseId` from `registry_api`. The ready-made backends
+//! (`registry_memory::testing::backend()`, `registry_etcd::testing::backend()`, behind their
+//! `testing` features) run the suite with no adapter at all.
 
-mod backend;
 mod ctx;
 mod discovery;
-mod links;
 mod picking;
 mod registration;
-mod scenario_runner;
+mod suite_runner;
 mod tap;
 
-/// The time a [`ServiceCapabilities`] declares (the contract suite's).
-pub use crate::contract::Time;
-pub use backend::{ServiceBackend, ServiceCapabilities};
-pub use links::Links;
-/// What [`ServiceBackend::link`] returns, re-exported so that an adapter needs no other import
-/// for it (it is `registry_api::wrap::Link`).
-pub use registry_api::wrap::Link;
-pub use scenario_runner::{run_scenario, run_test, runtime, scenario_names};
+pub use registry_testing::{runtime, Link, Links, ServiceBackend, ServiceCapabilities, Time};
+pub use suite_runner::{run_scenario, run_test, scenario_names};
 
 use crate::failure::Check;
 use ctx::ServiceCtx;

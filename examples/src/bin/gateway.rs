@@ -99,18 +99,21 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), BoxError> {
-    let mut options = DiscoveryOptions::default().namespace(args.backend.namespace.clone());
+    // Before discovery and the picker: they take their series from the recorder installed when
+    // they start.
+    let _metrics = metrics::serve_flag(args.metrics).await?;
     // With a snapshot file there is something to serve while etcd is down: start without
     // waiting for it.
     let backend = match &args.snapshot_file {
-        Some(path) => {
-            options = options.snapshot_file(
-                SnapshotFile::at(path).interval(Duration::from_millis(args.snapshot_interval_ms)),
-            );
-            args.backend.connect_lazy().await?
-        }
+        Some(_) => args.backend.connect_lazy().await?,
         None => args.backend.connect().await?,
     };
+    let mut options = DiscoveryOptions::default().namespace(backend.layout.namespace());
+    if let Some(path) = &args.snapshot_file {
+        options = options.snapshot_file(
+            SnapshotFile::at(path).interval(Duration::from_millis(args.snapshot_interval_ms)),
+        );
+    }
     let discovery = Discovery::start(backend.registry.clone(), &args.service, options)?;
     tokio::time::timeout(Duration::from_secs(30), discovery.wait_seeded_or_synced())
         .await
@@ -138,15 +141,6 @@ async fn run(args: Args) -> Result<(), BoxError> {
     {
         println!("snapshot file not used: {why}");
     }
-    let _metrics = match args.metrics {
-        Some(metrics_address) => {
-            let (bound, mut tasks) = metrics::serve(metrics_address).await?;
-            tasks.extend(metrics::observe_discovery(&discovery));
-            println!("metrics on http://{bound}/metrics");
-            Some(tasks)
-        }
-        None => None,
-    };
     let mut options = GatewayOptions::default();
     let base = Duration::from_millis(args.down_for_ms);
     options.picker.ejection = options
@@ -174,12 +168,6 @@ async fn run(args: Args) -> Result<(), BoxError> {
         }
         None => Gateway::new(discovery, options),
     };
-    let _balancer_metrics = _metrics.is_some().then(|| {
-        let nodes = gateway.clone();
-        metrics::observe_picker(&args.service, gateway.picker().clone(), move || {
-            nodes.nodes()
-        })
-    });
 
     let listener = TcpListener::bind(args.listen).await?;
     println!("listening on {}", listener.local_addr()?);

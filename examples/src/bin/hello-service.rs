@@ -77,6 +77,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), BoxError> {
+    // Before the registration: it takes its series from the recorder installed when it starts.
+    let _metrics = metrics::serve_flag(args.metrics).await?;
     let metadata = cli::metadata_from_pairs(&args.meta)?;
     let backend = args.backend.connect().await?;
     let listener = TcpListener::bind(args.listen).await?;
@@ -117,19 +119,6 @@ async fn run(args: Args) -> Result<(), BoxError> {
         registration.key(),
         backend.kind
     );
-    let _metrics = match args.metrics {
-        Some(metrics_address) => {
-            let (bound, mut tasks) = metrics::serve(metrics_address).await?;
-            tasks.extend(metrics::observe_registration(
-                &registration,
-                &args.service,
-                &id,
-            ));
-            println!("metrics on http://{bound}/metrics");
-            Some(tasks)
-        }
-        None => None,
-    };
     let _go_naming = match &args.go_target {
         Some(target) => {
             let endpoint =

@@ -61,7 +61,7 @@ impl fmt::Display for Change {
     }
 }
 
-/// etcd's auth store as [`AccessControl::show`] reads it.
+/// etcd's auth store as [`AccessControl::show`](super::AccessControl::show) reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AclReport {
     /// Whether authentication is on.

@@ -10,6 +10,9 @@
 //!   client certificates whose common name is the etcd user ([`TlsMode`]).
 //! - [`TcpProxy`]: a loopback TCP proxy between client and server that delays, resets or
 //!   black-holes connections on demand ([`ProxyMode`]).
+//! - [`backend()`]: a ready-made `registry_testing::ServiceBackend` on a throwaway etcd, for an
+//!   app's own scenarios (`registry_testing::scenarios!`): named clients on their own links, a
+//!   partition per client, an outage that stops and restarts the server.
 //! - [`shared_endpoints`] / [`isolated_registry`]: one server shared by every test of a test
 //!   binary, each test in its own [`unique_key_prefix`]. Set `REGISTRY_TEST_ETCD_ENDPOINTS`
 //!   (comma-separated URLs) to use an existing etcd instead; tests stay isolated by key prefix,
@@ -42,11 +45,13 @@ mod certs;
 mod cluster;
 mod process;
 mod proxy;
+mod scenario_backend;
 mod server;
 
 pub use certs::{CertifiedKey, TestCa};
 pub use cluster::EtcdCluster;
 pub use proxy::{ProxyMode, ProxyStats, TcpProxy};
+pub use scenario_backend::{backend, EtcdBackend};
 pub use server::{EtcdServer, TlsMode};
 
 use crate::EtcdRegistry;

@@ -6,7 +6,7 @@ use crate::instance::ServiceInstance;
 use crate::store::Writer;
 use crate::watcher::{Change, Watcher, WatcherEvent};
 use futures::StreamExt;
-use registry_api::KeyValue;
+use registry_api::{KeyValue, Revision};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -24,6 +24,9 @@ pub(super) struct Feed {
     /// The view holds the snapshot file's instances, which the first list has not replaced
     /// yet.
     pub(super) seed_pending: bool,
+    /// The cache's series.
+    #[cfg(feature = "metrics")]
+    pub(super) series: crate::metrics::DiscoverySeries,
 }
 
 /// What the feed counts for the handles (and metrics) to read.
@@ -42,7 +45,11 @@ impl Feed {
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => return,
-                seeded = file.seed(&mut self.writer) => self.seed_pending = seeded,
+                seed = file.seed() => if let Some(seed) = seed {
+                    self.apply(Revision(0), seed.changes);
+                    self.writer.seeded(seed.seeded);
+                    self.seed_pending = true;
+                },
             }
         }
         loop {
@@ -84,7 +91,7 @@ impl Feed {
                         .collect();
                     updates.extend(gone.into_iter().map(|id| (id, None)));
                 }
-                self.writer.apply(revision, updates);
+                self.apply(revision, updates);
             }
             WatcherEvent::Synced { revision } => {
                 if self.seed_pending {
@@ -92,7 +99,7 @@ impl Feed {
                     // left.
                     self.seed_pending = false;
                     let gone: Vec<_> = self.writer.keys().map(|id| (id.clone(), None)).collect();
-                    self.writer.apply(revision, gone);
+                    self.apply(revision, gone);
                 }
                 // Every list the watcher makes ends with `Synced`; the first is no resync.
                 if self.listed {
@@ -112,6 +119,20 @@ impl Feed {
                 self.writer.failed(error);
             }
         }
+        #[cfg(feature = "metrics")]
+        self.series.observe(&crate::metrics::DiscoveryReading {
+            status: self.writer.reader().status(),
+            resyncs: self.counters.resyncs.load(Ordering::Relaxed),
+            watch_restarts: self.counters.watch_restarts.load(Ordering::Relaxed),
+        });
+    }
+
+    /// Applies `updates` to the store, counting them in the series first.
+    fn apply(&mut self, revision: Revision, updates: Vec<(Arc<str>, Option<ServiceInstance>)>) {
+        #[cfg(feature = "metrics")]
+        self.series
+            .changing(&self.writer.reader().snapshot(), &updates);
+        self.writer.apply(revision, updates);
     }
 
     /// What a change means for the instances: `None` for keys that are not instances.

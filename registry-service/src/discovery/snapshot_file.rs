@@ -25,7 +25,7 @@ mod format;
 pub use format::{SnapshotRefusal, FORMAT_VERSION};
 
 use crate::instance::ServiceInstance;
-use crate::store::{Seeded, Store, Writer};
+use crate::store::{Seeded, Store};
 use format::{Decoded, Identity};
 use registry_api::Revision;
 use std::collections::BTreeMap;
@@ -183,9 +183,9 @@ impl FileShared {
         })
     }
 
-    /// Reads the file and, when it is accepted, seeds the store with it (the feed calls this
-    /// before its first list). True when seeded.
-    pub(super) async fn seed(&self, writer: &mut Writer<ServiceInstance>) -> bool {
+    /// Reads the file and, when it is accepted, returns what to seed the store with (the feed
+    /// applies it before its first list); `None` when refused.
+    pub(super) async fn seed(&self) -> Option<Seed> {
         let path = self.path.clone();
         let identity = self.identity.clone();
         let max_age = self.options.max_age;
@@ -208,12 +208,8 @@ impl FileShared {
                 let changes = decoded
                     .instances
                     .into_iter()
-                    .map(|(id, instance)| (Arc::from(id), Some(instance)));
-                writer.apply(Revision(0), changes);
-                writer.seeded(Seeded {
-                    revision,
-                    saved_at: decoded.saved_at,
-                });
+                    .map(|(id, instance)| (Arc::from(id), Some(instance)))
+                    .collect();
                 self.status.send_modify(|status| {
                     status.load = SnapshotLoad::Loaded {
                         revision,
@@ -221,16 +217,29 @@ impl FileShared {
                         saved_at: decoded.saved_at,
                     }
                 });
-                true
+                Some(Seed {
+                    changes,
+                    seeded: Seeded {
+                        revision,
+                        saved_at: decoded.saved_at,
+                    },
+                })
             }
             Err(refusal) => {
                 tracing::warn!(path = %self.path.display(), reason = %refusal, "snapshot file refused; the view starts empty");
                 self.status
                     .send_modify(|status| status.load = SnapshotLoad::Refused(refusal));
-                false
+                None
             }
         }
     }
+}
+
+/// An accepted file: the instances to put in the store, and what the store's status says of
+/// them.
+pub(super) struct Seed {
+    pub(super) changes: Vec<(Arc<str>, Option<ServiceInstance>)>,
+    pub(super) seeded: Seeded,
 }
 
 /// Reads and checks the file (blocking).

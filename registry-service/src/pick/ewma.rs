@@ -4,8 +4,14 @@
 //! avoided after one slow answer; a sample below it pulls the estimate down with an
 //! exponential weight that depends on the time since the last sample, `exp(-elapsed / decay)`.
 //! With no samples the estimate decays toward zero, so a node avoided for being slow is tried
-//! again after a while rather than never. Until its first answer a node costs `default_rtt`:
-//! new nodes are neither flooded (a zero cost would win every comparison) nor starved.
+//! again after a while rather than never.
+//!
+//! A node with no answer yet has no estimate of its own. Compared with a measured node it takes
+//! that node's estimate, so only the calls in flight tell them apart: it is neither flooded (a
+//! zero cost would win every comparison) nor starved behind a default far above its peers (a
+//! first call dropped without an outcome leaves it unmeasured, and with a fixed default it would
+//! lose every comparison until [`force_pick_after`](EwmaOptions::force_pick_after)). Compared
+//! with another unmeasured node, both cost `default_rtt`.
 
 use std::time::Duration;
 use tokio::time::Instant;
@@ -13,7 +19,8 @@ use tokio::time::Instant;
 /// How the latency estimate behind power-of-two-choices moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct EwmaOptions {
-    /// The estimate of a node not measured yet.
+    /// The estimate of a node not measured yet when its rival is not measured either (against a
+    /// measured node it takes that node's estimate).
     pub default_rtt: Duration,
     /// The time constant of the decay: after `decay` without samples the estimate has fallen
     /// to 1/e of itself.
@@ -60,10 +67,14 @@ fn weight(elapsed: Duration, decay: Duration) -> f64 {
 impl PeakEwma {
     /// The estimate at `now`, decayed toward zero since the last sample.
     pub(crate) fn estimate(&self, now: Instant, options: &EwmaOptions) -> f64 {
-        match self.updated {
-            None => options.default_rtt.as_nanos() as f64,
-            Some(at) => self.estimate_ns * weight(now.saturating_duration_since(at), options.decay),
-        }
+        self.measured(now, options)
+            .unwrap_or(options.default_rtt.as_nanos() as f64)
+    }
+
+    /// The estimate at `now`, or `None` before the first sample.
+    pub(crate) fn measured(&self, now: Instant, options: &EwmaOptions) -> Option<f64> {
+        let at = self.updated?;
+        Some(self.estimate_ns * weight(now.saturating_duration_since(at), options.decay))
     }
 
     /// Takes one sample.

@@ -13,7 +13,9 @@ pub enum Strategy {
     /// At random, in proportion to each node's weight (all uniform if every weight is 0).
     Weighted,
     /// Two distinct random nodes; the one with the lower cost wins: its peak EWMA latency
-    /// times its calls in flight plus one (tower's `PeakEwma`, go-zero's p2c).
+    /// times its calls in flight plus one (tower's `PeakEwma`, go-zero's p2c). A node not picked
+    /// yet gets the next pick, and until its first answer it is costed at its rival's latency
+    /// (see [`EwmaOptions`](super::EwmaOptions)).
     PowerOfTwoChoices,
 }
 
@@ -25,6 +27,8 @@ const DRAWS: usize = 4;
 pub(crate) struct Candidates<'a, Ok, Cost, Weight, Stale> {
     pub(crate) nodes: &'a [usize],
     pub(crate) ok: Ok,
+    /// The cost of the first node in a comparison with the second, its rival (a node with no
+    /// latency sample yet takes its rival's estimate).
     pub(crate) cost: Cost,
     pub(crate) weight: Weight,
     /// True for a node not picked for long enough to be picked even when it loses.
@@ -34,7 +38,7 @@ pub(crate) struct Candidates<'a, Ok, Cost, Weight, Stale> {
 impl<Ok, Cost, Weight, Stale> Candidates<'_, Ok, Cost, Weight, Stale>
 where
     Ok: Fn(usize) -> bool,
-    Cost: Fn(usize) -> f64,
+    Cost: Fn(usize, usize) -> f64,
     Weight: Fn(usize) -> u32,
     Stale: Fn(usize) -> bool,
 {
@@ -122,7 +126,7 @@ where
                         }
                     }
                 };
-                let (winner, loser) = if (self.cost)(b) < (self.cost)(a) {
+                let (winner, loser) = if (self.cost)(b, a) < (self.cost)(a, b) {
                     (b, a)
                 } else {
                     (a, b)

@@ -313,6 +313,8 @@ impl Machines {
             .renewed(renewal, sent_at, now, answer, &mut self.timers)
         {
             Renewed::Alive { puts_held_back } => {
+                #[cfg(feature = "metrics")]
+                self.members.renewed(self.slots.members(slot));
                 if puts_held_back {
                     self.put_held_back(slot, out);
                 }

@@ -120,6 +120,7 @@ impl Member {
         self.shared
             .state
             .send_replace(RegistrationState::Registering);
+        self.shared.state_changed();
         true
     }
 
@@ -163,6 +164,7 @@ impl Member {
                     *r = revision;
                 }
             });
+            self.shared.state_changed();
             return false;
         }
         self.phase = Phase::Registered(lease);
@@ -177,6 +179,7 @@ impl Member {
         self.shared
             .state
             .send_replace(RegistrationState::Registered { lease, revision });
+        self.shared.state_changed();
         tracing::info!(%lease, %revision, "registered");
         if let Some(first) = self.first.take() {
             first.send(Ok(())).ok();
@@ -190,6 +193,7 @@ impl Member {
             self.shared
                 .state
                 .send_replace(RegistrationState::ReRegistering { attempt });
+            self.shared.state_changed();
         }
     }
 
@@ -204,6 +208,7 @@ impl Member {
                 details.lease = None;
             }
             self.shared.state.send_replace(RegistrationState::LeaseLost);
+            self.shared.state_changed();
         }
     }
 
@@ -371,6 +376,16 @@ impl Members {
         for id in ids {
             if let Some(member) = self.get(*id) {
                 member.shared.record(error);
+            }
+        }
+    }
+
+    /// The lease of members `ids` was renewed (or granted): their series.
+    #[cfg(feature = "metrics")]
+    pub(super) fn renewed(&self, ids: &[MemberId]) {
+        for id in ids {
+            if let Some(member) = self.get(*id) {
+                member.shared.renewed();
             }
         }
     }

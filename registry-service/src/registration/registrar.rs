@@ -193,7 +193,10 @@ impl Registrar {
             Some(clock) => clock.clone(),
             None => Arc::new(LeaseClock::new(self.inner.epoch)),
         };
-        let shared = Arc::new(Shared::new(initial, instance.status, clock));
+        let shared = Shared::new(initial, instance.status, clock);
+        #[cfg(feature = "metrics")]
+        let shared = shared.with_series(&instance.service, &instance.id);
+        let shared = Arc::new(shared);
         let (first_tx, first_rx) = if ready.is_none() {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))

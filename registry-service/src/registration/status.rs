@@ -100,6 +100,9 @@ pub(crate) struct Shared {
     pub(crate) state: watch::Sender<RegistrationState>,
     pub(crate) details: Mutex<Details>,
     pub(crate) clock: Arc<LeaseClock>,
+    /// The registration's series, for the handles made by a registrar.
+    #[cfg(feature = "metrics")]
+    series: Option<crate::metrics::RegistrationSeries>,
 }
 
 /// The parts of [`RegistrationStatus`] that change only on transitions and errors.
@@ -122,6 +125,34 @@ impl Shared {
                 ..Details::default()
             }),
             clock,
+            #[cfg(feature = "metrics")]
+            series: None,
+        }
+    }
+
+    /// The same, emitting its series labelled with `service` and `instance`.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn with_series(mut self, service: &str, instance: &str) -> Self {
+        self.series = Some(crate::metrics::RegistrationSeries::new(service, instance));
+        self.state_changed();
+        self
+    }
+
+    /// After every change of state (with the details it changed already written): the
+    /// metrics, when the feature is on; nothing otherwise.
+    #[inline]
+    pub(crate) fn state_changed(&self) {
+        #[cfg(feature = "metrics")]
+        if let Some(series) = &self.series {
+            series.state_changed(&self.status(&self.state.subscribe()));
+        }
+    }
+
+    /// After a renewal of the lease: the metrics.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn renewed(&self) {
+        if let Some(series) = &self.series {
+            series.observe(&self.status(&self.state.subscribe()));
         }
     }
 
@@ -143,7 +174,7 @@ impl Shared {
             details.last_error = Some(error);
             details.lease = None;
         }
-        self.state.send_if_modified(|state| {
+        let failed = self.state.send_if_modified(|state| {
             if matches!(
                 state,
                 RegistrationState::Deregistered | RegistrationState::Failed
@@ -153,6 +184,9 @@ impl Shared {
             *state = RegistrationState::Failed;
             true
         });
+        if failed {
+            self.state_changed();
+        }
     }
 
     /// The error that ended the registration, when it failed.

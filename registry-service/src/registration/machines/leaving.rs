@@ -119,6 +119,7 @@ pub(super) fn finish(leaving: Leaving, result: registry_api::Result<()>) {
         None => {
             shared.details().lease = None;
             shared.state.send_replace(RegistrationState::Deregistered);
+            shared.state_changed();
             tracing::info!(ok = outcome.is_ok(), "deregistered");
         }
     }

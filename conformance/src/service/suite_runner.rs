@@ -1,38 +1,18 @@
-//! Running one named scenario: its runtime (paused for virtual time), the lock that runs
-//! real-time scenarios one at a time, and the entry points the macro and the suite's own tests
-//! call.
+//! Running one named scenario of the suite: on the runtime and in the turn that
+//! `registry-testing` gives the backend's time, with the entry points the macro and the suite's
+//! own tests call.
 
-use super::backend::ServiceBackend;
 use super::ctx::ServiceCtx;
 use super::SCENARIOS;
 use crate::backend::Time;
 use crate::failure::Failure;
+use registry_testing::{runtime, take_turn, ServiceBackend};
 use std::future::Future;
-use std::sync::Mutex;
 use tokio::runtime::Runtime;
-
-/// Real-time scenarios take this lock: they share a real server (an outage stops it for all)
-/// and their timing bounds assume the machine is not running other scenarios meanwhile.
-static REAL_TIME: Mutex<()> = Mutex::new(());
 
 /// The name of every scenario, in the order the macro stamps them.
 pub fn scenario_names() -> Vec<&'static str> {
     SCENARIOS.iter().map(|(n, _)| *n).collect()
-}
-
-/// A current-thread runtime for a scenario on `time`: its clock paused for [`Time::Virtual`] (it
-/// moves only when every task waits, so sleeps cost nothing and instants are exact).
-pub fn runtime(time: Time) -> Runtime {
-    let mut builder = tokio::runtime::Builder::new_current_thread();
-    builder.enable_all();
-    if time == Time::Virtual {
-        builder.start_paused(true);
-    }
-    match builder.build() {
-        Ok(rt) => rt,
-        // No runtime means no scenario can run at all; there is nothing to recover.
-        Err(e) => panic!("cannot build a tokio runtime: {e}"),
-    }
 }
 
 /// Runs scenario `name` on `backend` inside `rt` (from [`runtime`] with the backend's time).
@@ -44,11 +24,7 @@ pub fn run_scenario<B: ServiceBackend>(
     let Some((name, scenario)) = SCENARIOS.iter().find(|(n, _)| *n == name) else {
         return Err(Failure::new(name, "no such service scenario"));
     };
-    let caps = backend.capabilities();
-    let _guard = match caps.time {
-        Time::Real => Some(REAL_TIME.lock().unwrap_or_else(|p| p.into_inner())),
-        Time::Virtual => None,
-    };
+    let _turn = take_turn(backend.capabilities().time);
     let started = std::time::Instant::now();
     let result = rt.block_on(async {
         let mut cx = ServiceCtx::new(backend, name);

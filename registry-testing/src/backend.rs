@@ -1,14 +1,14 @@
-//! What a backend author implements to run the service-layer suite (and the seeded fleet search)
-//! on their backend: named clients of one server, the faults the backend can stage, and time.
+//! What a backend offers to scenarios (an app's own, the service-layer suite's, the seeded fleet
+//! search's): named clients of one server, the faults the backend can stage, and time.
 
-use async_trait::async_trait;
+use registry_api::async_trait;
 use registry_api::wrap::Link;
 use registry_api::{LeaseId, Registry};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::Time;
-use crate::fleet::ServerJournal;
+use crate::journal::ServerJournal;
+use crate::time::Time;
 
 /// A backend as the service-layer scenarios see it: one server, any number of named clients.
 ///
@@ -37,7 +37,11 @@ pub trait ServiceBackend: Send + Sync + 'static {
     async fn outage(&self, down: bool);
 
     /// Expires `lease` now, as the server does at its deadline (its keys go in one revision).
-    async fn expire_lease(&self, lease: LeaseId);
+    /// The default does nothing: a backend that cannot expire a lease on demand (a real etcd)
+    /// declares [`ServiceCapabilities::expire_lease`] false and keeps it.
+    async fn expire_lease(&self, lease: LeaseId) {
+        let _ = lease;
+    }
 
     /// The control handle of client `name`'s link, for the faults beyond a partition: latency,
     /// hold and release, lost replies, stalled watches (see [`Link`]). `None` (the default)
@@ -74,8 +78,8 @@ pub trait ServiceBackend: Send + Sync + 'static {
 pub struct ServiceCapabilities {
     /// Virtual (a paused tokio clock) or real time.
     pub time: Time,
-    /// How long after its deadline a lease may still be alive (zero for the simulator, about a
-    /// second for etcd).
+    /// How long after its deadline a lease may still be alive (zero for the simulator, 1.5 s for
+    /// etcd, whose lessor checks for expired leases every 500 ms).
     pub expiry_lateness: Duration,
     /// The smallest TTL the backend grants, in seconds.
     pub min_ttl: i64,
@@ -100,7 +104,16 @@ impl ServiceCapabilities {
         }
     }
 
-    /// A real etcd started by the test: real time, about a second of expiry lateness.
+    /// Scheduling and delivery slack to add to a stated bound: none on [`Time::Virtual`]
+    /// (instants are exact), a second on [`Time::Real`] (a real server on a loaded machine).
+    pub fn allowance(&self) -> Duration {
+        match self.time {
+            Time::Virtual => Duration::ZERO,
+            Time::Real => Duration::from_secs(1),
+        }
+    }
+
+    /// A real etcd started by the test: real time, 1.5 s of expiry lateness.
     pub fn etcd() -> Self {
         ServiceCapabilities {
             time: Time::Real,

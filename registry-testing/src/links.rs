@@ -11,13 +11,13 @@ use std::sync::{Arc, Mutex};
 
 /// The links of a backend's named clients: [`wrap`](Links::wrap) puts a client behind the link
 /// of its name, [`cut`](Links::cut) fails every call on that link with `Unavailable` and ends its
-/// open watches, until restored. What [`ServiceBackend::partition`](super::ServiceBackend::partition)
+/// open watches, until restored. What [`ServiceBackend::partition`](crate::ServiceBackend::partition)
 /// needs, for a backend that has no per-client links of its own.
 ///
 /// ```
-/// # tokio_test::block_on(async {
+/// # registry_testing::runtime(registry_testing::Time::Real).block_on(async {
 /// use registry_api::Registry;
-/// use registry_conformance::service::Links;
+/// use registry_testing::Links;
 /// use std::sync::Arc;
 ///
 /// let store: Arc<dyn Registry> = Arc::new(registry_memory::MemoryRegistry::with_manual_clock());
