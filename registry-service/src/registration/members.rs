@@ -216,6 +216,8 @@ impl Member {
     /// revision no longer compares with the store's, so whatever the watch shows from now on
     /// counts, and a drain waiting for the watch to show its value ends with its grace.
     pub(super) fn regressed(&mut self) {
+        self.shared.details().regressions += 1;
+        self.shared.counted();
         self.last_put = Revision::default();
         if let Some(drain) = &mut self.drain {
             if drain.target.is_some() {
