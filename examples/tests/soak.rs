@@ -218,6 +218,30 @@ enum Done {
     TimedOut,
 }
 
+/// The operations finished so far, by kind.
+#[derive(Default)]
+struct Tally {
+    registered: usize,
+    left: usize,
+    died: usize,
+    timed_out: usize,
+}
+
+impl Tally {
+    /// Counts `done`; a registration joins the live ones, to leave or die later.
+    fn count(&mut self, done: Done, live: &mut VecDeque<(usize, Registration)>) {
+        match done {
+            Done::Registered(index, registration) => {
+                self.registered += 1;
+                live.push_back((index, registration));
+            }
+            Done::Left => self.left += 1,
+            Done::Died => self.died += 1,
+            Done::TimedOut => self.timed_out += 1,
+        }
+    }
+}
+
 /// The instance index of an id `i000042`.
 fn index_of(id: &str) -> Option<usize> {
     id.strip_prefix('i')?.parse().ok()
@@ -451,7 +475,7 @@ async fn soak_churn_with_a_thousand_handles() {
     // on those in flight (past it the rate falls, and the figure says so).
     let mut in_flight: JoinSet<Done> = JoinSet::new();
     let mut live: VecDeque<(usize, Registration)> = VecDeque::with_capacity(plan.population * 2);
-    let (mut registered, mut left, mut died, mut timed_out) = (0usize, 0usize, 0usize, 0usize);
+    let mut tally = Tally::default();
     let (mut issued, mut registering) = (0usize, 0usize);
     let mut saturated = 0u64;
     let mut steady = false;
@@ -460,15 +484,7 @@ async fn soak_churn_with_a_thousand_handles() {
     let mut last_sample = Instant::now();
     while started.elapsed() < plan.duration && registering + 1 < max_registrations {
         while let Some(done) = in_flight.try_join_next() {
-            match done.expect("an operation panicked") {
-                Done::Registered(index, registration) => {
-                    registered += 1;
-                    live.push_back((index, registration));
-                }
-                Done::Left => left += 1,
-                Done::Died => died += 1,
-                Done::TimedOut => timed_out += 1,
-            }
+            tally.count(done.expect("an operation panicked"), &mut live);
         }
         let due = (started.elapsed().as_secs_f64() * plan.ops_per_second as f64) as usize;
         while issued < due {
@@ -477,7 +493,7 @@ async fn soak_churn_with_a_thousand_handles() {
                 break;
             }
             // Registrations until the population is full, then one departure per registration.
-            let pending = registering - registered;
+            let pending = registering - tally.registered;
             if live.len() + pending < plan.population || live.is_empty() {
                 let index = registering;
                 registering += 1;
@@ -517,7 +533,7 @@ async fn soak_churn_with_a_thousand_handles() {
             issued += 1;
         }
         // Memory once churn is steady (the population was full once), once a second.
-        steady |= live.len() + (registering - registered) >= plan.population;
+        steady |= live.len() + (registering - tally.registered) >= plan.population;
         if steady && last_sample.elapsed() >= Duration::from_secs(1) {
             rss.push(rss_kib());
             last_sample = Instant::now();
@@ -529,16 +545,14 @@ async fn soak_churn_with_a_thousand_handles() {
         .await
         .expect("the operations in flight finish within 10 s")
     {
-        match done.expect("an operation panicked") {
-            Done::Registered(index, registration) => {
-                registered += 1;
-                live.push_back((index, registration));
-            }
-            Done::Left => left += 1,
-            Done::Died => died += 1,
-            Done::TimedOut => timed_out += 1,
-        }
+        tally.count(done.expect("an operation panicked"), &mut live);
     }
+    let Tally {
+        registered,
+        left,
+        died,
+        timed_out,
+    } = tally;
     let churn = started.elapsed();
     let (_, last_revision) = truth(&*checker, "svc0").await.expect("revision");
     let writes = last_revision.get() - first_revision.get();

@@ -107,7 +107,8 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> Writer<T> {
     }
 
     /// The entries applied so far are a saved copy, not a read: the store says so
-    /// ([`StoreStatus::seeded`]) and counts as stale until [`synced`](Self::synced).
+    /// ([`StoreStatus::seeded`](super::StoreStatus::seeded)) and counts as stale until
+    /// [`synced`](Self::synced).
     pub fn seeded(&mut self, seeded: super::Seeded) {
         self.shared.status.send_modify(|status| {
             status.seeded = Some(seeded);
@@ -116,7 +117,8 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> Writer<T> {
 
     /// The source's revision went back to `revision` (its store was restored from an older
     /// backup): the store's revision follows it down, the entries stay as they are (the
-    /// source's differences follow), and [`StoreStatus::regressions`] counts it.
+    /// source's differences follow), and
+    /// [`StoreStatus::regressions`](super::StoreStatus::regressions) counts it.
     pub fn regressed(&mut self, revision: Revision) {
         let current = self.shared.current();
         if revision < current.revision {
