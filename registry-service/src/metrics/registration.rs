@@ -16,6 +16,10 @@ const SERIES: &[Series<RegistrationStatus>] = &[
         read: |s| Some(s.re_registrations as f64),
     },
     Series {
+        name: "registry_registration_regressions_total",
+        read: |s| Some(s.regressions as f64),
+    },
+    Series {
         name: "registry_registration_keep_alive_round_trip_seconds",
         read: |s| s.last_keep_alive_round_trip.map(|d| d.as_secs_f64()),
     },
@@ -48,6 +52,11 @@ pub(super) const DESCRIPTIONS: &[Description] = &[
     (
         "registry_registration_reregistrations_total",
         "Times the instance was registered again under a new lease",
+        None,
+    ),
+    (
+        "registry_registration_regressions_total",
+        "Times the registry's revision went back under the registration's key watch (a store restored from an older backup) and its key was checked again",
         None,
     ),
     (
