@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The full reliability run: faults against real etcd processes on loopback (a single
 # server killed, stopped past the TTL, compacted under cut-off caches; a three-member cluster
-# losing its leader, a follower and quorum; delays, resets and black holes through a TCP proxy),
-# a bounded soak, and the fuzzing of both backends, all at full size (REGISTRY_FAULTS_FULL=1:
-# 50 instances and 10 caches per fault, ~90 s of churn, thousands of fuzz cases). `cargo test
-# --workspace` runs the same tests shortened. Prints the figures at the end; exits non-zero if
+# losing its leader, a follower and quorum; delays, resets and black holes through a TCP proxy;
+# restores from an older backup, plain and bumped; a gateway restarted during an outage),
+# a 10-minute soak (a target of 1,000 registrations, deregistrations and deaths per second,
+# 1,000 discovery handles on 10 services; REGISTRY_SOAK_SECS sets its duration), and the
+# fuzzing of both backends, all at full size (REGISTRY_FAULTS_FULL=1: 50 instances and 10
+# caches per fault, thousands of fuzz cases). `cargo test --workspace` runs the same tests
+# shortened (the soak for 20 s). Prints the figures at the end; exits non-zero if
 # any test failed.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,7 +36,7 @@ run -p registry-memory --test conformance public_api_survives_arbitrary_input
 run -p registry-memory --test fuzz
 run -p registry-etcd --test conformance public_api_survives_arbitrary_input
 run -p registry-etcd --test fuzz
-run -p registry-examples --test faults_server --test faults_network --test faults_cluster
+run -p registry-examples --test faults_server --test faults_network --test faults_cluster --test faults_restore --test gateway_restart
 run -p registry-examples --test soak
 
 echo

@@ -137,9 +137,29 @@ impl BackendArgs {
         })
     }
 
+    /// As [`connect`](Self::connect), without the round trip to etcd: for a process that
+    /// starts while etcd may be down and has something to serve meanwhile (the gateway's
+    /// snapshot file). Its calls fail as unavailable until etcd answers.
+    pub async fn connect_lazy(&self) -> Result<Backend, BoxError> {
+        if !self.is_etcd() {
+            return self.connect().await;
+        }
+        let layout = KeyLayout::new(self.namespace.clone())?;
+        let registry = self.etcd_builder()?.connect_lazy().await?;
+        Ok(Backend {
+            registry: Arc::new(registry),
+            kind: BackendKind::Etcd(self.etcd.clone()),
+            layout,
+        })
+    }
+
     /// Connects to etcd (`--etcd` must be given) with the key prefix, credentials and TLS
     /// options: for what only etcd has, such as its users and roles.
     pub async fn connect_etcd(&self) -> Result<EtcdRegistry, BoxError> {
+        Ok(self.etcd_builder()?.connect().await?)
+    }
+
+    fn etcd_builder(&self) -> Result<registry_etcd::EtcdRegistryBuilder, BoxError> {
         if !self.is_etcd() {
             return Err("this needs etcd: give --etcd URL (or REGISTRY_ETCD)".into());
         }
@@ -153,7 +173,7 @@ impl BackendArgs {
         if let Some(tls) = self.tls.options()? {
             builder = builder.tls(tls);
         }
-        Ok(builder.connect().await?)
+        Ok(builder)
     }
 }
 

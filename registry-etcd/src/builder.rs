@@ -199,18 +199,33 @@ impl EtcdRegistryBuilder {
     /// its open watches carry on. Tests on virtual time use `registry-memory`.
     pub async fn connect(self) -> Result<EtcdRegistry> {
         let span = tracing::info_span!("etcd.connect", endpoints = ?self.endpoints);
-        async move {
-            self.validate()?;
-            crate::clock::check()?;
-            let options = self.connect_options();
-            let wait = self.connect_timeout + self.request_timeout;
-            let connecting = crate::connection::connect(self.endpoints.clone(), options);
-            let client = tokio::time::timeout(wait, connecting)
-                .await
-                .map_err(|_| Error::unavailable(format!("connecting timed out after {wait:?}")))??
-                .map_err(|e| errors::from_etcd(e, Context::default()))?;
-            let tls = self.has_tls();
-            let key_prefix = KeyPrefix::new(self.key_prefix);
+        self.open(true).instrument(span).await
+    }
+
+    /// Checks the settings and builds the client without a round trip: for a process that must
+    /// start while etcd is down (a gateway serving its discovery snapshot file). Its calls fail
+    /// with [`Error::Unavailable`] until an endpoint answers, then work on their own. Fails
+    /// only for malformed settings, on a paused clock (as [`connect`](Self::connect)), and,
+    /// with a user and password, when no endpoint answers: the client fetches its token here.
+    pub async fn connect_lazy(self) -> Result<EtcdRegistry> {
+        let span = tracing::info_span!("etcd.connect_lazy", endpoints = ?self.endpoints);
+        self.open(false).instrument(span).await
+    }
+
+    /// Builds the client; with `probe_first`, one round trip must succeed first.
+    async fn open(self, probe_first: bool) -> Result<EtcdRegistry> {
+        self.validate()?;
+        crate::clock::check()?;
+        let options = self.connect_options();
+        let wait = self.connect_timeout + self.request_timeout;
+        let connecting = crate::connection::connect(self.endpoints.clone(), options);
+        let client = tokio::time::timeout(wait, connecting)
+            .await
+            .map_err(|_| Error::unavailable(format!("connecting timed out after {wait:?}")))??
+            .map_err(|e| errors::from_etcd(e, Context::default()))?;
+        let tls = self.has_tls();
+        let key_prefix = KeyPrefix::new(self.key_prefix);
+        if probe_first {
             // A probe that went to a member that is down is sent again to another endpoint:
             // the backend is usable while any endpoint answers.
             let probed = crate::retry::retry(
@@ -223,25 +238,23 @@ impl EtcdRegistryBuilder {
                 return Err(crate::diagnose::explain(err, &self.endpoints, tls).await);
             }
             tracing::debug!("connected");
-            Ok(EtcdRegistry {
-                inner: Arc::new(Inner {
-                    keep_alive: KeepAlives::new(client.clone(), self.request_timeout),
-                    kv: client
-                        .kv_client()
-                        .max_decoding_message_size(MAX_RESPONSE_BYTES),
-                    watch: client
-                        .watch_client()
-                        .max_decoding_message_size(MAX_RESPONSE_BYTES),
-                    client,
-                    key_prefix,
-                    endpoints: self.endpoints,
-                    max_value_bytes: self.max_value_bytes,
-                    request_timeout: self.request_timeout,
-                }),
-            })
         }
-        .instrument(span)
-        .await
+        Ok(EtcdRegistry {
+            inner: Arc::new(Inner {
+                keep_alive: KeepAlives::new(client.clone(), self.request_timeout),
+                kv: client
+                    .kv_client()
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES),
+                watch: client
+                    .watch_client()
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES),
+                client,
+                key_prefix,
+                endpoints: self.endpoints,
+                max_value_bytes: self.max_value_bytes,
+                request_timeout: self.request_timeout,
+            }),
+        })
     }
 
     fn validate(&self) -> Result<()> {

@@ -40,6 +40,8 @@ pub(crate) struct Journal {
     commits: VecDeque<(Duration, Arc<Record>)>,
     /// Some records were let go to stay within the capacity.
     dropped: bool,
+    /// The revision a restore started this timeline at: nothing at or below it is held.
+    floor: i64,
 }
 
 impl Journal {
@@ -49,6 +51,7 @@ impl Journal {
             capacity,
             commits: VecDeque::with_capacity(capacity.min(4096)),
             dropped: false,
+            floor: 0,
         }
     }
 
@@ -63,9 +66,18 @@ impl Journal {
         self.commits.push_back((at, record.clone()));
     }
 
+    /// The store was restored from a backup: the commits kept are another timeline's. From now
+    /// on it holds the restored store's commits only, and has none at or below `revision` (the
+    /// restored one): readers start over from there (see [`MemoryRegistry::resets`]).
+    pub(crate) fn restart_at(&mut self, revision: i64) {
+        self.commits.clear();
+        self.dropped = false;
+        self.floor = revision;
+    }
+
     /// Every revision above `after`, or `None` when the journal is off or has let some go.
     fn after(&self, after: i64) -> Option<Vec<Commit>> {
-        if self.capacity == 0 {
+        if self.capacity == 0 || after < self.floor {
             return None;
         }
         // Revisions are consecutive (every revision above 1 has a record), so the journal holds

@@ -204,6 +204,39 @@ impl Leases {
         }
     }
 
+    /// Every live lease with its granted TTL and keys, in id order, for a backup.
+    pub(crate) fn backup(&self) -> Vec<(LeaseId, i64, BTreeSet<Bytes>)> {
+        self.ids()
+            .into_iter()
+            .filter_map(|id| {
+                let lease = self.by_id.get(&id)?;
+                Some((id, lease.granted_ttl, lease.keys.clone()))
+            })
+            .collect()
+    }
+
+    /// Replaces the table by a backup's leases, each restarting from now with its whole granted
+    /// TTL (etcd's restarted lessor promotes every lease so). Ids picked from now on never
+    /// repeat one picked before the restore: a client still holding a lease granted after the
+    /// backup must find it gone, not someone else's.
+    pub(crate) fn restore(&mut self, leases: &[(LeaseId, i64, BTreeSet<Bytes>)], now: Duration) {
+        self.by_id.clear();
+        self.deadlines.clear();
+        for (id, granted_ttl, keys) in leases {
+            let deadline = now.saturating_add(ttl_duration(*granted_ttl));
+            self.by_id.insert(
+                *id,
+                Lease {
+                    granted_ttl: *granted_ttl,
+                    deadline,
+                    indexed_at: deadline,
+                    keys: keys.clone(),
+                },
+            );
+            self.deadlines.push(deadline, *id);
+        }
+    }
+
     /// A new leader's lessor (etcd's `Promote`) restarts every live lease from now: its whole
     /// granted TTL plus `extra` (etcd keeps no remaining TTL across a failover unless lease
     /// checkpointing is on, which it is not by default).

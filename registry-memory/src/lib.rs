@@ -42,7 +42,9 @@
 //! fails with `Unavailable`, every open watch ends with it; lease deadlines keep running, as a
 //! server does while its clients cannot reach it), [`expire_lease`](MemoryRegistry::expire_lease)
 //! expires a lease now, [`leader_change`](MemoryRegistry::leader_change) extends every lease as
-//! an etcd failover does.
+//! an etcd failover does, and [`restore`](MemoryRegistry::restore) puts back a
+//! [`backup`](MemoryRegistry::backup) taken earlier, as `etcdutl snapshot restore` does (plain,
+//! or with the revision bumped and compacted; see [`RestoreOptions`]).
 //!
 //! # The server's journal
 //!
@@ -86,6 +88,7 @@ mod keys;
 mod leases;
 mod mvcc;
 mod registry;
+mod reset;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -95,6 +98,7 @@ mod watches;
 pub use builder::MemoryRegistryBuilder;
 pub use client::MemoryClient;
 pub use journal::Commit;
+pub use reset::{Backup, Reset, RestoreOptions};
 pub use timing::{Delay, Latencies};
 
 use builder::Config;

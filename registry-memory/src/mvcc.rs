@@ -202,6 +202,31 @@ impl Mvcc {
         }
     }
 
+    /// A copy for a backup: the live keys, the revisions and the readable history (from the
+    /// compaction point up), sharing every version and record with this one.
+    pub(crate) fn backup(&self) -> Mvcc {
+        Mvcc {
+            revision: self.revision,
+            compact_revision: self.compact_revision,
+            keys: self.keys.clone(),
+            log: self
+                .log
+                .iter()
+                .filter(|record| record.revision >= self.compact_revision)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Raises the revision by `by` with no record for the revisions skipped, and compacts
+    /// everything up to it (etcdutl's `--bump-revision N --mark-compacted`): the keys keep
+    /// their revisions, no history is readable below the new revision.
+    pub(crate) fn bump_and_compact(&mut self, by: i64) {
+        self.revision = self.revision.saturating_add(by);
+        self.compact_revision = self.revision;
+        self.log.clear();
+    }
+
     /// How many records the log holds.
     pub(crate) fn log_len(&self) -> usize {
         self.log.len()

@@ -126,6 +126,9 @@ pub(crate) struct State {
     pub(crate) history_limit: Option<i64>,
     /// The server's journal of commits (empty and free unless the builder asked for one).
     pub(crate) journal: Journal,
+    /// Every restore from a backup, in order (one per test-side call: it grows only as fast
+    /// as a test resets the store).
+    pub(crate) resets: Vec<crate::reset::Reset>,
     /// The virtual time the journal stamps the next commit with: now, or an expired lease's
     /// deadline while its keys are deleted.
     stamp: Duration,
@@ -134,6 +137,11 @@ pub(crate) struct State {
 impl State {
     pub(crate) fn revision(&self) -> Revision {
         Revision(self.mvcc.revision())
+    }
+
+    /// The state stamps journal commits with (read by a restore, which records its time).
+    pub(crate) fn stamp(&self) -> Duration {
+        self.stamp
     }
 
     /// Publishes a new revision to the watchers and applies the history limit.

@@ -44,6 +44,7 @@ mod feed;
 mod filter;
 mod hub;
 mod layout;
+mod snapshot_file;
 mod subset;
 mod view;
 
@@ -51,6 +52,9 @@ pub use events::DiscoveryEvents;
 pub use filter::Filter;
 pub use hub::DiscoveryHub;
 pub use layout::{InstanceLayout, JsonLayout};
+pub use snapshot_file::{
+    SnapshotFile, SnapshotFileStatus, SnapshotLoad, SnapshotPath, SnapshotRefusal, FORMAT_VERSION,
+};
 pub use subset::Subset;
 pub use view::{DiscoveryView, View};
 
@@ -98,6 +102,9 @@ pub struct DiscoveryOptions {
     /// How many batches of changes a subscriber may fall behind before it is resynced from the
     /// snapshot (see [`DiscoveryEvents`]). At least 1.
     pub capacity: usize,
+    /// Keep the view's last synced instances in a file and serve them, flagged stale, at a
+    /// start while the registry cannot be reached (see [`SnapshotFile`]). Off by default.
+    pub snapshot_file: Option<SnapshotFile>,
 }
 
 impl Default for DiscoveryOptions {
@@ -106,6 +113,7 @@ impl Default for DiscoveryOptions {
             namespace: DEFAULT_NAMESPACE.to_owned(),
             watcher: WatcherConfig::default(),
             capacity: store::DEFAULT_CAPACITY,
+            snapshot_file: None,
         }
     }
 }
@@ -157,6 +165,13 @@ impl DiscoveryOptions {
         self
     }
 
+    /// Keeps a snapshot file ([`SnapshotFile::at`] for one discovery, [`SnapshotFile::in_dir`]
+    /// for a hub).
+    pub fn snapshot_file(mut self, file: SnapshotFile) -> Self {
+        self.snapshot_file = Some(file);
+        self
+    }
+
     fn map_watcher(mut self, change: impl FnOnce(WatcherConfig) -> WatcherConfig) -> Self {
         self.watcher = change(self.watcher);
         self
@@ -174,6 +189,8 @@ struct Shared {
     stop: watch::Sender<bool>,
     /// The feed, owned: if it dies, the store's status says so at once.
     task: OwnedTask,
+    /// The snapshot file and the task that writes it, when there is one.
+    file: Option<(Arc<snapshot_file::FileShared>, OwnedTask)>,
 }
 
 /// A handle on a live view of one service's instances. Clones share the store, its watch and
@@ -245,6 +262,10 @@ impl Discovery {
         let malformed = Arc::new(AtomicU64::new(0));
         let counters = Arc::new(feed::Counters::default());
         let (stop, stopped) = watch::channel(false);
+        let file = options
+            .snapshot_file
+            .clone()
+            .map(|file| snapshot_file::FileShared::new(file, &service, layout.prefix()));
         let feed = feed::Feed {
             watcher: watcher(registry, layout.prefix(), options.watcher.clone()),
             writer,
@@ -252,6 +273,8 @@ impl Discovery {
             malformed: malformed.clone(),
             counters: counters.clone(),
             listed: false,
+            file: file.clone(),
+            seed_pending: false,
             #[cfg(feature = "metrics")]
             series: crate::metrics::DiscoverySeries::new(&service),
         };
@@ -260,9 +283,25 @@ impl Discovery {
             &runtime,
             "discovery",
             tracing::info_span!("discovery", service = %service),
-            feed.run(stopped),
+            feed.run(stopped.clone()),
             move |error| failed.fail(error),
         );
+        let file = file.map(|file| {
+            let failed = file.clone();
+            let writer = OwnedTask::spawn(
+                &runtime,
+                "discovery snapshot file",
+                tracing::info_span!("discovery.snapshot_file", service = %service),
+                snapshot_file::keep_written(file.clone(), store.clone(), stopped),
+                move |error| {
+                    failed.status.send_modify(|status| {
+                        status.last_error = Some(error.to_string());
+                        status.stopped = true;
+                    })
+                },
+            );
+            (file, writer)
+        });
         Ok(Discovery {
             shared: Arc::new(Shared {
                 service,
@@ -271,6 +310,7 @@ impl Discovery {
                 counters,
                 stop,
                 task,
+                file,
             }),
         })
     }
@@ -342,6 +382,36 @@ impl Discovery {
     /// the first sync is still under way with nothing failed, and while synced.
     pub fn is_stale(&self) -> bool {
         self.shared.store.is_stale()
+    }
+
+    /// How many times the registry's revision was seen to go back (its store restored from an
+    /// older backup without `--bump-revision`): each time the view took the registry's list
+    /// as the truth and its revision followed it down. Also in
+    /// [`status`](Self::status)`().regressions`.
+    pub fn regressions(&self) -> u64 {
+        self.shared.store.status().regressions
+    }
+
+    /// The snapshot file's state (`None` without one): whether it was served at start or why
+    /// it was refused, and how writing it goes. While its instances are served,
+    /// [`status`](Self::status)`().seeded` gives their revision and age.
+    pub fn snapshot_file_status(&self) -> Option<SnapshotFileStatus> {
+        self.shared
+            .file
+            .as_ref()
+            .map(|(file, _)| file.status.borrow().clone())
+    }
+
+    /// Waits until the view has instances to serve: synced, or seeded from its snapshot file
+    /// (then stale, see [`SnapshotFile`]). Without a file, or when the file was refused, this
+    /// is [`wait_synced`](Self::wait_synced). Returns at once if the discovery was shut down.
+    pub async fn wait_seeded_or_synced(&self) {
+        let mut status = self.shared.store.status_changes();
+        // Fails only when the store is gone, which ends the wait too.
+        status
+            .wait_for(|status| status.synced || status.seeded.is_some() || status.closed)
+            .await
+            .ok();
     }
 
     /// The last failure of the list or watch (kept after recovery, for the record).
@@ -444,6 +514,11 @@ impl Discovery {
         self.shared.stop.send_replace(true);
         // The task stops when told: this wait is short and needs no bound.
         self.shared.store.closed().await.ok();
+        if let Some((file, _)) = &self.shared.file {
+            let mut status = file.status.subscribe();
+            // The sender lives in `file`, which `self` holds: this cannot fail early.
+            status.wait_for(|status| status.stopped).await.ok();
+        }
     }
 
     /// The store underneath (for views and the hub).

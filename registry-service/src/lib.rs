@@ -44,7 +44,8 @@ pub mod watcher;
 pub use backoff::Backoff;
 pub use discovery::{
     Discovery, DiscoveryEvent, DiscoveryEvents, DiscoveryHub, DiscoveryOptions, DiscoveryView,
-    Filter, InstanceLayout, JsonLayout, Subset, View,
+    Filter, InstanceLayout, JsonLayout, SnapshotFile, SnapshotFileStatus, SnapshotLoad,
+    SnapshotPath, SnapshotRefusal, Subset, View,
 };
 pub use error::{Error, Result};
 pub use instance::{KeyLayout, Metadata, ServiceInstance, Status, DEFAULT_NAMESPACE};
@@ -55,7 +56,7 @@ pub use registration::{
     Registrar, RegistrarOptions, Registration, RegistrationOptions, RegistrationState,
     RegistrationStatus, RegistrationStatusReader,
 };
-pub use store::{store, Snapshot, Store, StoreEvent, StoreStatus};
+pub use store::{store, Seeded, Snapshot, Store, StoreEvent, StoreStatus};
 pub use watcher::{watcher, Change, Watcher, WatcherConfig, WatcherEvent};
 
 /// The README's examples, compiled and run as doctests so they stay true.

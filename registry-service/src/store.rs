@@ -119,15 +119,37 @@ pub struct StoreStatus {
     /// shut down: `last_error` says why, the store is closed, and waits on it return that
     /// error.
     pub failed: bool,
+    /// The entries are a saved copy (a discovery's snapshot file), not a read: set until the
+    /// first sync replaces them. Such a store is stale and not synced.
+    pub seeded: Option<Seeded>,
+    /// How many times the source's revision went back (a store restored from an older
+    /// backup): each time, the revision follows it down.
+    pub regressions: u64,
+}
+
+/// Where the entries of a [seeded](StoreStatus::seeded) store came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seeded {
+    /// The store revision the saved copy reflected.
+    pub revision: Revision,
+    /// When the copy was saved (wall clock).
+    pub saved_at: std::time::SystemTime,
+}
+
+impl Seeded {
+    /// How old the saved copy is now (zero if it claims to come from the future).
+    pub fn age(&self) -> std::time::Duration {
+        self.saved_at.elapsed().unwrap_or_default()
+    }
 }
 
 impl StoreStatus {
-    /// Not synced now, and either synced before (the entries are as last read and may be out
-    /// of date) or failed (a first list or watch that failed: what the store holds was never
-    /// confirmed live). A store still on its first list, with nothing failed, is not stale:
-    /// it is starting.
+    /// Not synced now, and either ready (synced before, or seeded from a saved copy: the
+    /// entries are as last read or saved and may be out of date) or failed (a first list or
+    /// watch that failed: what the store holds was never confirmed live). A store still on its
+    /// first list, with nothing failed and nothing seeded, is not stale: it is starting.
     pub fn is_stale(&self) -> bool {
-        !self.synced && (self.ready || self.last_error.is_some())
+        !self.synced && (self.ready || self.seeded.is_some() || self.last_error.is_some())
     }
 }
 

@@ -62,6 +62,7 @@ mod config;
 mod event;
 mod gate;
 mod machine;
+mod older_list;
 mod stall;
 
 pub use config::WatcherConfig;

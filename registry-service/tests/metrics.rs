@@ -443,3 +443,77 @@ async fn a_picker_exports_its_calls_ejections_and_latency() {
         Some(1.0)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_store_restored_from_an_older_backup_is_counted_by_caches_and_registrations() {
+    let (prometheus, _guard) = recorder();
+    let etcd = MemoryRegistry::new();
+    let view = Discovery::start(
+        Arc::new(etcd.client("gateway")),
+        "hello",
+        DiscoveryOptions::default().seed(1),
+    )
+    .unwrap();
+    let a = Registration::start(Arc::new(etcd.client("a")), hello("a"), options())
+        .await
+        .unwrap();
+    view.wait_for_len(1, WAIT).await.unwrap();
+    let node = [("service", "hello"), ("instance", "a")];
+    let service = [("service", "hello")];
+    let text = prometheus.render();
+    assert!(
+        text.contains("# HELP registry_discovery_regressions_total"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# HELP registry_registration_regressions_total"),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "registry_discovery_regressions_total", &service),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "registry_registration_regressions_total", &node),
+        Some(0.0),
+        "{text}"
+    );
+
+    // Writes after the backup, so the restore takes the revision back.
+    let backup = etcd.backup();
+    for round in 0..5 {
+        a.update_metadata(registry_service::Metadata::default().with_version(format!("v{round}")))
+            .await
+            .unwrap();
+    }
+    settle(Duration::from_secs(1)).await;
+    etcd.set_unavailable(true);
+    etcd.restore(&backup, registry_memory::RestoreOptions::plain())
+        .unwrap();
+    settle(Duration::from_secs(1)).await;
+    etcd.set_unavailable(false);
+    let counted = tokio::time::timeout(WAIT, async {
+        while view.status().regressions == 0 || a.status().regressions == 0 {
+            settle(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        counted.is_ok(),
+        "regressions: cache {}, registration {}",
+        view.status().regressions,
+        a.status().regressions
+    );
+    let text = prometheus.render();
+    assert_eq!(
+        value(&text, "registry_discovery_regressions_total", &service),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "registry_registration_regressions_total", &node),
+        Some(1.0),
+        "{text}"
+    );
+}

@@ -7,6 +7,11 @@
 //!
 //! It prints `listening on <addr>` on stdout once its node list is loaded, then each node
 //! joining or leaving (`node joined <id> at <addr>`, `node left <id> at <addr>`).
+//!
+//! With `--snapshot-file PATH` it keeps its node list in that file (written atomically, at most
+//! every `--snapshot-interval-ms`), and a restart while etcd is down serves the file's nodes at
+//! once, flagged stale (`serving N node(s) from the snapshot file ...`), until etcd answers
+//! (`synced with etcd at revision R`). A damaged or foreign file is refused with a warning.
 
 use clap::{Parser, ValueEnum};
 use registry_examples::backend::BackendArgs;
@@ -16,8 +21,11 @@ use registry_examples::go_naming::GoTarget;
 use registry_examples::hello;
 use registry_examples::metrics;
 use registry_examples::BoxError;
-use registry_service::{Discovery, DiscoveryEvent, DiscoveryOptions, Strategy};
+use registry_service::{
+    Discovery, DiscoveryEvent, DiscoveryOptions, SnapshotFile, SnapshotLoad, Strategy,
+};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -51,6 +59,13 @@ struct Args {
     /// Serve the discovery cache's metrics in Prometheus text format on `http://ADDR/metrics`.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Keep the node list in this file, and at a start while etcd cannot be reached serve the
+    /// file's nodes (flagged stale) until it can.
+    #[arg(long, value_name = "PATH")]
+    snapshot_file: Option<PathBuf>,
+    /// At most one write of the snapshot file per this many milliseconds.
+    #[arg(long, default_value_t = 5_000, requires = "snapshot_file")]
+    snapshot_interval_ms: u64,
 }
 
 /// The picking strategies.
@@ -87,14 +102,20 @@ async fn run(args: Args) -> Result<(), BoxError> {
     // Before discovery and the picker: they take their series from the recorder installed when
     // they start.
     let _metrics = metrics::serve_flag(args.metrics).await?;
-    let backend = args.backend.connect().await?;
-    let discovery = Discovery::start(
-        backend.registry.clone(),
-        &args.service,
-        DiscoveryOptions::default().namespace(backend.layout.namespace()),
-    )?;
-    discovery
-        .wait_synced(Duration::from_secs(30))
+    // With a snapshot file there is something to serve while etcd is down: start without
+    // waiting for it.
+    let backend = match &args.snapshot_file {
+        Some(_) => args.backend.connect_lazy().await?,
+        None => args.backend.connect().await?,
+    };
+    let mut options = DiscoveryOptions::default().namespace(backend.layout.namespace());
+    if let Some(path) = &args.snapshot_file {
+        options = options.snapshot_file(
+            SnapshotFile::at(path).interval(Duration::from_millis(args.snapshot_interval_ms)),
+        );
+    }
+    let discovery = Discovery::start(backend.registry.clone(), &args.service, options)?;
+    tokio::time::timeout(Duration::from_secs(30), discovery.wait_seeded_or_synced())
         .await
         .map_err(|_| {
             format!(
@@ -102,6 +123,34 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 args.service, backend.kind
             )
         })?;
+    if let Some(seeded) = discovery.status().seeded {
+        println!(
+            "serving {} node(s) from the snapshot file (stale: saved {:.1?} ago at revision {}) until {} answers",
+            discovery.len(),
+            seeded.age(),
+            seeded.revision,
+            backend.kind
+        );
+        let synced = discovery.clone();
+        tokio::spawn(async move {
+            // However long etcd stays away: the snapshot is served meanwhile. Any other error
+            // means the discovery stopped.
+            loop {
+                match synced.wait_synced(Duration::from_secs(3600)).await {
+                    Ok(()) => {
+                        println!("synced with etcd at revision {}", synced.revision());
+                        break;
+                    }
+                    Err(registry_service::Error::Timeout { .. }) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+    } else if let Some(SnapshotLoad::Refused(why)) =
+        discovery.snapshot_file_status().map(|status| status.load)
+    {
+        println!("snapshot file not used: {why}");
+    }
     let mut options = GatewayOptions::default();
     let base = Duration::from_millis(args.down_for_ms);
     options.picker.ejection = options
@@ -118,9 +167,13 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 GoTarget::new(target.clone())?,
                 DiscoveryOptions::default(),
             )?;
-            go.wait_synced(Duration::from_secs(30))
-                .await
-                .map_err(|_| format!("could not list Go target {target} within 30 s"))?;
+            // With a snapshot file the gateway serves while etcd is down: the Go endpoints join
+            // once it answers.
+            if args.snapshot_file.is_none() {
+                go.wait_synced(Duration::from_secs(30))
+                    .await
+                    .map_err(|_| format!("could not list Go target {target} within 30 s"))?;
+            }
             Gateway::with_go_target(discovery, go, options)
         }
         None => Gateway::new(discovery, options),

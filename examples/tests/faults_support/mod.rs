@@ -26,7 +26,9 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use futures::StreamExt;
-use registry_api::{EventKind, ListOptions, Registry, Revision, WatchBatch, WatchOptions};
+use registry_api::{
+    EventKind, KeyValue, ListOptions, Registry, Revision, WatchBatch, WatchEvent, WatchOptions,
+};
 use registry_etcd::EtcdRegistry;
 use registry_service::{
     Backoff, Discovery, DiscoveryEvent, DiscoveryOptions, KeyLayout, Registration,
@@ -272,6 +274,46 @@ impl Drop for Cache {
 pub struct Oracle {
     state: Arc<Mutex<OracleState>>,
     task: JoinHandle<()>,
+    service: String,
+}
+
+/// Records every batch under `prefix` from `next` on, resuming after a broken watch from the
+/// last revision + 1 and re-listing (a gap) after a compaction.
+async fn follow(
+    registry: Arc<dyn Registry>,
+    prefix: String,
+    mut next: Revision,
+    sink: Arc<Mutex<OracleState>>,
+) {
+    loop {
+        let watch = registry
+            .watch(prefix.as_bytes(), WatchOptions::from_revision(next))
+            .await;
+        if let Ok(mut stream) = watch {
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(batch) if batch.is_progress() => {}
+                    Ok(batch) => {
+                        next = batch.revision.next();
+                        sink.lock().unwrap().batches.push(batch);
+                    }
+                    Err(registry_api::Error::Compacted { .. }) => {
+                        sink.lock().unwrap().gaps += 1;
+                        if let Ok(list) = registry
+                            .list(prefix.as_bytes(), ListOptions::default())
+                            .await
+                        {
+                            next = list.revision.next();
+                        }
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        sink.lock().unwrap().resumed += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[derive(Default)]
@@ -292,40 +334,79 @@ impl Oracle {
             .expect("oracle list");
         assert!(list.kvs.is_empty(), "the service must start empty");
         let state = Arc::new(Mutex::new(OracleState::default()));
-        let sink = state.clone();
-        let task = tokio::spawn(async move {
-            let mut next = list.revision.next();
-            loop {
-                let watch = registry
-                    .watch(prefix.as_bytes(), WatchOptions::from_revision(next))
-                    .await;
-                if let Ok(mut stream) = watch {
-                    while let Some(item) = stream.next().await {
-                        match item {
-                            Ok(batch) if batch.is_progress() => {}
-                            Ok(batch) => {
-                                next = batch.revision.next();
-                                sink.lock().unwrap().batches.push(batch);
-                            }
-                            Err(registry_api::Error::Compacted { .. }) => {
-                                sink.lock().unwrap().gaps += 1;
-                                if let Ok(list) = registry
-                                    .list(prefix.as_bytes(), ListOptions::default())
-                                    .await
-                                {
-                                    next = list.revision.next();
-                                }
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
+        let task = tokio::spawn(follow(
+            registry,
+            prefix,
+            list.revision.next(),
+            state.clone(),
+        ));
+        Oracle {
+            state,
+            task,
+            service: service.to_owned(),
+        }
+    }
+
+    /// The store was restored from a backup at `at` (the backup's revision, plus any bump):
+    /// its history forked there. Lists the service at `at` (retrying while the restarted
+    /// server comes back), records the jump from what the history held to that list as one
+    /// batch, and follows the new history from `at` + 1.
+    pub async fn rebase(&mut self, registry: Arc<dyn Registry>, at: Revision) {
+        self.task.abort();
+        let prefix = KeyLayout::default().service_prefix(&self.service);
+        let start = Instant::now();
+        let list = loop {
+            match registry.list(prefix.as_bytes(), ListOptions::at(at)).await {
+                Ok(list) => break list,
+                Err(e) if start.elapsed() < RECONNECT * 2 => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                sink.lock().unwrap().resumed += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(e) => panic!("oracle: listing the restored store at {at}: {e}"),
             }
-        });
-        Oracle { state, task }
+        };
+        {
+            let mut state = self.state.lock().unwrap();
+            // The old watch may have met the bumped restore's compaction on its way out: that
+            // is the jump recorded here, not a hole in the history.
+            state.gaps = 0;
+            let mut present = BTreeSet::new();
+            for batch in &state.batches {
+                for event in &batch.events {
+                    match event.kind {
+                        EventKind::Put => present.insert(event.kv.key.clone()),
+                        EventKind::Delete => present.remove(&event.kv.key),
+                    };
+                }
+            }
+            let mut events: Vec<WatchEvent> = list
+                .kvs
+                .iter()
+                .map(|kv| WatchEvent {
+                    kind: EventKind::Put,
+                    kv: kv.clone(),
+                    prev_kv: None,
+                })
+                .collect();
+            for key in present {
+                if !list.kvs.iter().any(|kv| kv.key == key) {
+                    events.push(WatchEvent {
+                        kind: EventKind::Delete,
+                        kv: KeyValue {
+                            key,
+                            mod_revision: at,
+                            ..KeyValue::default()
+                        },
+                        prev_kv: None,
+                    });
+                }
+            }
+            state.batches.push(WatchBatch {
+                revision: at,
+                events,
+            });
+        }
+        self.task = tokio::spawn(follow(registry, prefix, at.next(), self.state.clone()));
     }
 
     /// The last revision the oracle saw a change at.
@@ -445,8 +526,13 @@ pub async fn converge(
         if truth != expected {
             let have: BTreeSet<_> = truth.keys().collect();
             let want: BTreeSet<_> = expected.keys().collect();
+            let differing: Vec<&String> = truth
+                .iter()
+                .filter(|(id, value)| expected.get(*id).is_some_and(|e| e != *value))
+                .map(|(id, _)| id)
+                .collect();
             return Err(format!(
-                "etcd at {revision}: missing {:?}, extra {:?}",
+                "etcd at {revision}: missing {:?}, extra {:?}, other values {differing:?}",
                 want.difference(&have).collect::<Vec<_>>(),
                 have.difference(&want).collect::<Vec<_>>()
             ));

@@ -70,6 +70,14 @@ pub fn spawn_capturing_stderr(binary: &str, args: &[&str]) -> Child {
     Child::start(command(binary, args), true)
 }
 
+/// Starts `binary args...` with logs at `level` and up (`RUST_LOG`), collecting its stderr
+/// for [`Child::finish`] (to look for a warning, say).
+pub fn spawn_logging(binary: &str, args: &[&str], level: &str) -> Child {
+    let mut command = command(binary, args);
+    command.env("RUST_LOG", level);
+    Child::start(command, true)
+}
+
 /// A running child and the lines of its stdout.
 #[derive(Debug)]
 pub struct Child {

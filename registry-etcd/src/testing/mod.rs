@@ -1,7 +1,8 @@
 //! Throwaway etcd servers for tests (feature `testing`).
 //!
 //! - [`EtcdServer`]: one etcd on free loopback ports with a temporary data dir; stop, restart
-//!   on the same data and ports, kill.
+//!   on the same data and ports, kill; save a backup and restore it (`etcdctl snapshot save`,
+//!   `etcdutl snapshot restore`, plain or with the revision bumped and compacted).
 //! - [`EtcdCluster`]: three (or more) members on loopback, fast elections; kill and restart
 //!   members, find the leader.
 //! - [`EtcdServer::start_tls`]: one etcd whose client port speaks TLS, with certificates made

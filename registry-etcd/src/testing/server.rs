@@ -1,5 +1,7 @@
 //! A single throwaway etcd member.
 
+mod restore;
+
 use super::certs::TestCa;
 use super::process::{free_port, url, Member, MemberSpec, MemberTls, START_TIMEOUT};
 use std::io;

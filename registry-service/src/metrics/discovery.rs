@@ -33,6 +33,10 @@ const SERIES: &[Series<DiscoveryReading>] = &[
         name: "registry_discovery_watch_restarts_total",
         read: |r| Some(r.watch_restarts as f64),
     },
+    Series {
+        name: "registry_discovery_regressions_total",
+        read: |r| Some(r.status.regressions as f64),
+    },
 ];
 
 const INSTANCES: &str = "registry_discovery_instances";
@@ -64,6 +68,11 @@ pub(super) const DESCRIPTIONS: &[Description] = &[
     (
         "registry_discovery_watch_restarts_total",
         "Times the discovery cache's watch failed (unavailable, compacted, stalled, ...) and restarted",
+        None,
+    ),
+    (
+        "registry_discovery_regressions_total",
+        "Times the registry's revision went back under the discovery cache (a store restored from an older backup)",
         None,
     ),
     (

@@ -16,6 +16,10 @@ const SERIES: &[Series<RegistrationStatus>] = &[
         read: |s| Some(s.re_registrations as f64),
     },
     Series {
+        name: "registry_registration_regressions_total",
+        read: |s| Some(s.regressions as f64),
+    },
+    Series {
         name: ROUND_TRIP,
         read: |s| s.last_keep_alive_round_trip.map(|d| d.as_secs_f64()),
     },
@@ -52,6 +56,11 @@ pub(super) const DESCRIPTIONS: &[Description] = &[
     (
         "registry_registration_reregistrations_total",
         "Times the instance was registered again under a new lease",
+        None,
+    ),
+    (
+        "registry_registration_regressions_total",
+        "Times the registry's revision went back under the registration's key watch (a store restored from an older backup) and its key was checked again",
         None,
     ),
     (
@@ -120,6 +129,11 @@ impl RegistrationSeries {
                 *shown = Some((name, gauge));
             }
         }
+        self.table.set(status);
+    }
+
+    /// After a change of the status's counters.
+    pub(crate) fn observe(&self, status: &RegistrationStatus) {
         self.table.set(status);
     }
 

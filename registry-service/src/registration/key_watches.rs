@@ -38,6 +38,9 @@ pub(super) struct Seen {
     /// The members of the watch, when one of them drains and the watch moved on: a drain
     /// ends once its draining value is shown.
     pub(super) drains_to_check: Vec<MemberId>,
+    /// The members of the watch, when the store's revision went back (a restore): revisions
+    /// they remember (their last put) no longer compare with the store's.
+    pub(super) regressed: Vec<MemberId>,
 }
 
 struct Group {
@@ -170,6 +173,13 @@ impl KeyWatches {
                 }
             }
             WatcherEvent::Progress { revision } => g.seen = g.seen.max(revision),
+            WatcherEvent::Regressed { held, listed } => {
+                // The store was restored from an older backup: revisions start over from
+                // `listed`. The differences and `Synced` follow, observed against that.
+                tracing::warn!(prefix = %g.prefix, %held, %listed, "the registry's revision went back (restored from an older backup?); checking every key again");
+                g.seen = listed;
+                seen.regressed.extend(g.members.values().copied());
+            }
             WatcherEvent::Failed { error, retry_in } => {
                 tracing::warn!(prefix = %g.prefix, %error, ?retry_in, "key watch failed; the watcher lists again");
             }
@@ -307,6 +317,35 @@ mod tests {
             }]
         );
         assert_eq!(watches.seen(g), Revision(9));
+    }
+
+    #[test]
+    fn a_regression_names_every_member_and_starts_the_revision_over() {
+        let mut watches = KeyWatches::default();
+        let (g, _) = watches.join("s/", Bytes::from_static(b"s/a"), 1, WatcherConfig::default);
+        watches.join("s/", Bytes::from_static(b"s/b"), 2, WatcherConfig::default);
+        watches.apply(
+            g,
+            WatcherEvent::Synced {
+                revision: Revision(38),
+            },
+        );
+        let seen = watches.apply(
+            g,
+            WatcherEvent::Regressed {
+                held: Revision(38),
+                listed: Revision(6),
+            },
+        );
+        assert_eq!(seen.regressed, vec![1, 2]);
+        assert_eq!(watches.seen(g), Revision(6));
+        let synced = watches.apply(
+            g,
+            WatcherEvent::Synced {
+                revision: Revision(6),
+            },
+        );
+        assert!(synced.observations.iter().all(|o| o.at == Revision(6)));
     }
 
     #[test]

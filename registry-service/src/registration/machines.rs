@@ -459,6 +459,11 @@ impl Machines {
 
     fn watched(&mut self, group: GroupId, event: WatcherEvent, now: Instant, out: &mut Vec<Call>) {
         let seen = self.watches.apply(group, event);
+        for id in &seen.regressed {
+            if let Some(m) = self.members.get_mut(*id) {
+                m.regressed();
+            }
+        }
         // One put per lease first: when the lease itself is gone (it expired and took every
         // key on it), that one put finds out, and the others wait for the new lease instead
         // of failing too.

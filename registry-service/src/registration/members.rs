@@ -212,6 +212,20 @@ impl Member {
         }
     }
 
+    /// The store's revision went back (restored from an older backup): the last put's
+    /// revision no longer compares with the store's, so whatever the watch shows from now on
+    /// counts, and a drain waiting for the watch to show its value ends with its grace.
+    pub(super) fn regressed(&mut self) {
+        self.shared.details().regressions += 1;
+        self.shared.counted();
+        self.last_put = Revision::default();
+        if let Some(drain) = &mut self.drain {
+            if drain.target.is_some() {
+                drain.target = Some(Revision::default());
+            }
+        }
+    }
+
     /// True when `seen` calls for putting the instance back: the member is registered, no
     /// put of its own is under way, what was seen is newer than its last put, and the key is
     /// missing or not its own (another value, another lease).
@@ -467,6 +481,27 @@ mod tests {
         assert!(m.needs_restore(&overwritten));
         m.put(1, LeaseId(7), Purpose::Restore, Duration::from_secs(1));
         assert!(!m.needs_restore(&overwritten), "a put is under way");
+    }
+
+    #[test]
+    fn after_the_store_went_back_a_missing_key_below_the_last_put_is_put_back() {
+        let mut m = member(None);
+        m.put(1, LeaseId(7), Purpose::Register, Duration::from_secs(1));
+        m.put_answered();
+        m.put_succeeded(LeaseId(7), true, Revision(30));
+        // Restored to a backup taken at revision 6: the key is gone, at revisions the member
+        // took for its own past.
+        let gone = Observation {
+            member: 1,
+            shown: None,
+            at: Revision(8),
+        };
+        assert!(
+            !m.needs_restore(&gone),
+            "older than its put, before it is told"
+        );
+        m.regressed();
+        assert!(m.needs_restore(&gone));
     }
 
     #[test]

@@ -72,6 +72,10 @@ pub struct RegistrationStatus {
     pub lease_losses: u64,
     /// How many times the instance was registered again after losing its lease.
     pub re_registrations: u64,
+    /// How many times the registry's revision went back under the registration's key watch
+    /// (a store restored from an older backup), after which its key was checked again and put
+    /// back if the restore lost it.
+    pub regressions: u64,
     /// The last error a registry call of this registration returned (kept after recovery; it
     /// says what went wrong last, not that something is wrong now). In the
     /// [`Failed`](RegistrationState::Failed) state, what ended the registration.
@@ -113,6 +117,7 @@ pub(crate) struct Details {
     pub(crate) revision: Option<Revision>,
     pub(crate) lease_losses: u64,
     pub(crate) re_registrations: u64,
+    pub(crate) regressions: u64,
     pub(crate) last_error: Option<Arc<Error>>,
 }
 
@@ -145,6 +150,16 @@ impl Shared {
         #[cfg(feature = "metrics")]
         if let Some(series) = &self.series {
             series.state_changed(&self.status(&self.state.subscribe()));
+        }
+    }
+
+    /// After a counter changed without a change of state: the metrics, when the feature is
+    /// on; nothing otherwise.
+    #[inline]
+    pub(crate) fn counted(&self) {
+        #[cfg(feature = "metrics")]
+        if let Some(series) = &self.series {
+            series.observe(&self.status(&self.state.subscribe()));
         }
     }
 
@@ -228,6 +243,7 @@ impl Shared {
             lease_deadline: timing.map(|(_, deadline)| deadline),
             lease_losses: details.lease_losses,
             re_registrations: details.re_registrations,
+            regressions: details.regressions,
             last_error: details.last_error.clone(),
             state,
         }

@@ -50,6 +50,12 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> Store<T> {
         self.shared.status.borrow().clone()
     }
 
+    /// Every change of the status from now on (entries, revision, sync), for a task that
+    /// follows the store without subscribing to its events.
+    pub(crate) fn status_changes(&self) -> tokio::sync::watch::Receiver<StoreStatus> {
+        self.shared.status.subscribe()
+    }
+
     /// The store revision the entries reflect (zero before the first list).
     pub fn revision(&self) -> Revision {
         self.shared.status.borrow().revision

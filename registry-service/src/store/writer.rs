@@ -94,15 +94,51 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> Writer<T> {
         });
     }
 
-    /// Listed at `revision` and watching on: the store is synced (and ready, from now on).
+    /// Listed at `revision` and watching on: the store is synced (and ready, from now on). A
+    /// seeded store is a real read from now on.
     pub fn synced(&mut self, revision: Revision) {
         self.progress(revision);
         self.shared.status.send_if_modified(|status| {
-            let changed = !status.synced || !status.ready;
+            let changed = !status.synced || !status.ready || status.seeded.is_some();
             status.synced = true;
             status.ready = true;
+            status.seeded = None;
             changed
         });
+    }
+
+    /// The entries applied so far are a saved copy, not a read: the store says so
+    /// ([`StoreStatus::seeded`](super::StoreStatus::seeded)) and counts as stale until
+    /// [`synced`](Self::synced).
+    pub fn seeded(&mut self, seeded: super::Seeded) {
+        self.shared.status.send_modify(|status| {
+            status.seeded = Some(seeded);
+        });
+    }
+
+    /// The source's revision went back to `revision` (its store was restored from an older
+    /// backup): the store's revision follows it down, the entries stay as they are (the
+    /// source's differences follow), and
+    /// [`StoreStatus::regressions`](super::StoreStatus::regressions) counts it.
+    pub fn regressed(&mut self, revision: Revision) {
+        let current = self.shared.current();
+        if revision < current.revision {
+            let snapshot = Arc::new(Snapshot::new(
+                current.entries.clone(),
+                revision,
+                current.version,
+            ));
+            self.shared.snapshot.store(snapshot);
+        }
+        self.shared.status.send_modify(|status| {
+            status.revision = status.revision.min(revision);
+            status.regressions += 1;
+        });
+    }
+
+    /// The keys held now, in order (for a feed that must tell which of them a list left out).
+    pub fn keys(&self) -> impl Iterator<Item = &Arc<str>> + '_ {
+        self.entries.keys()
     }
 
     /// The source failed: the entries stay as they are, flagged stale, with `error` as the

@@ -60,6 +60,17 @@ pub enum WatcherEvent {
         /// The revision the watcher now reflects.
         revision: Revision,
     },
+    /// The store's revision went back: it was restored from an older backup (`etcdutl
+    /// snapshot restore` without `--bump-revision`), and its lists stayed below what the
+    /// watcher held however often it asked. The list is the truth after all: what follows is
+    /// exactly the differences from what the watcher held (a `Changed { resync: true }`, unless
+    /// nothing under the prefix differs), then `Synced`; revisions compare from `listed` on.
+    Regressed {
+        /// The revision the watcher held.
+        held: Revision,
+        /// The store's revision now, as listed.
+        listed: Revision,
+    },
     /// A list or watch failed, or a watch ended, was compacted or went silent
     /// ([`Error::WatchStalled`]). What the watcher held stays as it was; it lists again in
     /// `retry_in`.
@@ -78,6 +89,7 @@ impl WatcherEvent {
             WatcherEvent::Changed { revision, .. }
             | WatcherEvent::Synced { revision }
             | WatcherEvent::Progress { revision } => Some(*revision),
+            WatcherEvent::Regressed { listed, .. } => Some(*listed),
             WatcherEvent::Failed { .. } => None,
         }
     }

@@ -1,6 +1,7 @@
 //! The watcher's state machine: list, watch, fail, wait, list again.
 
 use super::gate::HerdGate;
+use super::older_list::{ListVerdict, OlderLists};
 use super::stall::{Stall, Verdict};
 use super::{Change, WatcherConfig, WatcherEvent};
 use crate::seed::SplitMix64;
@@ -16,9 +17,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
-
-/// How many lists older than what the watcher holds are refused in a row before one is believed.
-const MAX_OLDER_LISTS: u32 = 3;
 
 /// Where the machine is.
 enum Phase {
@@ -59,7 +57,7 @@ pub(super) struct Machine {
     revision: Revision,
     /// Failures in a row, for the backoff.
     attempt: u32,
-    older_lists: u32,
+    older_lists: OlderLists,
     phase: Phase,
     pending: VecDeque<WatcherEvent>,
 }
@@ -81,7 +79,7 @@ impl Machine {
             known: BTreeMap::new(),
             revision: Revision(0),
             attempt: 0,
-            older_lists: 0,
+            older_lists: OlderLists::default(),
             phase: Phase::List,
             pending: VecDeque::new(),
         }
@@ -121,19 +119,25 @@ impl Machine {
                 return self.fail(Error::from(e), false);
             }
         };
-        if list.revision < self.revision && self.older_lists < MAX_OLDER_LISTS {
-            // A member behind the one we watched: its list would bring back removed keys. It
-            // catches up within moments; a store that stays behind was reset, and then its
-            // list is the truth after all.
-            self.older_lists += 1;
-            tracing::warn!(held = %self.revision, listed = %list.revision, "list is older than what is held; retrying");
-            let error = registry_api::Error::unavailable(format!(
-                "listed revision {} is older than the held {}",
-                list.revision, self.revision
-            ));
-            return self.fail(Error::from(error), false);
+        match self.older_lists.judge(self.revision, list.revision) {
+            ListVerdict::Take => {}
+            ListVerdict::Refuse { refusal } => {
+                // A member behind the one we watched: its list would bring back removed keys.
+                // It catches up within moments, so ask again after the first backoff step
+                // rather than a growing one; a store that stays behind was reset (below).
+                tracing::warn!(held = %self.revision, listed = %list.revision, refusal, "list is older than what is held; retrying");
+                let error = registry_api::Error::unavailable(format!(
+                    "listed revision {} is older than the held {}",
+                    list.revision, self.revision
+                ));
+                return self.fail(Error::from(error), true);
+            }
+            ListVerdict::Regressed { held, listed } => {
+                tracing::warn!(%held, %listed, "the store's revision went back (restored from an older backup?); taking its list as the truth");
+                self.pending
+                    .push_back(WatcherEvent::Regressed { held, listed });
+            }
         }
-        self.older_lists = 0;
         let changes = self.resync(list.kvs);
         tracing::debug!(revision = %list.revision, changes = changes.len(), "listed");
         self.revision = list.revision;
@@ -176,7 +180,7 @@ impl Machine {
                 std::cmp::Ordering::Equal => {
                     if let (Some((_, prev)), Some((key, kv))) = (old.next(), new.next()) {
                         self.known.insert(key, kv.clone());
-                        if prev.mod_revision != kv.mod_revision || prev.value != kv.value {
+                        if prev != kv {
                             changes.push(Change::Put {
                                 kv,
                                 prev: Some(prev),
