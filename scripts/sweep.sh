@@ -28,7 +28,7 @@ cargo test --release -p registry-memory --test fleet --no-run
 echo "== sweeping seeds $start..$end on $threads threads" >&2
 began="$(date +%s%N)"
 set +e
-env -u REGISTRY_FLEET_SEED -u REGISTRY_FLEET_COMMIT \
+env -u REGISTRY_SEED -u REGISTRY_FLEET_SEED -u REGISTRY_FLEET_COMMIT \
   REGISTRY_FLEET_SEEDS="$start..$end" REGISTRY_FLEET_WINDOW=none REGISTRY_FLEET_THREADS="$threads" \
   cargo test --release -p registry-memory --test fleet -- --exact fleet_search --nocapture \
   >"$log" 2>&1

@@ -29,11 +29,17 @@ fi
 cargo clippy -p registry-service --all-targets -- -D warnings
 bash scripts/install-chromium.sh
 echo "== cargo test --workspace" >&2
-cargo test --workspace "$@" -- --skip fleet_search
+cargo test --workspace "$@" -- --skip fleet_search --skip service_seed_search
+# The service-layer suite again over seeds 0..100 of the simulator's timing (each seed a new
+# interleaving of replies, watch openings and deliveries), on its own so that the seeds and the
+# wall time are printed; every failing scenario and seed with the line that replays it.
+echo "== the service-layer suite over 100 seeds of the simulator's timing" >&2
+cargo test -p registry-memory --test service_suite "$@" -- --nocapture --exact service_seed_search
 # The seeded fleet search on its own, so that its seeds and wall time are printed: the fixed
 # seeds 0..1000, plus a window of 1,000 new seeds derived from the commit, so each commit
 # explores seeds no run has tried (REGISTRY_FLEET_WINDOW=<start>..<end> or `none` overrides).
-# Every failing seed is printed with its replay command.
+# Each seed draws the simulator's timing too. Every failing seed is printed with its replay
+# command (REGISTRY_SEED=<seed>).
 echo "== the seeded fleet search of the simulator" >&2
 REGISTRY_FLEET_COMMIT="${REGISTRY_FLEET_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || true)}" \
   cargo test -p registry-memory --test fleet "$@" -- --nocapture --exact fleet_search

@@ -200,7 +200,7 @@ impl Greeter for SlowNode {
 }
 
 async fn gateway_p99(report: &mut Report, requests: usize) {
-    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::builder().instant().build());
     let mut registrations = Vec::new();
     for i in 0..5 {
         let id = format!("n{i}");
@@ -232,7 +232,9 @@ async fn gateway_p99(report: &mut Report, requests: usize) {
         Ok(discovery) => discovery,
         Err(e) => return report.note(format!("(f) no discovery: {e}")),
     };
-    discovery.wait_synced().await;
+    if let Err(e) = discovery.wait_synced(Duration::from_secs(10)).await {
+        return report.note(format!("(f) discovery did not sync: {e}"));
+    }
     let mut p99 = Vec::new();
     for strategy in [Strategy::RoundRobin, Strategy::PowerOfTwoChoices] {
         let mut options = GatewayOptions::default();

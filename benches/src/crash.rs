@@ -41,7 +41,8 @@ pub(crate) async fn crash_run(
         DiscoveryOptions::default().namespace(namespace),
     )
     .map_err(|e| e.to_string())?;
-    tokio::time::timeout(Duration::from_secs(10), discovery.wait_synced())
+    discovery
+        .wait_synced(Duration::from_secs(10))
         .await
         .map_err(|_| "the cache did not sync".to_owned())?;
     let mut events = discovery.subscribe();

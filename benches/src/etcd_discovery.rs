@@ -118,7 +118,8 @@ async fn latency(
         );
     }
     for cache in &caches {
-        tokio::time::timeout(WAIT, cache.wait_synced())
+        cache
+            .wait_synced(WAIT)
             .await
             .map_err(|_| "a cache did not sync".to_owned())?;
     }
@@ -301,7 +302,7 @@ pub(crate) fn simulator_crashes() -> Report {
         }
     };
     let outcome = runtime.block_on(async {
-        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::builder().instant().build());
         crash_run(
             registry,
             "services",

@@ -66,7 +66,8 @@ async fn shared_handles(
     for _ in 0..HANDLES {
         handles.push(hub.discovery("fan").map_err(|e| e.to_string())?);
     }
-    tokio::time::timeout(WAIT, handles[0].wait_synced())
+    handles[0]
+        .wait_synced(WAIT)
         .await
         .map_err(|_| "the shared cache did not sync".to_owned())?;
     let after = watchers_after(endpoint, before, 1.0).await;
@@ -194,7 +195,8 @@ async fn unshared_caches(
         );
     }
     for cache in &caches {
-        tokio::time::timeout(WAIT * 4, cache.wait_synced())
+        cache
+            .wait_synced(WAIT * 4)
             .await
             .map_err(|_| "an unshared cache did not sync".to_owned())?;
     }

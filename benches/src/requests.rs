@@ -153,8 +153,15 @@ pub(crate) fn simulator(quick: bool) -> Report {
                     return report;
                 }
             };
-            let outcome = runtime
-                .block_on(async { measure(counted(MemoryRegistry::new()), n, shared, HOUR).await });
+            let outcome = runtime.block_on(async {
+                measure(
+                    counted(MemoryRegistry::builder().instant().build()),
+                    n,
+                    shared,
+                    HOUR,
+                )
+                .await
+            });
             match outcome {
                 Ok(cost) => row(&mut report, "simulator", "a virtual hour", n, shared, cost),
                 Err(e) => report.note(format!("(h) simulator, {n}: {e}")),
@@ -206,7 +213,7 @@ mod tests {
             .build()
             .expect("runtime");
         let (separate, shared) = runtime.block_on(async {
-            let memory = MemoryRegistry::new();
+            let memory = MemoryRegistry::builder().instant().build();
             let separate = measure(counted(memory.clone()), 20, false, HOUR)
                 .await
                 .expect("separate");

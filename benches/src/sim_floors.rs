@@ -63,7 +63,7 @@ pub(crate) fn floors(scale: Scale) -> std::io::Result<Floors> {
         .start_paused(true)
         .build()?;
     let tasks = runtime.block_on(async {
-        let registry = MemoryRegistry::new();
+        let registry = MemoryRegistry::builder().instant().build();
         let leases = register_all(&registry, scale).await?;
         let wall = Instant::now();
         let handles: Vec<_> = leases
@@ -93,7 +93,7 @@ pub(crate) fn floors(scale: Scale) -> std::io::Result<Floors> {
     })?;
     let one_task_run = |mode: Mode| {
         runtime.block_on(async {
-            let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+            let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::builder().instant().build());
             let mut held = Vec::with_capacity(scale.instances);
             for n in 0..scale.instances {
                 let lease = registry.lease_grant(ttl, None).await.map_err(io)?;

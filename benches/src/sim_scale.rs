@@ -3,9 +3,10 @@
 //! 10,000 instances registered through the real service layer ([`Registration`], default
 //! options: TTL 10 s, keep-alive every TTL/3 through the process's one registrar task, which
 //! renews the leases due at one instant in batches, keys checked by its watch of each service
-//! rather than read each round) on
-//! `MemoryRegistry::new()` under a paused tokio clock, spread over 100 services with one
-//! discovery cache each (through a [`DiscoveryHub`]), live for one virtual hour. Every virtual
+//! rather than read each round) on the instant simulator
+//! (`MemoryRegistry::builder().instant().build()`: no seeded delays, so the figures are the
+//! service layer's and the store's own) under a paused tokio clock, spread over 100 services
+//! with one discovery cache each (through a [`DiscoveryHub`]), live for one virtual hour. Every virtual
 //! minute a seeded choice of instances crashes (their leases then expire) and as many new ones
 //! register, so the caches have something to follow. One current-thread runtime runs it all:
 //! a paused clock only jumps when every task is idle, and one thread means no cross-thread
@@ -223,7 +224,7 @@ async fn simulate(scale: Scale, seed: u64) -> std::io::Result<Outcome> {
     }
     let wall = Instant::now();
     let t0 = tokio::time::Instant::now();
-    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::builder().instant().build());
     let (stop_tx, stop_rx) = watch::channel(false);
     let raw = registry
         .watch(b"services/", WatchOptions::default())
@@ -249,7 +250,10 @@ async fn simulate(scale: Scale, seed: u64) -> std::io::Result<Outcome> {
         caches.push(hub.discovery(&service_name(s)).map_err(io)?);
     }
     for cache in &caches {
-        cache.wait_synced().await;
+        cache
+            .wait_synced(Duration::from_secs(60))
+            .await
+            .map_err(io)?;
     }
     let rss_cached = procfs::rss();
     let setup_virtual = t0.elapsed();

@@ -48,7 +48,7 @@ async fn put(registry: &Arc<dyn Registry>, instance: &ServiceInstance) {
 
 /// Seeds the instances, starts a discovery and waits until it holds them.
 async fn setup() -> (MemoryRegistry, Arc<dyn Registry>, Discovery) {
-    let memory = MemoryRegistry::new();
+    let memory = MemoryRegistry::builder().instant().build();
     let registry: Arc<dyn Registry> = Arc::new(memory.clone());
     for index in 0..INSTANCES {
         put(&registry, &instance(index, 1)).await;

@@ -194,8 +194,33 @@ macro_rules! __service_scenarios {
             malformed_values_are_skipped_counted_and_never_fatal,
             handles_of_one_service_share_one_watch,
             cache_is_synced_only_once_its_watch_is_up,
+            waits_return_a_synced_view_and_a_cut_view_knows_it_is_stale,
             picker_follows_the_cache,
         }
+    };
+}
+
+/// Stamps a `#[test]` named `service_seed_search` that runs every service-layer scenario once
+/// per seed, `0..seeds` (or `REGISTRY_SEEDS`; `REGISTRY_SEED` replays one), each on a fresh
+/// backend from `$backend` built with its seed in scope, and prints the seeds and the wall time;
+/// every failing scenario and seed is listed with the line that replays it. Stamp it beside
+/// [`service_suite!`] (at the top level of the same test file) so that the replay line's test
+/// exists.
+///
+/// ```text
+/// registry_conformance::service_suite!(simulator);
+/// registry_conformance::service_seed_search!(simulator, seeds = 100);
+/// ```
+#[macro_export]
+macro_rules! service_seed_search {
+    (async $backend:expr, seeds = $seeds:expr) => {
+        #[test]
+        fn service_seed_search() {
+            $crate::service::seed_search_test(|| $backend(), $seeds);
+        }
+    };
+    ($backend:expr, seeds = $seeds:expr) => {
+        $crate::service_seed_search!(async (|| async { $backend() }), seeds = $seeds);
     };
 }
 

@@ -9,7 +9,7 @@ use registry_api::{EventKind, LeaseId, PutOptions, Registry, Result, WatchStream
 use registry_conformance::service::{
     run_scenario, runtime, scenario_names, Links, ServiceBackend, ServiceCapabilities,
 };
-use registry_memory::MemoryRegistry;
+use registry_memory::{Latencies, MemoryRegistry};
 use std::sync::{Arc, OnceLock};
 
 /// One deliberate bug.
@@ -140,7 +140,8 @@ impl ServiceBackend for MutantBackend {
         self.links.wrap(name, Arc::new(client))
     }
     fn capabilities(&self) -> ServiceCapabilities {
-        ServiceCapabilities::simulator()
+        // The simulator's default timing: etcd's measured delays on every call and delivery.
+        ServiceCapabilities::simulator().with_latency(Latencies::etcd().bound())
     }
     async fn partition(&self, name: &str, cut: bool) {
         if self.bug != Some(Bug::PartitionCutsNothing) {

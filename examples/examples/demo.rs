@@ -210,7 +210,7 @@ async fn run() -> Result<(), BoxError> {
 
     story.step("1. The gateway starts first and discovers service `hello`: nothing yet");
     let discovery = Discovery::start(registry.clone(), "hello", DiscoveryOptions::default())?;
-    discovery.wait_synced().await;
+    discovery.wait_synced(Duration::from_secs(5)).await?;
     let mut events = discovery.subscribe();
     let gateway = Gateway::new(discovery, GatewayOptions::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

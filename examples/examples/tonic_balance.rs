@@ -86,7 +86,7 @@ async fn run() -> Result<(), BoxError> {
     }
 
     let discovery = Discovery::start(registry.clone(), "hello", DiscoveryOptions::default())?;
-    discovery.wait_synced().await;
+    discovery.wait_synced(Duration::from_secs(5)).await?;
 
     // The balancer takes `Change<key, Endpoint>`s on a channel; the registry's discovery
     // stream gives `Change<instance id, ServiceInstance>`s: map each instance to its endpoint.

@@ -462,7 +462,8 @@ async fn soak_churn_with_a_thousand_handles() {
         }
     }
     for (_, discovery) in &caches {
-        tokio::time::timeout(Duration::from_secs(10), discovery.wait_synced())
+        discovery
+            .wait_synced(Duration::from_secs(10))
             .await
             .expect("every cache syncs");
     }

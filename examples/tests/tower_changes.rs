@@ -46,7 +46,10 @@ async fn snapshot_first_then_inserts_updates_and_removals() {
     let a = register(&registry, "a", "10.0.0.1:80").await;
     let discovery = Discovery::start(registry.clone(), "hello", DiscoveryOptions::default())
         .expect("discovery starts");
-    discovery.wait_synced().await;
+    discovery
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
     let mut changes = changes(&discovery);
     assert_eq!(next(&mut changes).await, "insert a 10.0.0.1:80");
 
@@ -74,7 +77,10 @@ async fn map_instances_maps_inserts_and_passes_removals() {
     let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
     let discovery = Discovery::start(registry.clone(), "hello", DiscoveryOptions::default())
         .expect("discovery starts");
-    discovery.wait_synced().await;
+    discovery
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
     let mut mapped = changes(&discovery).map_instances(|i| format!("http://{}", i.address));
     let a = register(&registry, "a", "10.0.0.1:80").await;
     match mapped.next().await {
@@ -117,7 +123,10 @@ async fn p2c_balance_spreads_over_discovered_instances_and_follows_removals() {
     }
     let discovery = Discovery::start(registry.clone(), "hello", DiscoveryOptions::default())
         .expect("discovery starts");
-    discovery.wait_synced().await;
+    discovery
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
     // Each instance becomes a service answering with its id; p2c needs a load measure, and a
     // constant one is enough to show which instances it balances over.
     let discover = changes(&discovery).map_instances(|instance| {
@@ -216,7 +225,10 @@ async fn discover_drains_discovery_while_no_request_flows() {
     }
     let discovery = Discovery::start(registry.clone(), "hello", DiscoveryOptions::default())
         .expect("discovery starts");
-    discovery.wait_synced().await;
+    discovery
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
     let down = Down::default();
     let discover = nodes(&discovery, Default::default(), &down);
     let handle = discover.handle();
@@ -268,7 +280,10 @@ async fn an_endpoint_the_balancer_evicted_comes_back_while_listed() {
     }
     let discovery = Discovery::start(registry.clone(), "hello", DiscoveryOptions::default())
         .expect("discovery starts");
-    discovery.wait_synced().await;
+    discovery
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
     let down = Down::default();
     let options = registry_service::tower_discover::DiscoverOptions::default().reinsert(
         registry_service::Backoff::new(Duration::from_secs(1), Duration::from_secs(8)).jitter(0.0),

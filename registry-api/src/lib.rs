@@ -53,6 +53,7 @@ pub mod limits;
 mod registry;
 mod revision;
 pub mod rng;
+pub mod seeding;
 mod watch;
 pub mod wrap;
 

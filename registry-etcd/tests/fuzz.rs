@@ -99,7 +99,7 @@ fn malformed_instances_under_a_service_prefix_are_skipped_and_counted() {
         }
         let registry: std::sync::Arc<dyn Registry> = std::sync::Arc::new(r.clone());
         let discovery = Discovery::start(registry, "hello", DiscoveryOptions::default()).unwrap();
-        tokio::time::timeout(Duration::from_secs(10), discovery.wait_synced())
+        discovery.wait_synced(Duration::from_secs(10))
             .await
             .expect("synced despite garbage");
         for (i, value) in garbage[4..].iter().enumerate() {

@@ -98,7 +98,8 @@ async fn cut_off(require_leader: bool, bound: Duration) {
         .progress_timeout(Duration::from_secs(1))
         .seed(7);
     let discovery = Discovery::start(cache_registry, "hello", options).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), discovery.wait_synced())
+    discovery
+        .wait_synced(Duration::from_secs(10))
         .await
         .expect("synced");
 
@@ -155,7 +156,8 @@ async fn cut_off(require_leader: bool, bound: Duration) {
         "the cut was noticed, not missed"
     );
     assert_eq!(discovery.len(), 2);
-    tokio::time::timeout(Duration::from_secs(10), discovery.wait_synced())
+    discovery
+        .wait_synced(Duration::from_secs(10))
         .await
         .expect("synced again");
     cluster.heal();

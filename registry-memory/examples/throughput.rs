@@ -85,7 +85,7 @@ fn keep_alives() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let registry = MemoryRegistry::new();
+        let registry = MemoryRegistry::builder().instant().build();
         let start = Instant::now();
         let mut tasks = Vec::with_capacity(INSTANCES);
         for i in 0..INSTANCES {

@@ -1,8 +1,10 @@
 //! Settings of a [`MemoryRegistry`](crate::MemoryRegistry) and the builder that sets them.
 
 use crate::clock::Clock;
+use crate::timing::{Latencies, Timing};
 use crate::MemoryRegistry;
 use registry_api::limits;
+use registry_api::seeding::{self, RunSeed, SeedSource};
 
 /// The simulated server's settings, fixed when the registry is built.
 #[derive(Clone, Debug)]
@@ -31,6 +33,9 @@ pub(crate) struct Config {
 pub struct MemoryRegistryBuilder {
     config: Config,
     manual_clock: bool,
+    /// `None`: etcd's on tokio's clock, instant on the manual clock.
+    latencies: Option<Latencies>,
+    seed: Option<u64>,
 }
 
 impl Default for MemoryRegistryBuilder {
@@ -44,6 +49,8 @@ impl Default for MemoryRegistryBuilder {
                 journal: 0,
             },
             manual_clock: false,
+            latencies: None,
+            seed: None,
         }
     }
 }
@@ -100,6 +107,43 @@ impl MemoryRegistryBuilder {
         self
     }
 
+    /// How long each leg of every call and delivery takes (see [`Latencies`]): the switch for
+    /// the whole simulator. The default is [`Latencies::etcd`] on tokio's clock and
+    /// [`Latencies::instant`] on the manual clock, where nothing can wait. Delays sleep on
+    /// tokio's clock (so a runtime with its timer is needed, paused in tests: they then cost
+    /// no wall time), also when leases follow the manual clock. One client's own profile:
+    /// [`MemoryRegistry::set_client_timing`].
+    ///
+    /// ```
+    /// use registry_memory::{Latencies, MemoryRegistry};
+    /// use std::time::Duration;
+    ///
+    /// let slow = MemoryRegistry::builder()
+    ///     .timing(Latencies::fixed(Duration::from_millis(20)))
+    ///     .seed(7)
+    ///     .build();
+    /// assert_eq!(slow.timing(), Latencies::fixed(Duration::from_millis(20)));
+    /// assert_eq!(slow.seed(), 7);
+    /// ```
+    pub fn timing(mut self, latencies: Latencies) -> Self {
+        self.latencies = Some(latencies);
+        self
+    }
+
+    /// No delay anywhere ([`Latencies::instant`]): every call answered, every event delivered,
+    /// at the instant of the call or commit. For benchmarks, and for tests of exact instants.
+    pub fn instant(self) -> Self {
+        self.timing(Latencies::instant())
+    }
+
+    /// The seed every client's delays are drawn from (each client mixes in its name). Without
+    /// one, the seed of [`registry_api::seeding::current`]: a search's seed in scope, else
+    /// `REGISTRY_SEED`, else one derived from the running test's name.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
     /// The registry: a fresh store at revision 1. With tokio's clock, build it inside the runtime
     /// that will use it, so that its time zero is that runtime's (paused) clock.
     pub fn build(self) -> MemoryRegistry {
@@ -110,6 +154,18 @@ impl MemoryRegistryBuilder {
         } else {
             Clock::tokio()
         };
-        MemoryRegistry::from_parts(config, clock)
+        let latencies = self.latencies.unwrap_or(if self.manual_clock {
+            Latencies::instant()
+        } else {
+            Latencies::etcd()
+        });
+        let seed = match self.seed {
+            Some(seed) => RunSeed {
+                seed,
+                source: SeedSource::Explicit,
+            },
+            None => seeding::current(),
+        };
+        MemoryRegistry::from_parts(config, clock, Timing::new(latencies, seed))
     }
 }

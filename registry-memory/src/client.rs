@@ -1,10 +1,12 @@
 //! Named clients of one simulated server, each behind its own link.
 
+use crate::store::Shared;
+use crate::timing::ClientTimer;
 use crate::MemoryRegistry;
 use registry_api::rng::SplitMix64;
 use registry_api::wrap::{Intercepted, Link};
 use std::collections::BTreeMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// A client of a [`MemoryRegistry`] reached through its own [`Link`]: a
 /// [`Registry`](registry_api::Registry) whose link the test partitions, slows, holds or makes
@@ -13,13 +15,24 @@ use std::sync::{Mutex, PoisonError};
 /// [`MemoryRegistry::link`].
 pub type MemoryClient = Intercepted<MemoryRegistry, Link>;
 
-/// The links of one server, by client name.
+/// The links of one server, and the timing of its clients, by client name.
 #[derive(Debug, Default)]
 pub(crate) struct Links {
     by_name: Mutex<BTreeMap<String, Link>>,
+    // One per client name a test uses, like the links.
+    timers: Mutex<BTreeMap<String, Arc<ClientTimer>>>,
 }
 
 impl Links {
+    /// The timing of client `name` (created, following the simulator's profile, if new).
+    pub(crate) fn timer(&self, shared: &Shared, name: &str) -> Arc<ClientTimer> {
+        let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
+        timers
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(shared.timing.client(name)))
+            .clone()
+    }
+
     fn get(&self, name: &str) -> Link {
         let mut links = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(link) = links.get(name) {
@@ -61,7 +74,12 @@ impl MemoryRegistry {
     /// # }
     /// ```
     pub fn client(&self, name: &str) -> MemoryClient {
-        self.link(name).wrap(self.clone())
+        let handle = MemoryRegistry {
+            shared: self.shared.clone(),
+            links: self.links.clone(),
+            timer: Some(self.links.timer(&self.shared, name)),
+        };
+        self.link(name).wrap(handle)
     }
 
     /// The control handle of client `name`'s link (created healthy if new).

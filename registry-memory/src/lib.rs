@@ -80,6 +80,7 @@ mod builder;
 mod client;
 mod clock;
 mod deadlines;
+mod delivery;
 mod expiry;
 mod faults;
 mod journal;
@@ -91,12 +92,14 @@ mod reset;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod timing;
 mod watches;
 
 pub use builder::MemoryRegistryBuilder;
 pub use client::MemoryClient;
 pub use journal::Commit;
 pub use reset::{Backup, Reset, RestoreOptions};
+pub use timing::{Delay, Latencies};
 
 use builder::Config;
 use clock::Clock;
@@ -105,6 +108,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 use store::Shared;
+use timing::{ClientTimer, Timing};
 
 /// An in-memory etcd: the [`Registry`](registry_api::Registry) contract on virtual time.
 ///
@@ -140,6 +144,9 @@ use store::Shared;
 pub struct MemoryRegistry {
     shared: Arc<Shared>,
     links: Arc<client::Links>,
+    /// This handle's timing: the named client's (the unnamed one for the handle `build`
+    /// returns), or `None` for a handle made [`instant`](Self::instant).
+    timer: Option<Arc<ClientTimer>>,
 }
 
 impl fmt::Debug for MemoryRegistry {
@@ -180,10 +187,14 @@ impl MemoryRegistry {
         MemoryRegistryBuilder::default()
     }
 
-    fn from_parts(config: Config, clock: Clock) -> Self {
+    fn from_parts(config: Config, clock: Clock, timing: Timing) -> Self {
+        let shared = Arc::new(Shared::new(config, clock, timing));
+        let links = Arc::new(client::Links::default());
+        let timer = Some(links.timer(&shared, ""));
         MemoryRegistry {
-            shared: Arc::new(Shared::new(config, clock)),
-            links: Arc::default(),
+            shared,
+            links,
+            timer,
         }
     }
 

@@ -11,8 +11,10 @@ use crate::journal::Journal;
 use crate::keys::{KeyRange, Record};
 use crate::leases::Leases;
 use crate::mvcc::Mvcc;
+use crate::timing::Timing;
 use crate::watches::Watchers;
 use registry_api::{DeleteResponse, Error, LeaseGrant, LeaseId, PutResponse, Result, Revision};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::time::Duration;
@@ -24,6 +26,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     pub(crate) config: Config,
     pub(crate) clock: Clock,
+    /// How long calls and deliveries take, and the seed they are drawn from.
+    pub(crate) timing: Timing,
     /// Wakes the background expiry task when a deadline earlier than its sleep appears, or
     /// when the store goes away.
     pub(crate) expiry_wakeup: Arc<Notify>,
@@ -33,11 +37,21 @@ impl Drop for Shared {
     fn drop(&mut self) {
         // The expiry task holds only a weak reference: wake it so it sees the store is gone.
         self.expiry_wakeup.notify_one();
+        // A test failing with a timed simulator: the seed is what replays it. The last handle
+        // goes while the test's panic unwinds, on the test's own thread (the runtime that
+        // holds the other handles is dropped there too).
+        if std::thread::panicking() && self.timing.used.load(Ordering::Relaxed) {
+            eprintln!(
+                "the simulator ran with timing {}; replay: {}",
+                self.timing.seed,
+                registry_api::seeding::replay_command(self.timing.seed.seed)
+            );
+        }
     }
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config, clock: Clock) -> Self {
+    pub(crate) fn new(config: Config, clock: Clock, timing: Timing) -> Self {
         let state = State {
             history_limit: config.history_limit,
             journal: Journal::new(config.journal),
@@ -47,6 +61,7 @@ impl Shared {
             state: Mutex::new(state),
             config,
             clock,
+            timing,
             expiry_wakeup: Arc::new(Notify::new()),
         }
     }

@@ -80,7 +80,9 @@ impl ServiceBackend for Simulator {
     }
 
     fn capabilities(&self) -> ServiceCapabilities {
-        ServiceCapabilities::simulator()
+        // The server's timing (etcd's measured delays by default, drawn from the run's seed):
+        // bounds on virtual time allow a few of its round trips.
+        ServiceCapabilities::simulator().with_latency(crate::Latencies::etcd().bound())
     }
 
     async fn partition(&self, name: &str, cut: bool) {

@@ -6,9 +6,11 @@
 //! never loses an event: it just holds history back from being freed (see the crate docs on
 //! memory). Dropping the stream removes its cursor from the table.
 
+use crate::delivery;
 use crate::keys::Record;
 use crate::store::Shared;
-use futures::Stream;
+use crate::timing::{ClientTimer, Leg};
+use futures::{Stream, StreamExt};
 use registry_api::{Error, Result, Revision, WatchBatch, WatchStream};
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
@@ -143,11 +145,13 @@ pub(crate) struct WatchSpec {
 }
 
 /// Opens a watch on the locked state: `Err(Compacted)` as the stream's only item when the start
-/// is below the compaction point.
+/// is below the compaction point. With `timer` (the client's, when it is timed), deliveries and
+/// progress requests take that client's delays.
 pub(crate) fn open(
     shared: Arc<Shared>,
     state: &mut crate::store::State,
     spec: WatchSpec,
+    timer: Option<Arc<ClientTimer>>,
 ) -> WatchStream {
     let compact = state.mvcc.compact_revision();
     let current = state.mvcc.revision();
@@ -163,13 +167,14 @@ pub(crate) fn open(
     let id = state
         .watchers
         .add(cursor, spec.prefix.clone(), spec.progress_notify);
-    let requester = ProgressRequester {
+    let requester = Arc::new(ProgressRequester {
         shared: shared.clone(),
         id,
         outage: state.outages,
-    };
-    WatchStream::new(MemoryWatch {
-        shared,
+        timer: timer.clone(),
+    });
+    let watch = MemoryWatch {
+        shared: shared.clone(),
         id,
         prefix: spec.prefix,
         prev_kv: spec.prev_kv,
@@ -184,8 +189,14 @@ pub(crate) fn open(
         buffer: VecDeque::new(),
         reported: 0,
         finished: false,
-    })
-    .with_progress_requests(move || Box::pin(futures::future::ready(requester.request())))
+    };
+    let events = match timer {
+        Some(timer) if !timer.delivers_at_once(&shared.timing) => {
+            delivery::delayed(watch.boxed(), shared, timer)
+        }
+        _ => watch.boxed(),
+    };
+    WatchStream::new(events).with_progress_requests(move || requester.clone().send())
 }
 
 /// What a watch's [`WatchStream::request_progress`] calls: marks the watch's slot, which its
@@ -196,9 +207,28 @@ struct ProgressRequester {
     id: u64,
     /// The outage count when the watch was opened: a later outage has cut it.
     outage: u64,
+    /// The client's timing, when it is timed: a request is a call like any other.
+    timer: Option<Arc<ClientTimer>>,
 }
 
 impl ProgressRequester {
+    /// Sends the request, with the client's delays on either side of the server's part.
+    fn send(self: Arc<Self>) -> futures::future::BoxFuture<'static, Result<()>> {
+        let legs = self
+            .timer
+            .as_ref()
+            .and_then(|timer| timer.legs(&self.shared.timing, Leg::Call));
+        let Some((before, after)) = legs else {
+            return Box::pin(futures::future::ready(self.request()));
+        };
+        Box::pin(async move {
+            crate::registry::pause(before).await;
+            let answer = self.request();
+            crate::registry::pause(after).await;
+            answer
+        })
+    }
+
     fn request(&self) -> Result<()> {
         let _span =
             tracing::debug_span!("memory.watch.request_progress", watch = self.id).entered();

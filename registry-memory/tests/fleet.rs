@@ -10,7 +10,7 @@ use registry_conformance::fleet::{
     run_seed, search, search_test, FleetOptions, Mode, Mutant, ServerCommit, ServerJournal,
 };
 use registry_conformance::service::{ServiceBackend, ServiceCapabilities};
-use registry_memory::MemoryRegistry;
+use registry_memory::{Latencies, MemoryRegistry};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,7 +77,7 @@ impl ServiceBackend for Simulator {
     }
 
     fn capabilities(&self) -> ServiceCapabilities {
-        ServiceCapabilities::simulator()
+        ServiceCapabilities::simulator().with_latency(self.server.timing().bound())
     }
 
     async fn partition(&self, name: &str, cut: bool) {
@@ -145,6 +145,30 @@ fn the_same_seed_gives_the_same_run_byte_for_byte() {
     );
 }
 
+/// A fault plan runs with the simulator's timing on top: the server a seed's run builds draws
+/// its delays (etcd's) from that seed, so one seed replays the faults and the timing both.
+#[test]
+fn each_seed_s_faults_run_on_a_simulator_timed_by_that_seed() {
+    let built = Arc::new(Mutex::new(Vec::new()));
+    let make = {
+        let built = built.clone();
+        move || {
+            let backend = simulator();
+            let server = &backend.server;
+            built.lock().unwrap().push((server.seed(), server.timing()));
+            backend
+        }
+    };
+    let report = run_seed(&make, 7, &FleetOptions::default());
+    assert!(report.passed(), "{:?}", report.violations);
+    assert!(!report.plan.steps.is_empty(), "a plan with faults");
+    assert_eq!(
+        *built.lock().unwrap(),
+        [(7, Latencies::etcd())],
+        "one server, timed by the seed"
+    );
+}
+
 /// The search must find each broken layer within this many seeds.
 const CATCH_WITHIN: u64 = 20;
 
@@ -202,7 +226,7 @@ fn a_failing_search_prints_its_seed_and_the_replay_command() {
         message.contains("cargo test -p registry-memory --test fleet caught -- --nocapture"),
         "{message}"
     );
-    assert!(message.contains("REGISTRY_FLEET_SEED="), "{message}");
+    assert!(message.contains("REGISTRY_SEED="), "{message}");
     assert!(message.contains("fault plan of seed"), "{message}");
 }
 

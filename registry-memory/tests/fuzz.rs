@@ -62,7 +62,10 @@ fn malformed_instances_are_skipped_and_counted_not_fatal() {
             let discovery =
                 Discovery::start(Arc::new(r.clone()), "hello", DiscoveryOptions::default())
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
-            discovery.wait_synced().await;
+            discovery
+                .wait_synced(Duration::from_secs(5))
+                .await
+                .expect("synced");
             for (i, value) in values[half..].iter().enumerate() {
                 let key = format!("services/hello/g{}", half + i);
                 r.put(key.as_bytes(), value, PutOptions::default())

@@ -2,7 +2,7 @@
 //! an outage, and changing nothing about the run it records.
 
 use registry_api::{EventKind, LeaseId, PutOptions, Registry, Revision};
-use registry_memory::{Commit, MemoryRegistry};
+use registry_memory::{Commit, Latencies, MemoryRegistry};
 use std::time::Duration;
 
 fn kinds(commits: &[Commit]) -> Vec<(i64, u64, EventKind, String)> {
@@ -21,9 +21,13 @@ fn kinds(commits: &[Commit]) -> Vec<(i64, u64, EventKind, String)> {
         .collect()
 }
 
+/// Every leg takes 1 ms: the server applies a call 1 ms after it was made, and stamps it then.
 #[tokio::test(start_paused = true)]
 async fn every_commit_is_stamped_with_server_time_and_an_expiry_with_its_deadline() {
-    let server = MemoryRegistry::builder().journal(100).build();
+    let server = MemoryRegistry::builder()
+        .journal(100)
+        .timing(Latencies::fixed(Duration::from_millis(1)))
+        .build();
     let lease = server.lease_grant(3, None).await.unwrap().id;
     server
         .put(b"svc/a", b"1", PutOptions::with_lease(lease))
@@ -35,17 +39,20 @@ async fn every_commit_is_stamped_with_server_time_and_an_expiry_with_its_deadlin
         .await
         .unwrap();
     server.delete(b"svc/b").await.unwrap();
-    // The lease expires at 3 s while nobody calls: the background task carries it out.
+    // The lease, granted on the server at 1 ms, expires at 3.001 s while nobody calls: the
+    // background task carries it out.
     tokio::time::sleep(Duration::from_secs(10)).await;
 
     let commits = server.journal_after(Revision(1)).expect("all kept");
     assert_eq!(
         kinds(&commits),
         vec![
-            (2, 0, EventKind::Put, "svc/a".into()),
-            (3, 1_500, EventKind::Put, "svc/b".into()),
-            (4, 1_500, EventKind::Delete, "svc/b".into()),
-            (5, 3_000, EventKind::Delete, "svc/a".into()),
+            // Granted at 1 ms, answered at 2; the put arrives at 3, answered at 4.
+            (2, 3, EventKind::Put, "svc/a".into()),
+            // Asleep until 1.504 s: the put arrives at 1.505, the delete at 1.507.
+            (3, 1_505, EventKind::Put, "svc/b".into()),
+            (4, 1_507, EventKind::Delete, "svc/b".into()),
+            (5, 3_001, EventKind::Delete, "svc/a".into()),
         ]
     );
     assert_eq!(commits[0].batch.events[0].kv.lease, Some(lease));

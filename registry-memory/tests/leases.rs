@@ -12,6 +12,12 @@ fn registry() -> MemoryRegistry {
     MemoryRegistry::with_manual_clock()
 }
 
+/// On tokio's clock, without the timing model: these tests time the server's own expiry to the
+/// instant, which a call's delays would move.
+fn instant_on_tokio_time() -> MemoryRegistry {
+    MemoryRegistry::builder().instant().build()
+}
+
 #[tokio::test]
 async fn a_grant_below_the_minimum_ttl_is_raised() {
     let r = registry();
@@ -260,7 +266,7 @@ async fn leases_expire_in_deadline_order_each_in_one_revision() {
 
 #[tokio::test(start_paused = true)]
 async fn on_tokio_time_a_key_lives_until_exactly_its_deadline() {
-    let r = MemoryRegistry::new();
+    let r = instant_on_tokio_time();
     let lease = r.lease_grant(5, None).await.unwrap().id;
     r.put(b"svc/a", b"v", PutOptions::with_lease(lease))
         .await
@@ -288,7 +294,7 @@ async fn on_tokio_time_a_key_lives_until_exactly_its_deadline() {
 
 #[tokio::test(start_paused = true)]
 async fn on_tokio_time_the_expiry_task_tells_watchers_without_any_call() {
-    let r = MemoryRegistry::new();
+    let r = instant_on_tokio_time();
     let late = r.lease_grant(30, None).await.unwrap().id;
     let early = r.lease_grant(10, None).await.unwrap().id;
     r.put(b"k/late", b"v", PutOptions::with_lease(late))
@@ -310,7 +316,7 @@ async fn on_tokio_time_the_expiry_task_tells_watchers_without_any_call() {
 
 #[tokio::test(start_paused = true)]
 async fn on_tokio_time_an_earlier_grant_wakes_the_expiry_task() {
-    let r = MemoryRegistry::new();
+    let r = instant_on_tokio_time();
     r.lease_grant(100, None).await.unwrap();
     let start = tokio::time::Instant::now();
     let mut watch = r.watch(b"", WatchOptions::default()).await.unwrap();
@@ -334,7 +340,7 @@ fn advance_on_tokio_time_does_nothing() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let r = MemoryRegistry::new();
+        let r = instant_on_tokio_time();
         let lease = r.lease_grant(2, None).await.unwrap().id;
         r.advance(Duration::from_secs(10));
         assert_eq!(r.now(), Duration::ZERO);

@@ -55,3 +55,7 @@ mod over_the_wrappers {
 
     registry_conformance::service_suite!(wrapped_simulator);
 }
+
+// Every scenario again over seeds 0..100 of the simulator's timing (`scripts/test.sh` runs it
+// on its own with the wall time printed; `REGISTRY_SEEDS` changes the seeds).
+registry_conformance::service_seed_search!(registry_memory::testing::backend, seeds = 100);

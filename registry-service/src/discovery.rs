@@ -203,7 +203,7 @@ pub struct Discovery {
 impl Discovery {
     /// Starts a discovery of `service` in this crate's layout ([`JsonLayout`] under the
     /// options' namespace). Returns at once; the first list follows in the background
-    /// ([`wait_synced`](Self::wait_synced) waits for it). Fails on a bad service name or
+    /// ([`wait_synced`](Self::wait_synced) waits for it and its watch). Fails on a bad service name or
     /// namespace, or when called outside a tokio runtime.
     ///
     /// ```
@@ -214,12 +214,13 @@ impl Discovery {
     /// use registry_api::Registry;
     /// use registry_memory::MemoryRegistry;
     /// use std::sync::Arc;
+    /// use std::time::Duration;
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> registry_service::Result<()> {
     /// let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
     /// let discovery = Discovery::start(registry.clone(), "hello", DiscoveryOptions::default())?;
-    /// discovery.wait_synced().await;
+    /// discovery.wait_synced(Duration::from_secs(5)).await?;
     /// let mut events = discovery.subscribe();
     ///
     /// let instance = ServiceInstance::new("hello", "a", "127.0.0.1:8080");
@@ -367,14 +368,18 @@ impl Discovery {
         self.shared.store.revision()
     }
 
-    /// True while the view is listed and its watch is up; false before the first list and
-    /// between a failure and the re-list that recovers from it.
+    /// True while the view is synced: listed, and the watch that continues the list
+    /// established. False before that, and between a failure and the re-list that recovers
+    /// from it.
     pub fn is_synced(&self) -> bool {
         self.shared.store.is_synced()
     }
 
-    /// True when the instances are as last read but the watch has failed since: they may be
-    /// out of date; [`last_error`](Self::last_error) says why.
+    /// True when the instances may be out of date with nothing coming to fix them yet: the
+    /// view is not synced and either was before (the instances are as last read) or has
+    /// failed, even on its first list or watch (a view whose first watch failed or was cut off
+    /// is stale, not merely starting). [`last_error`](Self::last_error) says why. False while
+    /// the first sync is still under way with nothing failed, and while synced.
     pub fn is_stale(&self) -> bool {
         self.shared.store.is_stale()
     }
@@ -422,18 +427,22 @@ impl Discovery {
         self.shared.store.status()
     }
 
-    /// Waits until the view is synced (at once if it is): listed, and the watch that continues
-    /// the list established, so a change made after this returns reaches the view even if the
-    /// connection breaks the moment after. While the registry is unreachable this waits for as
-    /// long as that lasts: bound it with a timeout if needed. Returns at once if the discovery
-    /// was shut down.
-    pub async fn wait_synced(&self) {
-        // Fails only when the task is gone, which ends the wait too.
-        self.shared.store.wait_synced().await.ok();
+    /// Waits until the view is synced (at once if it is), up to `timeout` (virtual time under
+    /// a paused tokio clock): listed, and the watch that continues the list established, so a
+    /// change made after this returns reaches the view even if the connection breaks the
+    /// moment after (the view then shows as stale until it has re-listed). While the registry
+    /// is unreachable no sync comes: the wait fails with [`Error::Timeout`] after `timeout`.
+    /// Fails with [`Error::Stopped`] once the discovery is shut down, and with the cause when
+    /// its task died.
+    pub async fn wait_synced(&self, timeout: Duration) -> Result<()> {
+        self.shared.store.wait_synced(timeout).await
     }
 
-    /// Waits until `condition` holds on the instances (checked now and after every change),
-    /// up to `timeout` (virtual time under a paused tokio clock); returns them.
+    /// Waits until the view is synced and `condition` holds on its instances (checked now and
+    /// after every change), up to `timeout` (virtual time under a paused tokio clock); returns
+    /// them. Synced, as for every wait here: instances read before the watch is up may be out
+    /// of date already, and a watch that then failed would leave a view that never says so.
+    /// Fails with [`Error::Timeout`] after `timeout`.
     pub async fn wait_until(
         &self,
         condition: impl Fn(&[ServiceInstance]) -> bool,
@@ -447,7 +456,7 @@ impl Discovery {
         Ok(snapshot.values())
     }
 
-    /// Waits until exactly `count` instances are held, up to `timeout`.
+    /// Waits until the view is synced and holds exactly `count` instances, up to `timeout`.
     pub async fn wait_for_len(
         &self,
         count: usize,
@@ -461,7 +470,8 @@ impl Discovery {
         Ok(snapshot.values())
     }
 
-    /// Waits until the instance `id` is held, up to `timeout`; returns it.
+    /// Waits until the view is synced and holds the instance `id`, up to `timeout`; returns
+    /// it.
     pub async fn wait_for_instance(&self, id: &str, timeout: Duration) -> Result<ServiceInstance> {
         let snapshot = self
             .shared
@@ -502,7 +512,8 @@ impl Discovery {
     /// handle, waits likewise and returns.
     pub async fn shutdown(&self) {
         self.shared.stop.send_replace(true);
-        self.shared.store.wait_closed().await;
+        // The task stops when told: this wait is short and needs no bound.
+        self.shared.store.closed().await.ok();
         if let Some((file, _)) = &self.shared.file {
             let mut status = file.status.subscribe();
             // The sender lives in `file`, which `self` holds: this cannot fail early.

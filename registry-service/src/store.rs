@@ -11,6 +11,7 @@
 //! ```
 //! use registry_api::Revision;
 //! use registry_service::store::{store, StoreEvent};
+//! use std::time::Duration;
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> registry_service::Result<()> {
@@ -19,7 +20,7 @@
 //!
 //! writer.apply(Revision(5), [("a".into(), Some("one".to_owned()))]);
 //! writer.synced(Revision(5));
-//! reader.wait_until_ready().await?;
+//! reader.wait_until_ready(Duration::from_secs(1)).await?;
 //! assert_eq!(reader.get("a").as_deref(), Some("one"));
 //! assert_eq!(changes.recv().await, Some(StoreEvent::Added("one".to_owned())));
 //!
@@ -106,7 +107,7 @@ pub struct StoreStatus {
     pub revision: Revision,
     /// Grows with every change of entries.
     pub version: u64,
-    /// Listed and watching now.
+    /// Listed, and the watch that continues the list established, now.
     pub synced: bool,
     /// Synced at least once: the entries are a real read, not the empty start.
     pub ready: bool,
@@ -143,10 +144,12 @@ impl Seeded {
 }
 
 impl StoreStatus {
-    /// Ready (or seeded from a saved copy), but not synced now: the entries are as last read
-    /// (or saved) and may be out of date.
+    /// Not synced now, and either ready (synced before, or seeded from a saved copy: the
+    /// entries are as last read or saved and may be out of date) or failed (a first list or
+    /// watch that failed: what the store holds was never confirmed live). A store still on its
+    /// first list, with nothing failed and nothing seeded, is not stale: it is starting.
     pub fn is_stale(&self) -> bool {
-        (self.ready || self.seeded.is_some()) && !self.synced
+        !self.synced && (self.ready || self.seeded.is_some() || self.last_error.is_some())
     }
 }
 

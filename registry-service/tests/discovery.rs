@@ -7,7 +7,7 @@
 mod common;
 mod stalling;
 
-use common::{drain, hello, settle, truth};
+use common::{delivered, drain, hello, settle, truth};
 use registry_api::{KeyValue, PutOptions, Registry};
 use registry_memory::MemoryRegistry;
 use registry_service::{
@@ -51,13 +51,16 @@ async fn a_thousand_handles_share_one_watch() {
     assert_eq!(hub.live_caches(), 2);
     assert!(handles[0].shares_cache_with(&handles[999]));
     assert!(!handles[0].shares_cache_with(&other));
-    handles[0].wait_synced().await;
-    settle(Duration::from_millis(1)).await;
+    handles[0]
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
+    settle(delivered()).await;
     assert_eq!(memory.watcher_count(), 2);
 
     let mut streams: Vec<_> = handles.iter().map(Discovery::subscribe).collect();
     let _a = register(&registry, "a").await;
-    settle(Duration::from_millis(1)).await;
+    settle(delivered()).await;
     for (handle, stream) in handles.iter().zip(&mut streams) {
         assert_eq!(drain(stream), vec![DiscoveryEvent::Added(hello("a"))]);
         assert_eq!(handle.snapshot().to_vec(), vec![hello("a")]);
@@ -66,12 +69,15 @@ async fn a_thousand_handles_share_one_watch() {
 
     drop(streams);
     drop(handles);
-    settle(Duration::from_millis(1)).await;
+    settle(delivered()).await;
     assert_eq!(hub.live_caches(), 1);
     // Left: the other service's cache, and the registrar's key watch on `hello`.
     assert_eq!(memory.watcher_count(), 2, "the last handle stops the watch");
     let again = hub.discovery("hello").unwrap();
-    again.wait_synced().await;
+    again
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
     assert_eq!(again.snapshot().to_vec(), vec![hello("a")]);
 }
 
@@ -133,7 +139,10 @@ async fn a_silent_watch_is_detected_and_the_view_healed_within_the_idle_bound() 
         .idle_timeout(Duration::from_secs(10))
         .progress_timeout(Duration::from_secs(2));
     let discovery = Discovery::start(link.clone(), "hello", options.clone()).unwrap();
-    discovery.wait_synced().await;
+    discovery
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
 
     link.intercept().freeze_open_watches();
     let frozen_at = tokio::time::Instant::now();
@@ -157,7 +166,10 @@ async fn a_silent_watch_is_detected_and_the_view_healed_within_the_idle_bound() 
         discovery.last_error().as_deref(),
         Some(Error::WatchStalled { .. })
     ));
-    discovery.wait_synced().await;
+    discovery
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
     assert_eq!(link.intercept().lists(), 2);
 }
 
@@ -167,11 +179,14 @@ async fn a_lagging_subscriber_is_bounded_and_recovers_exactly() {
     let capacity = 8;
     let discovery =
         Discovery::start(registry.clone(), "hello", options().capacity(capacity)).unwrap();
-    discovery.wait_synced().await;
+    discovery
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
     for id in ["a", "b", "c"] {
         put_instance(&registry, &hello(id)).await;
     }
-    settle(Duration::from_millis(1)).await;
+    settle(delivered()).await;
     let mut slow = discovery.subscribe();
     let mut fast = discovery.subscribe();
     let mut fast_held = BTreeMap::new();
@@ -184,12 +199,12 @@ async fn a_lagging_subscriber_is_bounded_and_recovers_exactly() {
     for weight in 1..=500u32 {
         let b = hello("b").with_metadata(Metadata::default().with_weight(weight));
         put_instance(&registry, &b).await;
-        settle(Duration::from_millis(1)).await;
+        settle(delivered()).await;
         apply(&mut fast_held, drain(&mut fast));
     }
     delete_instance(&registry, "c").await;
     put_instance(&registry, &hello("d")).await;
-    settle(Duration::from_millis(1)).await;
+    settle(delivered()).await;
     apply(&mut fast_held, drain(&mut fast));
     assert_eq!(fast.lagged(), 0, "a reader that keeps up never lags");
 
@@ -218,7 +233,10 @@ async fn filters_and_subsets_follow_changes() {
     }
     put_instance(&registry, &zoned("d", "z2")).await;
     let discovery = Discovery::start(registry.clone(), "hello", options()).unwrap();
-    discovery.wait_synced().await;
+    discovery
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
 
     let z1 = discovery.view(View::all().filter(Filter::all().zone("z1").version("2")));
     let serving = discovery.serving();
@@ -242,7 +260,7 @@ async fn filters_and_subsets_follow_changes() {
     put_instance(&registry, &zoned("b", "z1").with_status(Status::Draining)).await;
     delete_instance(&registry, &chosen[0]).await;
     put_instance(&registry, &zoned("e", "z1")).await;
-    settle(Duration::from_millis(1)).await;
+    settle(delivered()).await;
 
     let all = discovery.snapshot();
     let expect_z1: Vec<_> = all
@@ -291,7 +309,10 @@ async fn the_view_never_empties_on_an_error_only_on_a_successful_read() {
     let link = memory.link("gateway");
     let discovery =
         Discovery::start(Arc::new(memory.client("gateway")), "hello", options()).unwrap();
-    discovery.wait_synced().await;
+    discovery
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
     assert!(!discovery.is_stale());
     assert!(discovery.last_error().is_none());
 
@@ -327,7 +348,10 @@ async fn shutdown_stops_the_task_and_waits_for_it() {
     let registrar_watches = memory.watcher_count();
     let discovery = Discovery::start(registry.clone(), "hello", options()).unwrap();
     let other_handle = discovery.clone();
-    discovery.wait_synced().await;
+    discovery
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
     let mut events = discovery.subscribe();
     assert_eq!(memory.watcher_count(), registrar_watches + 1);
 
@@ -347,7 +371,13 @@ async fn shutdown_stops_the_task_and_waits_for_it() {
     assert_eq!(drain(&mut events), vec![DiscoveryEvent::Added(hello("a"))]);
     assert_eq!(events.recv().await, None, "the stream ends");
     other_handle.shutdown().await;
-    other_handle.wait_synced().await;
+    assert!(
+        matches!(
+            other_handle.wait_synced(Duration::from_secs(5)).await,
+            Err(Error::Stopped(_))
+        ),
+        "a wait on a stopped discovery returns at once, saying so"
+    );
 }
 
 /// etcd's Go naming layout, as grpc-go's etcd resolver writes it: key `<target>/<addr>`,
@@ -412,7 +442,7 @@ async fn another_clients_layout_plugs_in() {
     let mut events: DiscoveryEvents = discovery.subscribe();
     drain(&mut events);
     registry.delete(b"my-service/10.0.0.1:80").await.unwrap();
-    settle(Duration::from_millis(1)).await;
+    settle(delivered()).await;
     assert_eq!(
         drain(&mut events),
         vec![DiscoveryEvent::Removed(ServiceInstance::new(
@@ -435,7 +465,10 @@ async fn watch_restarts_and_resyncs_are_counted() {
     let _a = register(&registry, "a").await;
     let client: Arc<dyn Registry> = Arc::new(memory.client("cache"));
     let discovery = Discovery::start(client, "hello", options()).unwrap();
-    discovery.wait_synced().await;
+    discovery
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
     assert_eq!((discovery.watch_restarts(), discovery.resyncs()), (0, 0));
 
     memory.link("cache").partition();
@@ -446,7 +479,10 @@ async fn watch_restarts_and_resyncs_are_counted() {
     assert_eq!(discovery.resyncs(), 0, "not synced again yet");
 
     memory.link("cache").heal();
-    discovery.wait_synced().await;
+    discovery
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
     assert_eq!(discovery.resyncs(), 1);
     assert_eq!(
         discovery.watch_restarts(),

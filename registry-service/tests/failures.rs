@@ -391,7 +391,10 @@ async fn a_discovery_feed_whose_backend_panics_reports_the_failure_within_a_seco
         .unwrap();
     let hub = DiscoveryHub::new(registry.clone(), DiscoveryOptions::default().seed(3));
     let healthy = hub.discovery("hello").unwrap();
-    healthy.wait_synced().await;
+    healthy
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
     assert_eq!(healthy.len(), 1);
 
     // A second feed over a registry that panics when listed: its first list panics.
@@ -433,11 +436,18 @@ async fn a_discovery_feed_whose_backend_panics_reports_the_failure_within_a_seco
     assert!(!healthy.status().failed);
     let dead_hub = DiscoveryHub::new(panicking.clone(), DiscoveryOptions::default().seed(3));
     let first = dead_hub.discovery("hello").unwrap();
-    first.wait_synced().await;
+    let waited = first.wait_synced(Duration::from_secs(5)).await;
+    assert!(
+        matches!(&waited, Err(Error::TaskFailed { .. })),
+        "the wait returns the cause: {waited:?}"
+    );
     assert!(first.status().failed);
     panicking.intercept().armed.store(false, Ordering::SeqCst);
     let second = dead_hub.discovery("hello").unwrap();
     assert!(!second.shares_cache_with(&first));
-    second.wait_synced().await;
+    second
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
     assert_eq!(second.len(), 1);
 }

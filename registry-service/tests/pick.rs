@@ -29,7 +29,10 @@ async fn cluster(weights: &[u32]) -> (Discovery, Vec<Registration>) {
         );
     }
     let discovery = Discovery::start(registry, "hello", DiscoveryOptions::default()).unwrap();
-    discovery.wait_synced().await;
+    discovery
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
     assert_eq!(discovery.len(), weights.len());
     (discovery, registrations)
 }

@@ -50,9 +50,12 @@ fn take(counts: &Counting) -> [u64; 9] {
     all
 }
 
-/// The simulator, and a counted client of it.
+/// The simulator, and a counted client of it. Without the simulator's timing: these tests count
+/// the calls of each keep-alive round (leases due at one instant share a round only when their
+/// registrations took no time) and time the registrar's reactions to the instant; the
+/// service-layer suite and the fleet search run the registrar under seeded timing.
 fn counted() -> (MemoryRegistry, Arc<dyn Registry>, Counting) {
-    let memory = MemoryRegistry::new();
+    let memory = MemoryRegistry::builder().instant().build();
     let counts = Counting::new();
     let registry: Arc<dyn Registry> = Arc::new(counts.wrap(memory.clone()));
     (memory, registry, counts)
@@ -241,7 +244,10 @@ async fn a_shared_lease_is_one_keep_alive_for_all_and_one_grant_after_a_loss() {
 async fn a_draining_instance_is_not_picked_before_its_lease_is_revoked() {
     let (_memory, registry, _counts) = counted();
     let discovery = Discovery::start(registry.clone(), "hello", discovery_options()).unwrap();
-    discovery.wait_synced().await;
+    discovery
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
     let a = Registration::start(registry.clone(), hello("a"), options())
         .await
         .unwrap();
@@ -287,7 +293,10 @@ async fn a_draining_instance_is_not_picked_before_its_lease_is_revoked() {
 async fn an_instance_that_is_not_ready_is_never_visible() {
     let (_memory, registry, counts) = counted();
     let discovery = Discovery::start(registry.clone(), "hello", discovery_options()).unwrap();
-    discovery.wait_synced().await;
+    discovery
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
     let mut events = discovery.subscribe();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
     let registration =
@@ -362,7 +371,10 @@ async fn wait_registered_returns_the_lease_once_the_instance_is_in_the_registry(
 async fn the_status_gives_the_exact_expiry_of_a_crashed_instance() {
     let (_memory, registry, _counts) = counted();
     let discovery = Discovery::start(registry.clone(), "hello", discovery_options()).unwrap();
-    discovery.wait_synced().await;
+    discovery
+        .wait_synced(Duration::from_secs(5))
+        .await
+        .expect("synced");
     let mut events = discovery.subscribe();
     let registered_at = Instant::now();
     let registration = Registration::start(registry.clone(), hello("a"), options())
@@ -457,7 +469,8 @@ async fn recovery_after_a_long_outage_is_within_the_documented_bound() {
 
 #[tokio::test(start_paused = true)]
 async fn the_status_carries_the_last_keep_alive_round_trip_and_a_reader_sees_it() {
-    let memory = MemoryRegistry::new();
+    // Instant: the figures checked are the registrar's own, to the millisecond.
+    let memory = MemoryRegistry::builder().instant().build();
     let link = memory.link("slow");
     link.set_call_latency(registry_api::wrap::Latency::Fixed(Duration::from_millis(
         30,
@@ -521,7 +534,8 @@ impl Intercept for KeepAliveCalls {
 
 #[tokio::test(start_paused = true)]
 async fn leases_due_together_are_renewed_in_batches_each_answered_alone() {
-    let memory = MemoryRegistry::new();
+    // Instant: the figures checked are the registrar's own, to the millisecond.
+    let memory = MemoryRegistry::builder().instant().build();
     let calls = Arc::new(Intercepted::new(
         memory.client("app"),
         KeepAliveCalls::default(),

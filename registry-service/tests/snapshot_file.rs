@@ -19,6 +19,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// How long a cache may take to sync (virtual time: the tests run on a paused clock).
+const SYNC: Duration = Duration::from_secs(60);
+
 fn with_file(file: SnapshotFile) -> DiscoveryOptions {
     DiscoveryOptions::default().seed(1).snapshot_file(file)
 }
@@ -70,7 +73,7 @@ async fn a_restart_while_cut_off_serves_the_file_stale_then_the_list_replaces_it
         loaded(&first).await,
         SnapshotLoad::Refused(SnapshotRefusal::Missing)
     );
-    first.wait_synced().await;
+    first.wait_synced(SYNC).await.expect("synced");
     written(&first, 1).await;
     let saved = first.snapshot().to_vec();
     assert_eq!(saved.len(), 3);
@@ -108,7 +111,7 @@ async fn a_restart_while_cut_off_serves_the_file_stale_then_the_list_replaces_it
     assert_eq!(second.snapshot().to_vec(), saved, "still the file's");
 
     server.link("gateway").heal();
-    second.wait_synced().await;
+    second.wait_synced(SYNC).await.expect("synced");
     let mut changes = drain(&mut events);
     changes.sort_by(|x, y| x.instance().id.cmp(&y.instance().id));
     assert_eq!(
@@ -136,7 +139,7 @@ async fn an_empty_list_after_seeding_removes_every_instance_of_the_file() {
     let registry: Arc<dyn Registry> = Arc::new(server.clone());
     let a = register(&registry, "a").await;
     let first = Discovery::start(registry.clone(), "hello", with_file(file.clone())).unwrap();
-    first.wait_synced().await;
+    first.wait_synced(SYNC).await.expect("synced");
     written(&first, 1).await;
     assert!(dir.path().join("hello.json").is_file());
     drop(first);
@@ -144,7 +147,7 @@ async fn an_empty_list_after_seeding_removes_every_instance_of_the_file() {
 
     let second = Discovery::start(registry, "hello", with_file(file)).unwrap();
     let mut events = second.subscribe();
-    second.wait_synced().await;
+    second.wait_synced(SYNC).await.expect("synced");
     settle(Duration::from_millis(10)).await;
     let seen = drain(&mut events);
     assert_eq!(
@@ -170,7 +173,7 @@ async fn the_file_is_written_at_most_once_per_interval_and_ends_as_the_view() {
         with_file(SnapshotFile::at(&path).interval(interval)),
     )
     .unwrap();
-    discovery.wait_synced().await;
+    discovery.wait_synced(SYNC).await.expect("synced");
     // 20 s of changes every 100 ms.
     let mut registrations = Vec::new();
     for i in 0..200 {
@@ -229,7 +232,7 @@ async fn a_hub_keeps_one_file_per_service() {
     );
     for service in ["hello", "other service"] {
         let discovery = hub.discovery(service).unwrap();
-        discovery.wait_synced().await;
+        discovery.wait_synced(SYNC).await.expect("synced");
         written(&discovery, 1).await;
     }
     let mut names: Vec<_> = std::fs::read_dir(dir.path())
@@ -274,7 +277,7 @@ fn good_file(dir: &Path) -> Vec<u8> {
         let _b = register(&registry, "b").await;
         let discovery =
             Discovery::start(registry, "hello", with_file(SnapshotFile::at(&path))).unwrap();
-        discovery.wait_synced().await;
+        discovery.wait_synced(SYNC).await.expect("synced");
         written(&discovery, 1).await;
         discovery.shutdown().await;
     });

@@ -89,10 +89,15 @@ pub struct ServiceCapabilities {
     pub outage: bool,
     /// [`ServiceBackend::expire_lease`] works.
     pub expire_lease: bool,
+    /// The longest one round trip (a call, a watch's opening, a keep-alive) or one watch
+    /// delivery takes on [`Time::Virtual`]: zero for an instant simulator, its timing
+    /// profile's bound for a timed one. Bounds on virtual time allow a few of these.
+    pub latency: Duration,
 }
 
 impl ServiceCapabilities {
-    /// The simulator: virtual time, exact expiry, every fault.
+    /// The simulator: virtual time, exact expiry, every fault, instant calls (set the latency of
+    /// a timed one with [`with_latency`](Self::with_latency)).
     pub fn simulator() -> Self {
         ServiceCapabilities {
             time: Time::Virtual,
@@ -101,14 +106,23 @@ impl ServiceCapabilities {
             partition: true,
             outage: true,
             expire_lease: true,
+            latency: Duration::ZERO,
         }
     }
 
-    /// Scheduling and delivery slack to add to a stated bound: none on [`Time::Virtual`]
-    /// (instants are exact), a second on [`Time::Real`] (a real server on a loaded machine).
+    /// The same, with `latency` as the longest round trip or delivery.
+    pub fn with_latency(mut self, latency: Duration) -> Self {
+        self.latency = latency;
+        self
+    }
+
+    /// Scheduling and delivery slack to add to a stated bound: on [`Time::Virtual`], the few
+    /// round trips one step of a scenario makes (a registration's grant and put and the delivery
+    /// of its event), nothing on an instant simulator (instants are exact); a second on
+    /// [`Time::Real`] (a real server on a loaded machine).
     pub fn allowance(&self) -> Duration {
         match self.time {
-            Time::Virtual => Duration::ZERO,
+            Time::Virtual => self.latency * 4,
             Time::Real => Duration::from_secs(1),
         }
     }

@@ -12,13 +12,15 @@ pub use links::Links;
 /// What [`ServiceBackend::link`] returns, re-exported so that a backend needs no other import
 /// for it (it is `registry_api::wrap::Link`).
 pub use registry_api::wrap::Link;
-pub use scenario_runner::{run, runtime, take_turn, Scenario, Turn};
+pub use scenario_runner::{run, run_seeded, runtime, take_turn, Scenario, Turn};
 pub use time::Time;
 
 /// Stamps one `#[test]` per scenario and backend: for each `backend: constructor` pair, a
 /// module named `backend` holding a test per scenario, each running that scenario on a fresh
 /// backend from `constructor` (an expression giving a [`ServiceBackend`], evaluated once per
-/// test) through [`run`].
+/// test) through [`run`]. A backend written `name(seeds = n): constructor` runs each scenario
+/// over seeds `0..n` instead, through [`run_seeded`]: for the simulator, whose timing (how late
+/// each reply and event comes) is drawn from the seed.
 ///
 /// A scenario is an `async fn` of `&dyn ServiceBackend` (or of a generic `&B`) in the module
 /// that calls the macro. `cargo test` then lists `simulator::a_scenario`, `etcd::a_scenario`,
@@ -66,10 +68,26 @@ macro_rules! scenarios {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __scenarios {
-    (@backends $scenarios:tt $($backend:ident : $make:expr),+ $(,)?) => {
-        $( $crate::__scenarios!(@module $backend ($make) $scenarios); )+
+    (@backends $scenarios:tt $($backend:ident $(($($seeds:tt)*))? : $make:expr),+ $(,)?) => {
+        $( $crate::__scenarios!(@module $backend ($make) ($($($seeds)*)?) $scenarios); )+
     };
-    (@module $backend:ident ($make:expr) [$($scenario:ident),+]) => {
+    (@module $backend:ident ($make:expr) (seeds = $seeds:expr) [$($scenario:ident),+]) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                fn $scenario() {
+                    $crate::run_seeded(
+                        || $make,
+                        |backend| ::std::boxed::Box::pin(super::$scenario(backend)),
+                        0..$seeds,
+                    );
+                }
+            )+
+        }
+    };
+    (@module $backend:ident ($make:expr) () [$($scenario:ident),+]) => {
         mod $backend {
             #[allow(unused_imports)]
             use super::*;

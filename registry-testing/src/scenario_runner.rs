@@ -3,8 +3,10 @@
 
 use crate::backend::ServiceBackend;
 use crate::time::Time;
+use registry_api::seeding;
 use std::fmt;
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
 use tokio::runtime::Runtime;
@@ -85,4 +87,20 @@ pub fn run<B: ServiceBackend>(make: impl FnOnce() -> B, scenario: Scenario<B>) {
     drop(rt);
     drop(backend);
     drop(turn);
+}
+
+/// [`run`] once per seed of `seeds`, each on a fresh backend from `make` with the seed in scope
+/// ([`seeding::with_seed`]), so that a simulator the backend builds draws its timing from it:
+/// the orders a real etcd can produce are tried, seed by seed. `REGISTRY_SEEDS` changes the
+/// seeds and `REGISTRY_SEED` replays one ([`seeding::seeds_from_env`]). The first failing seed
+/// fails the test; a timed simulator going down with it prints the seed and the line that
+/// replays it.
+pub fn run_seeded<B: ServiceBackend>(
+    make: impl Fn() -> B,
+    scenario: Scenario<B>,
+    seeds: Range<u64>,
+) {
+    for seed in seeding::seeds_from_env(seeds) {
+        seeding::with_seed(seed, || run(&make, scenario));
+    }
 }

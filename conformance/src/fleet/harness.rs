@@ -531,11 +531,17 @@ async fn gateway<B: ServiceBackend>(
         );
         caches.push((discovery, picker));
     }
-    for (discovery, _) in &caches {
-        discovery.wait_synced().await;
+    for (discovery, name) in caches.iter().map(|(d, _)| d).zip(0..) {
+        // Before any fault: a cache that cannot sync in this long is a broken layer.
+        if let Err(e) = discovery.wait_synced(SYNC_TIMEOUT).await {
+            lock(log).violation(format!("{client}/svc{name}: the cache did not sync: {e}"));
+        }
     }
     Arc::new(caches)
 }
+
+/// How long a cache may take to sync before the faults start.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every call of the fleet's registrations and caches gives up after this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);

@@ -36,13 +36,16 @@ pub use plan::{Fault, FaultPlan, Profile, Step, Weights};
 pub use play::{heal_all, play, stage};
 /// Where the truth comes from (defined in `registry-testing`, beside `ServiceBackend::journal`).
 pub use registry_testing::{ServerCommit, ServerJournal};
+pub(crate) use search::threads;
 pub use search::{run_seed, search, search_test, SearchReport, THREADS_VAR};
-pub use seeds::{window_for, SeedPlan, WindowSource, COMMIT_VAR, SEEDS_VAR, SEED_VAR, WINDOW_VAR};
+pub use seeds::{
+    window_for, SeedPlan, WindowSource, COMMIT_VAR, FLEET_SEED_VAR, SEEDS_VAR, SEED_VAR, WINDOW_VAR,
+};
 
 /// Stamps a `#[test]` named `fleet_search` that runs the seeded fleet search over
 /// `seeds` seeds (0 to `seeds - 1`) on fresh backends from `$backend` (a
 /// `fn() -> impl ServiceBackend`, called inside each seed's paused runtime), or only the seed
-/// in `REGISTRY_FLEET_SEED` when it is set. It prints the wall time; a failing seed panics with
+/// in `REGISTRY_SEED` (or `REGISTRY_FLEET_SEED`) when it is set. It prints the wall time; a failing seed panics with
 /// the seed, what broke, its fault plan and the replay command.
 ///
 /// ```text

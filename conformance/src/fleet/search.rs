@@ -50,7 +50,9 @@ impl SearchReport {
 }
 
 /// Runs one seed of the fleet on a fresh backend from `make`, on its own current-thread
-/// runtime with a paused clock. A panic in the run is a failure of that seed.
+/// runtime with a paused clock, with `seed` in scope ([`registry_api::seeding::with_seed`]) so
+/// that a simulator built by `make` takes its timing from it. A panic in the run is a failure
+/// of that seed.
 pub fn run_seed<B, F>(make: &F, seed: u64, options: &FleetOptions) -> FleetReport
 where
     F: Fn() -> B,
@@ -61,10 +63,14 @@ where
         .start_paused(true)
         .build();
     let outcome = match runtime {
+        // The seed in scope: a simulator the backend builds meanwhile draws its timing from it,
+        // so the seed replays the faults and the timing both.
         Ok(runtime) => std::panic::catch_unwind(AssertUnwindSafe(|| {
-            runtime.block_on(async {
-                let backend = make();
-                run_fleet(&backend, seed, options).await
+            registry_api::seeding::with_seed(seed, || {
+                runtime.block_on(async {
+                    let backend = make();
+                    run_fleet(&backend, seed, options).await
+                })
             })
         }))
         .map_err(|panic| {
@@ -170,7 +176,7 @@ where
     }
 }
 
-fn threads() -> usize {
+pub(crate) fn threads() -> usize {
     std::env::var(THREADS_VAR)
         .ok()
         .and_then(|s| s.trim().parse::<usize>().ok())

@@ -2,11 +2,17 @@
 //! moves from commit to commit, so that CI explores instead of re-running the same seeds.
 
 use registry_api::rng::SplitMix64;
+use registry_api::seeding::{parse_range, parse_seed};
 use std::fmt;
 use std::ops::Range;
 
-/// Replays one seed, and only it: `REGISTRY_FLEET_SEED=<seed>`.
-pub const SEED_VAR: &str = "REGISTRY_FLEET_SEED";
+/// Replays one seed, and only it: `REGISTRY_SEED=<seed>`, the workspace's one seed variable
+/// ([`registry_api::seeding::SEED_VAR`]).
+pub const SEED_VAR: &str = registry_api::seeding::SEED_VAR;
+
+/// What [`SEED_VAR`] was called before it was the workspace's: still read when [`SEED_VAR`] is
+/// not set.
+pub const FLEET_SEED_VAR: &str = "REGISTRY_FLEET_SEED";
 
 /// Overrides the fixed seeds: `REGISTRY_FLEET_SEEDS=<count>` (from 0) or `<start>..<end>`.
 pub const SEEDS_VAR: &str = "REGISTRY_FLEET_SEEDS";
@@ -49,13 +55,14 @@ pub struct SeedPlan {
 
 impl SeedPlan {
     /// The seeds for a search stamped with `seeds` fixed seeds, as the environment sets them:
-    /// [`SEED_VAR`] alone if set; else the fixed seeds (`0..seeds`, or [`SEEDS_VAR`]) plus the
-    /// window of [`WINDOW_VAR`], or else one of `seeds` seeds derived from [`COMMIT_VAR`].
+    /// [`SEED_VAR`] (or [`FLEET_SEED_VAR`]) alone if set; else the fixed seeds (`0..seeds`, or
+    /// [`SEEDS_VAR`]) plus the window of [`WINDOW_VAR`], or else one of `seeds` seeds derived
+    /// from [`COMMIT_VAR`].
     pub fn from_env(seeds: u64) -> SeedPlan {
         let var = |name: &str| std::env::var(name).ok().map(|v| v.trim().to_owned());
         Self::from_vars(
             seeds,
-            var(SEED_VAR),
+            var(SEED_VAR).or_else(|| var(FLEET_SEED_VAR)),
             var(SEEDS_VAR),
             var(WINDOW_VAR),
             var(COMMIT_VAR),
@@ -69,7 +76,7 @@ impl SeedPlan {
         window: Option<String>,
         commit: Option<String>,
     ) -> SeedPlan {
-        let replay = replay.and_then(|s| s.parse::<u64>().ok());
+        let replay = replay.and_then(|s| parse_seed(&s));
         let fixed = fixed.and_then(|s| parse_range(&s)).unwrap_or(0..seeds);
         let (window, source) = match (window, commit) {
             // Only a range makes a window: `none` (or anything else) turns it off.
@@ -117,18 +124,6 @@ impl SeedPlan {
 pub fn window_for(commit: &str, size: u64) -> Range<u64> {
     let start = WINDOW_FLOOR + SplitMix64::derive(0, commit) % WINDOW_SPAN;
     start..start.saturating_add(size)
-}
-
-/// `<count>` (from 0) or `<start>..<end>`; `None` for anything else (`none` included).
-fn parse_range(text: &str) -> Option<Range<u64>> {
-    match text.split_once("..") {
-        Some((start, end)) => {
-            let start = start.trim().parse::<u64>().ok()?;
-            let end = end.trim().parse::<u64>().ok()?;
-            Some(start..end.max(start))
-        }
-        None => text.parse::<u64>().ok().map(|count| 0..count),
-    }
 }
 
 impl fmt::Display for SeedPlan {

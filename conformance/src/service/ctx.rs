@@ -130,8 +130,10 @@ impl<'b> ServiceCtx<'b> {
         Duration::from_secs(u64::try_from(secs).unwrap_or(6))
     }
 
-    /// Scheduling and delivery slack on top of a stated bound: none on virtual time (bounds are
-    /// exact), a second on a real server on a loaded machine.
+    /// Scheduling and delivery slack on top of a stated bound: on virtual time, the few round
+    /// trips one step of a scenario makes (a registration's grant and put and the delivery of
+    /// its event), nothing on an instant simulator (bounds are exact); a second on a real server
+    /// on a loaded machine.
     pub(crate) fn allowance(&self) -> Duration {
         self.caps.allowance()
     }
@@ -213,7 +215,8 @@ impl<'b> ServiceCtx<'b> {
 
     /// Waits until `discovery` is synced, within `bound`.
     pub(crate) async fn synced(&self, discovery: &Discovery, bound: Duration) -> Check {
-        tokio::time::timeout(bound, discovery.wait_synced())
+        discovery
+            .wait_synced(bound)
             .await
             .map_err(|_| format!("the cache did not sync within {bound:?}"))
     }

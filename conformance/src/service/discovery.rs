@@ -1,6 +1,6 @@
 //! Discovery scenarios: resync by diff after a partition with compaction, a watch that starts
 //! compacted, an outage longer than the TTL, malformed values, one watch shared by many handles,
-//! and a cache that is synced only once its watch is up.
+//! a cache that is synced only once its watch is up, and waits that return a synced view.
 
 use super::ctx::{drain, ServiceCtx, SERVICE};
 use crate::failure::{ensure, ensure_eq, Check};
@@ -396,7 +396,7 @@ pub(crate) async fn cache_is_synced_only_once_its_watch_is_up(cx: &mut ServiceCt
     })
     .await?;
     let held = Instant::now();
-    let waited = tokio::time::timeout(Duration::from_secs(1), discovery.wait_synced()).await;
+    let waited = discovery.wait_synced(Duration::from_secs(1)).await;
     ensure!(
         waited.is_err() && !discovery.is_synced(),
         "synced {:?} after listing, before its watch was up",
@@ -405,5 +405,73 @@ pub(crate) async fn cache_is_synced_only_once_its_watch_is_up(cx: &mut ServiceCt
     let _ = open.send(());
     cx.synced(&discovery, Duration::from_secs(1) + cx.allowance())
         .await?;
+    Ok(())
+}
+
+/// `wait_for_instance` returns once the view is synced, list done and watch established, not
+/// as soon as the list shows the instance: cut off the moment after, the view knows it is
+/// stale. And a view whose first watch fails is stale, not merely starting.
+pub(crate) async fn waits_return_a_synced_view_and_a_cut_view_knows_it_is_stale(
+    cx: &mut ServiceCtx<'_>,
+) -> Check {
+    if !cx.supports(cx.caps.partition, "cutting one client's link") {
+        return Ok(());
+    }
+    let app = cx.client("app").await;
+    let _a = cx.register(&app, ServiceCtx::instance("a")).await?;
+    let bound = Duration::from_secs(5);
+
+    let cache = cx.client("cache").await;
+    let discovery =
+        Discovery::start(cache, SERVICE, cx.discovery_options()).map_err(|e| e.to_string())?;
+    discovery
+        .wait_for_instance("a", bound)
+        .await
+        .map_err(|e| format!("waiting for a: {e}"))?;
+    ensure!(
+        discovery.is_synced(),
+        "wait_for_instance returned a view that is not synced: {:?}",
+        discovery.status()
+    );
+    cx.partition("cache", true).await;
+    let stale = || async {
+        ensure!(discovery.is_stale(), "not stale: {:?}", discovery.status());
+        Ok(())
+    };
+    cx.eventually(cx.allowance(), "the cut view knowing it is stale", stale)
+        .await?;
+    cx.partition("cache", false).await;
+
+    // Listed, then cut just before its first watch reaches the server.
+    let (open, opened) = tokio::sync::oneshot::channel::<()>();
+    cx.tap("late").await.intercept().before_next_watch(
+        async move {
+            let _ = opened.await;
+        }
+        .boxed(),
+    );
+    let late = Discovery::start(cx.client("late").await, SERVICE, cx.discovery_options())
+        .map_err(|e| e.to_string())?;
+    cx.eventually(Duration::from_secs(2), "listed", || async {
+        ensure!(late.get("a").is_some(), "a is not cached");
+        Ok(())
+    })
+    .await?;
+    cx.partition("late", true).await;
+    let _ = open.send(());
+    cx.eventually(
+        cx.allowance(),
+        "a view whose first watch failed knowing it is stale",
+        || async {
+            ensure!(late.last_error().is_some(), "no failure yet");
+            ensure!(late.is_stale(), "not stale: {:?}", late.status());
+            Ok(())
+        },
+    )
+    .await?;
+    cx.partition("late", false).await;
+    cx.synced(&late, cx.backoff().max * 2 + cx.allowance() * 2)
+        .await?;
+    ensure!(!late.is_stale(), "stale after syncing: {:?}", late.status());
     Ok(())
 }

@@ -19,11 +19,15 @@
 mod ctx;
 mod discovery;
 mod picking;
+#[cfg(test)]
+mod races;
 mod registration;
+mod seeds;
 mod suite_runner;
 mod tap;
 
 pub use registry_testing::{runtime, Link, Links, ServiceBackend, ServiceCapabilities, Time};
+pub use seeds::{search_seeds, seed_search_test, SeedFailure, SeedsReport};
 pub use suite_runner::{run_scenario, run_test, scenario_names};
 
 use crate::failure::Check;
@@ -78,5 +82,7 @@ scenario_table! {
     handles_of_one_service_share_one_watch => discovery::handles_of_one_service_share_one_watch,
     cache_is_synced_only_once_its_watch_is_up =>
         discovery::cache_is_synced_only_once_its_watch_is_up,
+    waits_return_a_synced_view_and_a_cut_view_knows_it_is_stale =>
+        discovery::waits_return_a_synced_view_and_a_cut_view_knows_it_is_stale,
     picker_follows_the_cache => picking::picker_follows_the_cache,
 }

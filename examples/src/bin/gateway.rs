@@ -133,8 +133,18 @@ async fn run(args: Args) -> Result<(), BoxError> {
         );
         let synced = discovery.clone();
         tokio::spawn(async move {
-            synced.wait_synced().await;
-            println!("synced with etcd at revision {}", synced.revision());
+            // However long etcd stays away: the snapshot is served meanwhile. Any other error
+            // means the discovery stopped.
+            loop {
+                match synced.wait_synced(Duration::from_secs(3600)).await {
+                    Ok(()) => {
+                        println!("synced with etcd at revision {}", synced.revision());
+                        break;
+                    }
+                    Err(registry_service::Error::Timeout { .. }) => {}
+                    Err(_) => break,
+                }
+            }
         });
     } else if let Some(SnapshotLoad::Refused(why)) =
         discovery.snapshot_file_status().map(|status| status.load)
@@ -160,7 +170,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
             // With a snapshot file the gateway serves while etcd is down: the Go endpoints join
             // once it answers.
             if args.snapshot_file.is_none() {
-                tokio::time::timeout(Duration::from_secs(30), go.wait_synced())
+                go.wait_synced(Duration::from_secs(30))
                     .await
                     .map_err(|_| format!("could not list Go target {target} within 30 s"))?;
             }

@@ -143,7 +143,9 @@ impl DiscoveryView {
         DiscoveryEvents::new(self.discovery.store().subscribe(), Some(self.view.clone()))
     }
 
-    /// Waits until `condition` holds on what the view keeps, up to `timeout`; returns that.
+    /// Waits until the discovery is synced and `condition` holds on what the view keeps, up
+    /// to `timeout`; returns that. Synced, as
+    /// [`Discovery::wait_until`](super::Discovery::wait_until) explains.
     pub async fn wait_until(
         &self,
         condition: impl Fn(&[ServiceInstance]) -> bool,

@@ -61,13 +61,16 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> Store<T> {
         self.shared.status.borrow().revision
     }
 
-    /// True while the source is listed and watching.
+    /// True while the source is listed and its watch established.
     pub fn is_synced(&self) -> bool {
         self.shared.status.borrow().synced
     }
 
-    /// True when the entries are as last read but the source has failed since: they may be
-    /// out of date, and [`last_error`](Self::last_error) says why.
+    /// True when the entries may be out of date with nothing coming to fix them yet: the
+    /// source is not synced now and either was synced before (the entries are as last read)
+    /// or has failed (a first list or watch that failed: the store never saw the source's
+    /// state). [`last_error`](Self::last_error) says why. False while the first list is still
+    /// under way and nothing has failed.
     pub fn is_stale(&self) -> bool {
         self.shared.status.borrow().is_stale()
     }
@@ -77,16 +80,22 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> Store<T> {
         self.shared.status.borrow().last_error.clone()
     }
 
-    /// Waits until the store has been synced once: its entries are a real read, not the empty
-    /// start. Fails with [`Error::Stopped`] when the writer is dropped first.
-    pub async fn wait_until_ready(&self) -> Result<()> {
-        self.wait_status(|status| status.ready).await
+    /// Waits until the store has been synced once (its entries are a real read, not the empty
+    /// start), up to `timeout` (virtual time under a paused tokio clock). Fails with
+    /// [`Error::Timeout`] after it, with [`Error::Stopped`] when the writer is dropped first,
+    /// and with the cause when the task feeding the store died.
+    pub async fn wait_until_ready(&self, timeout: Duration) -> Result<()> {
+        self.wait_status(|status| status.ready, "the store's first sync", timeout)
+            .await
     }
 
-    /// Waits until the store is synced now (at once if it is). Fails with [`Error::Stopped`]
-    /// when the writer is dropped first.
-    pub async fn wait_synced(&self) -> Result<()> {
-        self.wait_status(|status| status.synced).await
+    /// Waits until the store is synced now (at once if it is): listed, and the watch that
+    /// continues the list established, so a change made after this returns reaches the store
+    /// even if the connection breaks the moment after (it shows as stale meanwhile). Up to
+    /// `timeout`; fails as [`wait_until_ready`](Self::wait_until_ready) does.
+    pub async fn wait_synced(&self, timeout: Duration) -> Result<()> {
+        self.wait_status(|status| status.synced, "the store's sync", timeout)
+            .await
     }
 
     /// The task that fed the store died of `error`: the status says so from now on (its
@@ -108,29 +117,48 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> Store<T> {
         }
     }
 
-    /// Waits until the writer is gone (the task that fed the store has stopped).
-    pub async fn wait_closed(&self) {
+    /// Waits until the writer is gone (the task that fed the store has stopped), up to
+    /// `timeout`; fails with [`Error::Timeout`] after it.
+    pub async fn wait_closed(&self, timeout: Duration) -> Result<()> {
+        bounded(timeout, "the store's close", self.closed()).await
+    }
+
+    /// Waits, for as long as it takes, until the writer is gone: for a shutdown, which stops
+    /// the writer itself.
+    pub(crate) async fn closed(&self) -> Result<()> {
         let mut status = self.shared.status.subscribe();
         // The sender lives in `shared`, which `self` holds: this cannot fail early.
         status.wait_for(|status| status.closed).await.ok();
+        Ok(())
     }
 
-    async fn wait_status(&self, done: impl Fn(&StoreStatus) -> bool) -> Result<()> {
+    async fn wait_status(
+        &self,
+        done: impl Fn(&StoreStatus) -> bool,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<()> {
         let mut status = self.shared.status.subscribe();
-        let outcome = status
-            .wait_for(|status| done(status) || status.closed || status.failed)
-            .await
-            .map(|status| (done(&status), Self::failure(&status)));
-        match outcome {
-            Ok((true, _)) => Ok(()),
-            Ok((false, Some(failure))) => Err(failure),
-            _ => Err(Error::Stopped("store's writer")),
-        }
+        let wait = async {
+            let outcome = status
+                .wait_for(|status| done(status) || status.closed || status.failed)
+                .await
+                .map(|status| (done(&status), Self::failure(&status)));
+            match outcome {
+                Ok((true, _)) => Ok(()),
+                Ok((false, Some(failure))) => Err(failure),
+                _ => Err(Error::Stopped("store's writer")),
+            }
+        };
+        bounded(timeout, what, wait).await
     }
 
-    /// Waits until `condition` holds on the snapshot (checked now and after every change), up
-    /// to `timeout` (virtual time under a paused tokio clock). Returns the snapshot it held on;
-    /// fails at once with the cause when the task feeding the store has died.
+    /// Waits until the store is synced and `condition` holds on the snapshot (checked now and
+    /// after every change), up to `timeout` (virtual time under a paused tokio clock). Returns
+    /// the snapshot it held on. Synced, because a snapshot read before the watch is up may
+    /// already be out of date with nothing to tell it, and a watch that then fails would leave
+    /// the caller with a view it believed live. Fails with [`Error::Timeout`] after `timeout`,
+    /// and at once with the cause when the task feeding the store has died.
     pub async fn wait_until(
         &self,
         condition: impl Fn(&Snapshot<T>) -> bool,
@@ -140,9 +168,12 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> Store<T> {
         let wait = async {
             loop {
                 // Marked seen before the read, so a change between the two wakes the wait.
-                let failure = Self::failure(&status.borrow_and_update());
+                let (synced, failure) = {
+                    let status = status.borrow_and_update();
+                    (status.synced, Self::failure(&status))
+                };
                 let snapshot = self.snapshot();
-                if condition(&snapshot) {
+                if synced && condition(&snapshot) {
                     return Ok(snapshot);
                 }
                 if let Some(failure) = failure {
@@ -154,13 +185,7 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> Store<T> {
                 }
             }
         };
-        match tokio::time::timeout(timeout, wait).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(Error::Timeout {
-                what: "the store's condition".to_owned(),
-                after: timeout,
-            }),
-        }
+        bounded(timeout, "the store's condition", wait).await
     }
 
     /// Every change from now on, preceded by an `Added` for each entry held now. Bounded: a
@@ -175,5 +200,20 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> Store<T> {
             None => tokio::sync::broadcast::channel(1).1,
         };
         Subscription::new(receiver, self.clone(), self.snapshot())
+    }
+}
+
+/// `wait`, failed with [`Error::Timeout`] naming `what` after `timeout`.
+async fn bounded<T>(
+    timeout: Duration,
+    what: &str,
+    wait: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(timeout, wait).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(Error::Timeout {
+            what: what.to_owned(),
+            after: timeout,
+        }),
     }
 }

@@ -258,7 +258,7 @@ impl<F> fmt::Debug for Discover<F> {
 /// let instance = ServiceInstance::new("hello", "a", "127.0.0.1:8080");
 /// let _a = Registration::start(registry.clone(), instance, RegistrationOptions::default()).await?;
 /// let discovery = Discovery::start(registry, "hello", DiscoveryOptions::default())?;
-/// discovery.wait_synced().await;
+/// discovery.wait_synced(std::time::Duration::from_secs(5)).await?;
 ///
 /// // Each instance becomes a service (here one answering with the instance's id); tower's
 /// // p2c balances over them, and its view keeps up even while no request flows.

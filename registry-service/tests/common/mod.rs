@@ -27,6 +27,12 @@ pub async fn settle(by: Duration) {
     tokio::time::sleep(by).await;
 }
 
+/// How long a change takes to reach a cache on the simulator's default timing: every call and
+/// delivery in flight has landed after this long.
+pub fn delivered() -> Duration {
+    registry_memory::Latencies::etcd().bound()
+}
+
 /// Every event waiting in `events` now.
 pub fn drain(events: &mut DiscoveryEvents) -> Vec<DiscoveryEvent> {
     std::iter::from_fn(|| events.try_recv()).collect()

@@ -186,7 +186,8 @@ async fn synced_discovery(backend: &Backend, service: &str) -> Result<Discovery,
         service,
         DiscoveryOptions::default().namespace(backend.layout.namespace()),
     )?;
-    tokio::time::timeout(WAIT, discovery.wait_synced())
+    discovery
+        .wait_synced(WAIT)
         .await
         .map_err(|_| format!("could not list {service} within {WAIT:?}"))?;
     Ok(discovery)
