@@ -155,7 +155,7 @@ async fn shared_handles(
     }
     for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
         let (ours, base) = (a.quantile(q), b.quantile(q));
-        let goal_met = label == "p50" || ours <= base + Duration::from_millis(1);
+        let goal_met = label == "p50" || ours <= base + Duration::from_micros(300);
         report.row(
             PART,
             format!(
@@ -165,7 +165,11 @@ async fn shared_handles(
             fmt_duration(ours),
             fmt_duration(base),
             format!("+{}", fmt_duration(ours.saturating_sub(base))),
-            if label == "p99" { "<= raw + 1 ms" } else { "" },
+            if label == "p99" {
+                "<= raw + 0.3 ms"
+            } else {
+                ""
+            },
             if label == "p99" {
                 Verdict::from_bool(goal_met)
             } else {

@@ -42,6 +42,11 @@ impl Op {
 
 type Outcome = Result<Duration, String>;
 
+/// One side of a comparison: times one operation.
+trait Side {
+    async fn sample(&mut self, op: Op, i: usize) -> Outcome;
+}
+
 /// The raw etcd-client side.
 struct Raw {
     client: Client,
@@ -55,6 +60,26 @@ impl Raw {
         format!("{}{rest}", self.prefix).into_bytes()
     }
 
+    /// A raw side on `client`, keys under `prefix`, with a lease of its own held alive.
+    async fn new(mut client: Client, prefix: String) -> Result<Self, String> {
+        let lease = client
+            .lease_grant(LEASE_TTL, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (keeper, responses) = client
+            .lease_keep_alive(lease.id())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Raw {
+            client,
+            prefix,
+            keeper,
+            responses,
+        })
+    }
+}
+
+impl Side for Raw {
     async fn sample(&mut self, op: Op, i: usize) -> Outcome {
         let e = |e: etcd_client::Error| e.to_string();
         let start = Instant::now();
@@ -121,7 +146,7 @@ struct Ours {
     lease: registry_api::LeaseId,
 }
 
-impl Ours {
+impl Side for Ours {
     async fn sample(&mut self, op: Op, i: usize) -> Outcome {
         let e = |e: registry_api::Error| e.to_string();
         let start = Instant::now();
@@ -205,33 +230,20 @@ async fn connect(endpoint: &str, run: &str) -> Result<(Raw, Ours), String> {
             .await
             .map_err(|e| e.to_string())?;
     }
-    let raw_lease = client
-        .lease_grant(LEASE_TTL, None)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (keeper, responses) = client
-        .lease_keep_alive(raw_lease.id())
-        .await
-        .map_err(|e| e.to_string())?;
     let lease = registry
         .lease_grant(LEASE_TTL, None)
         .await
         .map_err(|e| e.to_string())?
         .id;
     Ok((
-        Raw {
-            client,
-            prefix: raw_prefix,
-            keeper,
-            responses,
-        },
+        Raw::new(client, raw_prefix).await?,
         Ours { registry, lease },
     ))
 }
 
 async fn measure(
-    raw: &mut Raw,
-    ours: &mut Ours,
+    raw: &mut impl Side,
+    ours: &mut impl Side,
     op: Op,
     samples: usize,
 ) -> Result<(Samples, Samples), String> {
@@ -300,6 +312,7 @@ pub(crate) async fn run(endpoint: String, quick: bool) -> Report {
             Err(e) => report.note(format!("(a) {} failed: {e}", op.name())),
         }
     }
+    hop(&mut report, endpoint, &run, &mut raw, scale(2_000)).await;
     // Leave nothing behind in a shared etcd.
     let _ = raw.client.lease_revoke(raw.keeper.id()).await;
     let _ = ours.registry.lease_revoke(ours.lease).await;
@@ -311,4 +324,51 @@ pub(crate) async fn run(endpoint: String, quick: bool) -> Report {
         )
         .await;
     report
+}
+
+/// What the connection's own runtime costs by itself: the raw client with its connection on a
+/// one-thread runtime of its own (as `EtcdRegistry` connects) against the raw client on the
+/// caller's runtime, for a put and a keep-alive round trip. No goal: it is the part of (a), (d)
+/// and (e) that comes from where the connection runs, not from the registry layer.
+async fn hop(report: &mut Report, endpoint: &str, run: &str, raw: &mut Raw, samples: usize) {
+    let (client, stop) = match crate::raw_watch::connect_on_own_runtime(endpoint).await {
+        Ok(connected) => connected,
+        Err(e) => {
+            report.note(format!("(a) hop: could not connect: {e}"));
+            return;
+        }
+    };
+    let mut own = match Raw::new(client, format!("bench/{run}/hop/")).await {
+        Ok(side) => side,
+        Err(e) => {
+            report.note(format!("(a) hop: could not set up: {e}"));
+            return;
+        }
+    };
+    for op in [Op::Put, Op::KeepAlive] {
+        eprintln!("(a) hop, {}: {samples} samples each side", op.name());
+        match measure(&mut own, raw, op, samples).await {
+            Ok((a, b)) => {
+                for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
+                    report.row(
+                        PART,
+                        format!(
+                            "raw client, connection on a runtime of its own vs on the caller's: {} {label} (n={})",
+                            op.name(),
+                            a.len()
+                        ),
+                        fmt_duration(a.quantile(q)),
+                        fmt_duration(b.quantile(q)),
+                        fmt_ratio(ratio(a.quantile(q), b.quantile(q))),
+                        "",
+                        Verdict::Info,
+                    );
+                }
+            }
+            Err(e) => report.note(format!("(a) hop, {} failed: {e}", op.name())),
+        }
+    }
+    let _ = own.client.lease_revoke(own.keeper.id()).await;
+    drop(own);
+    drop(stop);
 }

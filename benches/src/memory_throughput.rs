@@ -261,14 +261,14 @@ fn puts(report: &mut Report, scale: Scale, keys: &[Vec<u8>]) {
         }
     }
     let ratio = ours.rate() / base.rate();
-    let met = ours.rate() >= 1e6 && ratio >= 0.25;
+    let met = ours.rate() >= 3e6 && ratio >= 0.2;
     report.row(
         PART,
         "memory puts/s",
         ours.describe(),
         base.describe(),
         fmt_ratio(ratio),
-        ">= 1M/s, >= 0.25x",
+        ">= 3M/s, >= 0.2x",
         Verdict::from_bool(met),
     );
 }
@@ -368,7 +368,7 @@ fn deliveries(report: &mut Report, scale: Scale, keys: &[Vec<u8>], watchers: usi
     }
     let ratio = ours.rate() / base.rate();
     let (goal, met) = if watchers == 1_000 {
-        (">= 10M/s, >= 0.25x", ours.rate() >= 1e7 && ratio >= 0.25)
+        (">= 25M/s, >= 0.25x", ours.rate() >= 2.5e7 && ratio >= 0.25)
     } else {
         (">= 0.25x", ratio >= 0.25)
     };

@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 use registry_api::{EventKind, KeyValue, LeaseId, Revision, WatchBatch, WatchEvent};
+use smallvec::SmallVec;
 use std::fmt;
 use std::sync::Arc;
 
@@ -70,11 +71,15 @@ impl Change {
     }
 }
 
-/// Every change of one revision, in key order. Every revision above 1 has exactly one.
+/// A revision's changes, the first held inline: a put (nearly every revision) has one, and
+/// its record is then one allocation, freed in one piece when history is pruned.
+pub(crate) type Changes = SmallVec<[Change; 1]>;
+
+/// Every change of one revision, in key order. Every revision above 1 has at least one.
 #[derive(Debug)]
 pub(crate) struct Record {
     pub(crate) revision: i64,
-    pub(crate) changes: Vec<Change>,
+    pub(crate) changes: Changes,
 }
 
 impl Record {

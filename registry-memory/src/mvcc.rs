@@ -6,7 +6,7 @@
 //! every change above `R`; so no per-key version list is kept, and a put costs one log entry.
 //! History grows until compaction (or the builder's `history_limit`) lets it go.
 
-use crate::keys::{Change, KeyRange, Kv, Record};
+use crate::keys::{Change, Changes, KeyRange, Kv, Record};
 use bytes::Bytes;
 use registry_api::{Error, LeaseId, Revision};
 use std::collections::{BTreeMap, VecDeque};
@@ -137,7 +137,7 @@ impl Mvcc {
         };
         self.append(Record {
             revision,
-            changes: vec![change],
+            changes: Changes::from_buf([change]),
         })
     }
 
@@ -153,7 +153,7 @@ impl Mvcc {
         keys: impl Iterator<Item = &'k Bytes>,
     ) -> Option<Arc<Record>> {
         let revision = self.revision + 1;
-        let changes: Vec<Change> = keys
+        let changes: Changes = keys
             .filter_map(|key| {
                 self.keys.remove(key).map(|prev| Change {
                     key: key.clone(),

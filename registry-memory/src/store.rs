@@ -150,8 +150,10 @@ impl State {
         self.watchers.notify(record, &mut self.to_wake);
         if let Some(limit) = self.history_limit {
             self.mvcc.compact_to_limit(limit);
-            // Free memory in steps, not on every write: the log may hold up to twice the limit.
-            if self.mvcc.log_len() as i64 > limit.saturating_mul(2) {
+            // Free memory in steps, not on every write, and in small ones: the log holds at
+            // most an eighth (and 64 records) over the limit, so each step frees records still
+            // near in memory instead of thousands at once that left every cache long ago.
+            if self.mvcc.log_len() as i64 > limit.saturating_add((limit / 8).max(64)) {
                 self.prune();
             }
         }

@@ -17,8 +17,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-/// How many records a watcher copies out per lock.
-const READ_AHEAD: usize = 64;
+/// How many records a watcher copies out per lock (its buffer's bound): a burst of writes is
+/// read in few locks.
+const READ_AHEAD: usize = 256;
 
 #[derive(Debug)]
 struct Slot {

@@ -52,10 +52,14 @@ impl Feed {
                 },
             }
         }
+        // One wait for the whole run: made afresh per event, it would register with the stop
+        // channel and leave it again on every event.
+        let stopped = stop.wait_for(|stop| *stop);
+        tokio::pin!(stopped);
         loop {
             let event = tokio::select! {
                 biased;
-                _ = stop.wait_for(|stop| *stop) => return,
+                _ = &mut stopped => return,
                 event = self.watcher.next() => event,
             };
             match event {

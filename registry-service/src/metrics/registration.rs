@@ -20,14 +20,18 @@ const SERIES: &[Series<RegistrationStatus>] = &[
         read: |s| Some(s.regressions as f64),
     },
     Series {
-        name: "registry_registration_keep_alive_round_trip_seconds",
+        name: ROUND_TRIP,
         read: |s| s.last_keep_alive_round_trip.map(|d| d.as_secs_f64()),
     },
     Series {
-        name: "registry_registration_lease_deadline_timestamp_seconds",
+        name: DEADLINE,
         read: |s| Some(s.lease_deadline.map_or(0.0, unix_seconds)),
     },
 ];
+
+/// The two series a renewal changes, set on their own after each renewal.
+const ROUND_TRIP: &str = "registry_registration_keep_alive_round_trip_seconds";
+const DEADLINE: &str = "registry_registration_lease_deadline_timestamp_seconds";
 
 /// The state's series, set on changes of state.
 const STATE: &str = "registry_registration_state";
@@ -75,6 +79,9 @@ pub(super) const DESCRIPTIONS: &[Description] = &[
 pub(crate) struct RegistrationSeries {
     labels: Vec<Label>,
     table: Table<RegistrationStatus>,
+    /// The table's round-trip and deadline series again, for renewals.
+    round_trip: Gauge,
+    deadline: Gauge,
     changed: Gauge,
     /// The state the gauges show, and its gauge.
     shown: Mutex<Option<(&'static str, Gauge)>>,
@@ -97,6 +104,8 @@ impl RegistrationSeries {
         ];
         RegistrationSeries {
             table: Table::new(SERIES, &labels),
+            round_trip: metrics::gauge!(ROUND_TRIP, labels.iter()),
+            deadline: metrics::gauge!(DEADLINE, labels.iter()),
             changed: metrics::gauge!(STATE_CHANGED, labels.iter()),
             labels,
             shown: Mutex::new(None),
@@ -123,9 +132,22 @@ impl RegistrationSeries {
         self.table.set(status);
     }
 
-    /// After a renewal (or any change of the status's figures).
+    /// After a change of the status's counters.
     pub(crate) fn observe(&self, status: &RegistrationStatus) {
         self.table.set(status);
+    }
+
+    /// After a renewal: what it changed, as the table would set it from the status (a round
+    /// trip only when there is one; a deadline of 0 without a lease).
+    pub(crate) fn renewed(
+        &self,
+        round_trip: Option<std::time::Duration>,
+        deadline: Option<tokio::time::Instant>,
+    ) {
+        if let Some(round_trip) = round_trip {
+            self.round_trip.set(round_trip.as_secs_f64());
+        }
+        self.deadline.set(deadline.map_or(0.0, unix_seconds));
     }
 }
 

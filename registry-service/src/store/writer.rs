@@ -26,7 +26,8 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> Writer<T> {
         revision: Revision,
         changes: impl IntoIterator<Item = (Arc<str>, Option<T>)>,
     ) -> usize {
-        let mut events = Vec::new();
+        let changes = changes.into_iter();
+        let mut events = Vec::with_capacity(changes.size_hint().0);
         for (key, value) in changes {
             match value {
                 Some(new) => match self.entries.get(&key) {

@@ -13,9 +13,10 @@ use registry_api::{
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// Where the machine is.
 enum Phase {
@@ -34,6 +35,10 @@ struct Watching {
     started: Instant,
     delivered: bool,
     stall: Stall,
+    /// Fires at or before the stall's deadline: one timer for the watch's life, moved on only
+    /// when it fires early (every delivery moves the deadline later, and resetting a timer per
+    /// delivery would cost a timer-wheel entry and removal per event).
+    timer: Pin<Box<Sleep>>,
     /// The store revision a read saw at the last idle check: by the next one, the watch must
     /// have reached it.
     must_reach: Option<Revision>,
@@ -202,11 +207,13 @@ impl Machine {
                 self.pending.push_back(WatcherEvent::Synced {
                     revision: self.revision,
                 });
+                let stall = Stall::new(self.config.idle_timeout, self.config.progress_timeout);
                 self.phase = Phase::Watch(Box::new(Watching {
                     stream,
                     started: Instant::now(),
                     delivered: false,
-                    stall: Stall::new(self.config.idle_timeout, self.config.progress_timeout),
+                    timer: Box::pin(tokio::time::sleep_until(stall.deadline())),
+                    stall,
                     must_reach: None,
                 }));
             }
@@ -219,12 +226,18 @@ impl Machine {
 
     async fn watch(&mut self, mut watching: Box<Watching>) {
         loop {
-            let deadline = watching.stall.deadline();
             let item = tokio::select! {
                 item = watching.stream.next() => Some(item),
-                _ = tokio::time::sleep_until(deadline) => None,
+                () = watching.timer.as_mut() => None,
             };
             let Some(item) = item else {
+                // The deadline only ever moves later (a delivery, an ask), so a timer that
+                // fired may be early: move it on to the deadline, which it then hits exactly.
+                let deadline = watching.stall.deadline();
+                if Instant::now() < deadline {
+                    watching.timer.as_mut().reset(deadline);
+                    continue;
+                }
                 match watching.stall.expired() {
                     Verdict::Ask => {
                         if let Some(cluster) = watching.must_reach.take() {
