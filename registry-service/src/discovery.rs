@@ -404,14 +404,11 @@ impl Discovery {
 
     /// Waits until the view has instances to serve: synced, or seeded from its snapshot file
     /// (then stale, see [`SnapshotFile`]). Without a file, or when the file was refused, this
-    /// is [`wait_synced`](Self::wait_synced). Returns at once if the discovery was shut down.
-    pub async fn wait_seeded_or_synced(&self) {
-        let mut status = self.shared.store.status_changes();
-        // Fails only when the store is gone, which ends the wait too.
-        status
-            .wait_for(|status| status.synced || status.seeded.is_some() || status.closed)
-            .await
-            .ok();
+    /// is [`wait_synced`](Self::wait_synced). Up to `timeout` (virtual time under a paused
+    /// tokio clock): fails with [`Error::Timeout`] after it, with the task's error if it died,
+    /// and with [`Error::Stopped`] once the discovery was shut down.
+    pub async fn wait_seeded_or_synced(&self, timeout: Duration) -> Result<()> {
+        self.shared.store.wait_seeded_or_synced(timeout).await
     }
 
     /// The last failure of the list or watch (kept after recovery, for the record).

@@ -85,7 +85,8 @@ async fn a_restart_while_cut_off_serves_the_file_stale_then_the_list_replaces_it
     let cut_off: Arc<dyn Registry> = Arc::new(server.client("gateway"));
     server.link("gateway").partition();
     let second = Discovery::start(cut_off, "hello", with_file(file.clone())).unwrap();
-    tokio::time::timeout(Duration::from_secs(1), second.wait_seeded_or_synced())
+    second
+        .wait_seeded_or_synced(Duration::from_secs(1))
         .await
         .expect("served at once from the file");
     assert!(matches!(
@@ -202,7 +203,10 @@ async fn the_file_is_written_at_most_once_per_interval_and_ends_as_the_view() {
         with_file(SnapshotFile::at(&path)),
     )
     .unwrap();
-    second.wait_seeded_or_synced().await;
+    second
+        .wait_seeded_or_synced(Duration::from_secs(5))
+        .await
+        .expect("served from the file");
     assert!(
         second.snapshot() == discovery.snapshot(),
         "the file is not the view"

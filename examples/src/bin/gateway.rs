@@ -115,11 +115,12 @@ async fn run(args: Args) -> Result<(), BoxError> {
         );
     }
     let discovery = Discovery::start(backend.registry.clone(), &args.service, options)?;
-    tokio::time::timeout(Duration::from_secs(30), discovery.wait_seeded_or_synced())
+    discovery
+        .wait_seeded_or_synced(Duration::from_secs(30))
         .await
-        .map_err(|_| {
+        .map_err(|error| {
             format!(
-                "could not list {} within 30 s ({})",
+                "could not list {} within 30 s ({}): {error}",
                 args.service, backend.kind
             )
         })?;

@@ -98,6 +98,17 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> Store<T> {
             .await
     }
 
+    /// Waits until the store has entries to serve: synced, or seeded from a saved copy (then
+    /// stale). Up to `timeout`; fails as [`wait_until_ready`](Self::wait_until_ready) does.
+    pub(crate) async fn wait_seeded_or_synced(&self, timeout: Duration) -> Result<()> {
+        self.wait_status(
+            |status| status.synced || status.seeded.is_some(),
+            "the store's seed or sync",
+            timeout,
+        )
+        .await
+    }
+
     /// The task that fed the store died of `error`: the status says so from now on (its
     /// writer, dropped with the task, closes the store).
     pub(crate) fn fail(&self, error: Error) {
