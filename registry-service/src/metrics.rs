@@ -46,7 +46,7 @@ mod registration;
 
 pub(crate) use balancer::{NodeSeries, Outcome};
 pub(crate) use discovery::{DiscoveryReading, DiscoverySeries};
-pub(crate) use registration::RegistrationSeries;
+pub(crate) use registration::{renewal_values, RegistrationSeries, RenewalGauges, RenewalValues};
 
 use ::metrics::{Counter, Gauge, Label, Unit};
 

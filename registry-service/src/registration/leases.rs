@@ -72,6 +72,10 @@ pub(super) struct Slot {
     needs_put: bool,
     clock: Arc<LeaseClock>,
     shared: bool,
+    /// The renewal series of the members, set by each renewal; inline for the one member of
+    /// a lease of its own, so that a round touches no memory beyond the slot.
+    #[cfg(feature = "metrics")]
+    gauges: smallvec::SmallVec<[(MemberId, crate::metrics::RenewalGauges); 1]>,
 }
 
 /// What a grant's answer led to.
@@ -127,6 +131,8 @@ struct Round {
     next: Instant,
     stored: (u64, u64),
     round_trip: u64,
+    #[cfg(feature = "metrics")]
+    series: crate::metrics::RenewalValues,
 }
 
 /// Every lease slot of a registrar.
@@ -157,6 +163,8 @@ impl Slots {
             needs_put: false,
             clock: spec.clock,
             shared: spec.shared,
+            #[cfg(feature = "metrics")]
+            gauges: smallvec::SmallVec::new(),
         })
     }
 
@@ -171,12 +179,27 @@ impl Slots {
         }
     }
 
+    /// Sets `gauges` of `member` on every renewal of `slot`'s lease, until the member leaves.
+    #[cfg(feature = "metrics")]
+    pub(super) fn show_renewals(
+        &mut self,
+        slot: SlotId,
+        member: MemberId,
+        gauges: crate::metrics::RenewalGauges,
+    ) {
+        if let Some(s) = self.slab.get_mut(slot) {
+            s.gauges.push((member, gauges));
+        }
+    }
+
     /// Takes `member` out; true when it was the last one.
     pub(super) fn leave(&mut self, slot: SlotId, member: MemberId) -> bool {
         let Some(s) = self.slab.get_mut(slot) else {
             return false;
         };
         s.members.retain(|m| *m != member);
+        #[cfg(feature = "metrics")]
+        s.gauges.retain(|(m, _)| *m != member);
         s.members.is_empty()
     }
 
@@ -467,6 +490,8 @@ impl Slots {
                         round_trip: LeaseClock::encode_round_trip(
                             now.saturating_duration_since(sent_at),
                         ),
+                        #[cfg(feature = "metrics")]
+                        series: crate::metrics::renewal_values(sent_at, now, deadline),
                     });
                 }
                 let Some(round) = &self.round else {
@@ -475,6 +500,10 @@ impl Slots {
                 *deadline = round.deadline;
                 s.clock.store(round.stored);
                 s.clock.store_round_trip(round.round_trip);
+                #[cfg(feature = "metrics")]
+                for (_, gauges) in &s.gauges {
+                    gauges.set(round.series);
+                }
                 s.timer = timer;
                 self.tokens = timer;
                 timers.schedule(round.next, lease_due(slot, timer));

@@ -225,6 +225,10 @@ impl Machines {
             }),
         };
         self.slots.join(slot, id);
+        #[cfg(feature = "metrics")]
+        if let Some(gauges) = shared.renewal_gauges() {
+            self.slots.show_renewals(slot, id, gauges);
+        }
         let waiting = ready.is_some();
         let member = Member::new(key, instance, (slot, group), shared, first, waiting);
         self.members.insert(id, member);
@@ -313,8 +317,6 @@ impl Machines {
             .renewed(renewal, sent_at, now, answer, &mut self.timers)
         {
             Renewed::Alive { puts_held_back } => {
-                #[cfg(feature = "metrics")]
-                self.members.renewed(self.slots.members(slot));
                 if puts_held_back {
                     self.put_held_back(slot, out);
                 }

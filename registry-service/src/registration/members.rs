@@ -381,16 +381,6 @@ impl Members {
             }
         }
     }
-
-    /// The lease of members `ids` was renewed (or granted): their series.
-    #[cfg(feature = "metrics")]
-    pub(super) fn renewed(&self, ids: &[MemberId]) {
-        for id in ids {
-            if let Some(member) = self.get(*id) {
-                member.shared.renewed();
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -163,21 +163,12 @@ impl Shared {
         }
     }
 
-    /// After a renewal of the lease: the two figures a renewal changes (its round trip and the
-    /// lease's deadline), read as [`Shared::status`] reads them. Not the whole status: this
-    /// runs for every lease of every round, and building a status (a receiver, the details'
-    /// lock, the last error) for each cost more than the renewal itself.
+    /// The two series a renewal changes, for the lease's slot to set on every renewal.
     #[cfg(feature = "metrics")]
-    pub(crate) fn renewed(&self) {
-        if let Some(series) = &self.series {
-            let registered = matches!(*self.state.borrow(), RegistrationState::Registered { .. });
-            if registered {
-                let deadline = self.clock.read().map(|(_, deadline)| deadline);
-                series.renewed(self.clock.round_trip(), deadline);
-            } else {
-                series.renewed(None, None);
-            }
-        }
+    pub(crate) fn renewal_gauges(&self) -> Option<crate::metrics::RenewalGauges> {
+        self.series
+            .as_ref()
+            .map(crate::metrics::RegistrationSeries::renewal_gauges)
     }
 
     pub(crate) fn details(&self) -> MutexGuard<'_, Details> {
