@@ -43,6 +43,7 @@ impl DeadlineIndex {
     }
 
     /// Takes the entry due first at `now`: the earliest deadline, ties by lease id.
+    #[inline]
     pub(crate) fn pop_due(&mut self, now: Duration) -> Option<(Duration, LeaseId)> {
         let mut entry = self.buckets.first_entry()?;
         let at = *entry.key();

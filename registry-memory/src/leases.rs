@@ -167,6 +167,7 @@ impl Leases {
 
     /// The live lease with the earliest deadline at or before `now`. Its index entry is taken:
     /// the caller must remove the lease.
+    #[inline]
     pub(crate) fn next_due(&mut self, now: Duration) -> Option<LeaseId> {
         loop {
             let (indexed_at, id) = self.deadlines.pop_due(now)?;
