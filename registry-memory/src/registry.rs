@@ -65,7 +65,7 @@ impl MemoryRegistry {
     }
 
     // Inlined into both arms of `round_trip!`: a registrar renews thousands of leases a round,
-    // one call each, and the call was measured (part c's floor) about 25 instructions dearer
+    // one call each, and the call was measured (part c's floor) about 14 instructions dearer
     // when the compiler left this out of line.
     #[inline(always)]
     fn keep_alive_now(&self, id: LeaseId) -> Result<i64> {
