@@ -37,27 +37,6 @@ mod faults_support;
 #[global_allocator]
 static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
 
-/// Samples at each end of the steady span whose medians are compared: one sample is one
-/// instant of hundreds of operations in flight, and moves by a few hundred KiB with them.
-const MEMORY_WINDOW: usize = 30;
-
-/// Growth over the last two thirds of `samples`: the median of the last `MEMORY_WINDOW` over
-/// the median of the first `MEMORY_WINDOW` of those two thirds (KiB, before and after).
-fn growth(samples: &[u64]) -> (u64, u64) {
-    let span = &samples[samples.len() / 3..];
-    let median = |window: &[u64]| {
-        let mut sorted = window.to_vec();
-        sorted.sort_unstable();
-        sorted.get(sorted.len() / 2).copied().unwrap_or_default()
-    };
-    // A short run's span is short: a third of it at each end, so the two windows never meet.
-    let window = MEMORY_WINDOW.min(span.len() / 3).max(1);
-    (
-        median(&span[..window]),
-        median(&span[span.len() - window..]),
-    )
-}
-
 use faults_support::{connect, figure, scale, truth};
 use futures::StreamExt;
 use registry_api::{EventKind, Registry, WatchOptions};
@@ -797,11 +776,6 @@ async fn soak_churn_with_a_thousand_handles() {
     let added = book.added.lock().unwrap();
     let removed = book.removed.lock().unwrap();
     let expired = book.expired.lock().unwrap();
-    let steady = rss.len() / 3;
-    let (rss_first, rss_last) = growth(&rss);
-    let rss_growth = rss_last.saturating_sub(rss_first);
-    let (heap_first, heap_last) = growth(&heap);
-    let heap_growth = heap_last.saturating_sub(heap_first);
     let rest_heap_growth = rest_end.heap_kib as i64 - rest_start.heap_kib as i64;
     let rest_rss_growth = rest_end.rss_kib as i64 - rest_start.rss_kib as i64;
     // Every minute of the steady churn, to show the shape and not only the ends.
@@ -815,7 +789,7 @@ async fn soak_churn_with_a_thousand_handles() {
     figure(
         "soak",
         format!(
-            "{churn:.1?} of churn: {registered} registrations, {left} deregistrations ({timed_out} more timed out and expired), {died} deaths, {remaining} left at the end ({unrevoked} of their revokes timed out); {ops_per_sec:.0} registrations, deregistrations and deaths per second (target {}, {saturated} times {MAX_IN_FLIGHT} in flight), {:.0} etcd writes/s; {} handles on {SERVICES} services ({} caches); {events} handle events checked against etcd's history, {violation_count} violations, {missed} instance sightings missed ({restarts} watch restarts, {lease_losses} leases lost under the load); propagation to every handle: add p50 {:.2?} p99 {:.2?} max {:.2?} ({} samples), graceful removal p50 {:.2?} p99 {:.2?} max {:.2?}, death to removal max {:.2?} (TTL {TTL:?}); caches equal to etcd {converged:.2?} after the churn; memory at rest (nothing in flight, {} live, caches equal to etcd) a third in and at the end, {} registrations apart: live heap {} KiB -> {} KiB ({rest_heap_growth:+} KiB), RSS {} KiB -> {} KiB ({rest_rss_growth:+} KiB); under the churn, over its last two thirds ({} samples, medians of up to {MEMORY_WINDOW} at each end): live heap {heap_first} KiB -> {heap_last} KiB (+{heap_growth} KiB), RSS {rss_first} KiB -> {rss_last} KiB (+{rss_growth} KiB); heap/RSS KiB each minute: {}; 0 leases and {tasks}/{baseline_tasks} tasks after teardown",
+            "{churn:.1?} of churn: {registered} registrations, {left} deregistrations ({timed_out} more timed out and expired), {died} deaths, {remaining} left at the end ({unrevoked} of their revokes timed out); {ops_per_sec:.0} registrations, deregistrations and deaths per second (target {}, {saturated} times {MAX_IN_FLIGHT} in flight), {:.0} etcd writes/s; {} handles on {SERVICES} services ({} caches); {events} handle events checked against etcd's history, {violation_count} violations, {missed} instance sightings missed ({restarts} watch restarts, {lease_losses} leases lost under the load); propagation to every handle: add p50 {:.2?} p99 {:.2?} max {:.2?} ({} samples), graceful removal p50 {:.2?} p99 {:.2?} max {:.2?}, death to removal max {:.2?} (TTL {TTL:?}); caches equal to etcd {converged:.2?} after the churn; memory at rest (nothing in flight, {} live, caches equal to etcd) a third in and at the end, {} registrations apart: live heap {} KiB -> {} KiB ({rest_heap_growth:+} KiB), RSS {} KiB -> {} KiB ({rest_rss_growth:+} KiB); under the churn ({} samples, one a second), heap/RSS KiB each minute: {}; 0 leases and {tasks}/{baseline_tasks} tasks after teardown",
             plan.ops_per_second,
             writes as f64 / churn.as_secs_f64(),
             plan.handles,
@@ -834,7 +808,7 @@ async fn soak_churn_with_a_thousand_handles() {
             rest_end.heap_kib,
             rest_start.rss_kib,
             rest_end.rss_kib,
-            rss.len() - steady,
+            rss.len(),
             minutes.join(" "),
         ),
     );
