@@ -315,8 +315,9 @@ async fn run() -> Result<(), BoxError> {
         client.sent
     );
     if let Some(url) = ui {
+        let shutdown = cli::shutdown_signal();
         println!("The dashboard stays at {url} until Ctrl-C.");
-        cli::shutdown_signal().await;
+        shutdown.await;
     }
     Ok(())
 }

@@ -45,27 +45,49 @@ pub fn init_tracing(default: &str) {
         .try_init();
 }
 
-/// Resolves on Ctrl-C, or on SIGTERM on Unix.
-pub async fn shutdown_signal() {
+/// Listens for Ctrl-C, and for SIGTERM on Unix, from the moment it is called; the future it
+/// returns resolves on the first of them.
+///
+/// Call it before printing that the process is ready, and keep the one future for the whole
+/// run. Until a listener exists, SIGTERM takes its default action and kills the process, so a
+/// supervisor that stops it right after reading the line would see a failed exit and no
+/// deregistration; and a listener made afresh in a loop misses a signal that lands between two
+/// turns.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = terminate.recv() => {}
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
                 }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops this");
-                let _ = tokio::signal::ctrl_c().await;
+                (Ok(mut interrupt), Err(e)) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops this");
+                    interrupt.recv().await;
+                }
+                (Err(e), Ok(mut terminate)) => {
+                    tracing::warn!(error = %e, "cannot listen for Ctrl-C; only SIGTERM stops this");
+                    terminate.recv().await;
+                }
+                (Err(e), Err(_)) => {
+                    tracing::warn!(error = %e, "cannot listen for signals; only killing stops this");
+                    std::future::pending::<()>().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        // Tokio's portable Ctrl-C listener starts listening when first polled.
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -99,6 +99,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), BoxError> {
+    // Listening from the start: a SIGTERM sent as soon as a line is printed is a clean stop.
+    let shutdown = cli::shutdown_signal();
     // Before discovery and the picker: they take their series from the recorder installed when
     // they start.
     let _metrics = metrics::serve_flag(args.metrics).await?;
@@ -206,6 +208,6 @@ async fn run(args: Args) -> Result<(), BoxError> {
             println!("node {what} {} at {}", node.id, node.address);
         }
     });
-    hello::serve(listener, gateway, cli::shutdown_signal()).await?;
+    hello::serve(listener, gateway, shutdown).await?;
     Ok(())
 }

@@ -77,6 +77,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), BoxError> {
+    // Listening from the start: a SIGTERM sent as soon as a line is printed is a clean stop.
+    let shutdown = cli::shutdown_signal();
     // Before the registration: it takes its series from the recorder installed when it starts.
     let _metrics = metrics::serve_flag(args.metrics).await?;
     let metadata = cli::metadata_from_pairs(&args.meta)?;
@@ -133,7 +135,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     };
 
     tokio::select! {
-        () = cli::shutdown_signal() => {}
+        () = shutdown => {}
         result = server => {
             // The server stopped on its own: leave the registry too, then report why.
             registration.deregister().await?;

@@ -267,6 +267,9 @@ async fn read_instances(
 }
 
 async fn watch(backend: &Backend, service: &str, json: bool) -> Result<(), BoxError> {
+    // One listener for the whole loop, made before anything is printed (see `shutdown_signal`).
+    let shutdown = cli::shutdown_signal();
+    tokio::pin!(shutdown);
     let discovery = synced_discovery(backend, service).await?;
     let mut events = discovery.subscribe();
     if !json {
@@ -277,7 +280,7 @@ async fn watch(backend: &Backend, service: &str, json: bool) -> Result<(), BoxEr
     }
     loop {
         let event = tokio::select! {
-            () = cli::shutdown_signal() => return Ok(()),
+            () = &mut shutdown => return Ok(()),
             event = events.recv() => event,
         };
         let Some(event) = event else {
@@ -312,6 +315,8 @@ async fn register(
     json: bool,
 ) -> Result<(), BoxError> {
     instance.validate()?;
+    // Before the line that says it is registered (see `shutdown_signal`).
+    let shutdown = cli::shutdown_signal();
     let options = RegistrationOptions::default()
         .ttl(ttl)
         .namespace(backend.layout.namespace());
@@ -335,7 +340,7 @@ async fn register(
             lease.map_or_else(|| "?".to_owned(), |l| format!("{l:x}"))
         );
     }
-    cli::shutdown_signal().await;
+    shutdown.await;
     registration.deregister().await?;
     if json {
         println!("{}", json!({"deregistered": registration.key()}));
@@ -463,6 +468,8 @@ async fn ui(backend: Backend, listen: SocketAddr, json: bool) -> Result<(), BoxE
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let address = listener.local_addr()?;
+    // Before the line that says where it listens (see `shutdown_signal`).
+    let shutdown = cli::shutdown_signal();
     let dashboard = Dashboard::start_labelled(
         backend.registry.clone(),
         backend.layout.clone(),
@@ -476,7 +483,7 @@ async fn ui(backend: Backend, listen: SocketAddr, json: bool) -> Result<(), BoxE
     } else {
         println!("dashboard listening on http://{address}/ (Ctrl-C to stop)");
     }
-    dashboard.serve(listener, cli::shutdown_signal()).await
+    dashboard.serve(listener, shutdown).await
 }
 
 /// One line for an instance: id, address, then the metadata that is set.
