@@ -56,29 +56,13 @@ pub fn init_tracing(default: &str) {
 pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
-        let interrupt = signal(SignalKind::interrupt());
-        let terminate = signal(SignalKind::terminate());
+        use tokio::signal::unix::SignalKind;
+        let interrupt = unix_signal::listen(SignalKind::interrupt(), "Ctrl-C");
+        let terminate = unix_signal::listen(SignalKind::terminate(), "SIGTERM");
         async move {
-            match (interrupt, terminate) {
-                (Ok(mut interrupt), Ok(mut terminate)) => {
-                    tokio::select! {
-                        _ = interrupt.recv() => {}
-                        _ = terminate.recv() => {}
-                    }
-                }
-                (Ok(mut interrupt), Err(e)) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops this");
-                    interrupt.recv().await;
-                }
-                (Err(e), Ok(mut terminate)) => {
-                    tracing::warn!(error = %e, "cannot listen for Ctrl-C; only SIGTERM stops this");
-                    terminate.recv().await;
-                }
-                (Err(e), Err(_)) => {
-                    tracing::warn!(error = %e, "cannot listen for signals; only killing stops this");
-                    std::future::pending::<()>().await;
-                }
+            tokio::select! {
+                () = unix_signal::received(interrupt) => {}
+                () = unix_signal::received(terminate) => {}
             }
         }
     }
@@ -87,6 +71,29 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
         // Tokio's portable Ctrl-C listener starts listening when first polled.
         async {
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(unix)]
+mod unix_signal {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+
+    /// A listener for `kind`, or `None` (with a warning) when the OS refuses one: the other
+    /// signal, or killing, still stops the process.
+    pub(super) fn listen(kind: SignalKind, name: &str) -> Option<Signal> {
+        signal(kind)
+            .map_err(|e| tracing::warn!(error = %e, "cannot listen for {name}"))
+            .ok()
+    }
+
+    /// Resolves when `signal` arrives; never without a listener.
+    pub(super) async fn received(signal: Option<Signal>) {
+        match signal {
+            Some(mut signal) => {
+                signal.recv().await;
+            }
+            None => std::future::pending().await,
         }
     }
 }
